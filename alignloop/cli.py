@@ -1,0 +1,70 @@
+"""The `alignloop` command: one subcommand per stage.
+
+Each stage module builds its own click command from its config class (see config.py), so
+`alignloop STAGE --help` lists every field of that config with its description. Heavy
+imports (torch, transformers) happen inside the stage, so `alignloop --help` and the web app
+start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from alignloop.config import ConfigError
+from alignloop.data.io import DataError
+
+# subcommand -> (module, attribute holding the click command), imported only when run.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("alignloop.models.sample", "command", "Sample K responses per prompt from a model."),
+    "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
+    "demo": ("alignloop.demo", "command", "The quickstart: SFT on the shipped demonstrations, then samples."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="alignloop")
+def app():
+    """alignloop: SFT, human and AI feedback, reward models, PPO and evaluation: the RLHF loop.
+
+    Every command takes --config FILE.yaml (its options as YAML) plus command-line options,
+    which override the file. Run `alignloop COMMAND --help` for a command's options.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app.main(args=argv, standalone_mode=False, prog_name="alignloop")
+    except (DataError, ConfigError, FileNotFoundError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Sampling K responses per prompt: the one generation function every stage calls.
+
+Batched with left padding and the KV cache (Hugging Face `generate`), stops each sequence at
+EOS, temperature / top-p / max-new-tokens, reproducible for a seed. Sequences are sorted by
+prompt length before batching so a batch holds prompts of similar length (little padding)
+and put back in order afterwards. The global RNG state is restored afterwards, so sampling
+never perturbs a training loop's random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+
+from alignloop.data.chat import encode_prompt
+from alignloop.progress import progress_bar
+
+
+@dataclass
+class Sampling:
+    """Sampling settings, recorded with every sample."""
+
+    num_samples: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+    batch_size: int = 16
+
+    def record(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed}
+
+
+@dataclass
+class Generations:
+    """Flat lists, one entry per sampled sequence, prompt-major (prompt 0's K samples first)."""
+
+    prompt_index: list[int] = field(default_factory=list)  # which prompt
+    prompt_ids: list[list[int]] = field(default_factory=list)  # chat-templated prompt tokens
+    response_ids: list[list[int]] = field(default_factory=list)  # up to and including EOS
+    texts: list[str] = field(default_factory=list)  # decoded response, no special tokens
+    finished: list[bool] = field(default_factory=list)  # ended with EOS within max_new_tokens
+
+    def by_prompt(self, num_prompts: int) -> list[list[int]]:
+        groups: list[list[int]] = [[] for _ in range(num_prompts)]
+        for i, p in enumerate(self.prompt_index):
+            groups[p].append(i)
+        return groups
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = model.generation_config.eos_token_id
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) input ids and attention mask, padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict[str, str]]], sampling: Sampling,
+             show_progress: bool = True) -> Generations:
+    """Sample `sampling.num_samples` responses for each chat prompt."""
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    greedy = sampling.temperature <= 0
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
+        top_k=None, eos_token_id=eos, pad_token_id=pad_id, use_cache=True,
+    )
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    seq_prompt = [p for p in range(len(prompts)) for _ in range(sampling.num_samples)]
+    order = sorted(range(len(seq_prompt)), key=lambda i: (len(encoded[seq_prompt[i]]), i))
+    responses: dict[int, list[int]] = {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    batches = [order[i: i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            progress_bar("generate", len(order), enabled=show_progress) as advance:
+        for b, batch in enumerate(batches):
+            torch.manual_seed(sampling.seed * 1_000_003 + b)
+            ids, mask = left_pad([encoded[seq_prompt[i]] for i in batch], pad_id)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            for row, i in enumerate(batch):
+                responses[i] = out[row, ids.shape[1]:].tolist()
+            advance(len(batch))
+    model.train(was_training)
+
+    result = Generations()
+    eos_set = set(eos)
+    for i, p in enumerate(seq_prompt):
+        tokens, done = _cut_at_eos(responses[i], eos_set)
+        result.prompt_index.append(p)
+        result.prompt_ids.append(encoded[p])
+        result.response_ids.append(tokens)
+        result.finished.append(done)
+        result.texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return result

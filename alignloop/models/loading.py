@@ -1,0 +1,105 @@
+"""Load tokenizers and causal LMs (dtype, LoRA adapters) and save trained ones.
+
+A model folder written by alignloop is either a full Hugging Face model folder or a peft
+adapter folder; both carry `alignloop_model.json` naming the base model as it was given (a
+registry name stays a name, so the folder works on another machine). Loading an adapter
+folder loads its base, applies the adapter and, by default, merges it into the weights:
+the next stage then starts from the merged model (its reference when it adds a fresh LoRA).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignloop.config import ModelOptions
+from alignloop.models.registry import resolve_model
+
+MODEL_INFO = "alignloop_model.json"
+
+
+def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """'auto' is float32 on CPU and bfloat16 on a GPU that supports it."""
+    if dtype == "auto":
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def model_info(name: str) -> dict:
+    path = Path(name) / MODEL_INFO
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model (for an adapter folder, its own copy or its base's)."""
+    path = resolve_model(name)
+    if not (Path(path) / "tokenizer_config.json").exists() and model_info(path).get("base"):
+        path = resolve_model(model_info(path)["base"])
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(f"model '{name}': its tokenizer has no chat template")
+    return tok
+
+
+def load_causal_lm(name: str, dtype: str = "auto", device: str | torch.device = "cpu",
+                   merge_adapters: bool = True) -> PreTrainedModel:
+    """A causal LM in eval mode; an adapter folder is loaded on its base (merged by default)."""
+    path = resolve_model(name)
+    torch_dtype = resolve_dtype(dtype, device)
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base_name = model_info(path).get("base") or json.loads((Path(path) / "adapter_config.json").read_text())[
+            "base_model_name_or_path"]
+        base = load_causal_lm(base_name, dtype, device)
+        model = PeftModel.from_pretrained(base, path)
+        model = model.merge_and_unload() if merge_adapters else model
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def apply_lora(model: PreTrainedModel, opts: ModelOptions, adapter_name: str = "default"):
+    """Wrap `model` with fresh LoRA adapters (peft); only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=opts.lora_rank, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                        target_modules=list(opts.lora_targets), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def load_trainable(opts: ModelOptions, device: str | torch.device = "cpu"):
+    """The model to fine-tune: LoRA-wrapped (opts.lora) or with every weight trainable."""
+    model = load_causal_lm(opts.model, opts.dtype, device)
+    if opts.lora:
+        model = apply_lora(model, opts)
+    else:
+        model.requires_grad_(True)
+    model.train()
+    return model
+
+
+def save_model(model, tokenizer, out: str | Path, base: str, extra: dict | None = None) -> None:
+    """Save a full model folder, or only the adapter when `model` is a peft model.
+
+    `base` is the name the adapter applies to (recorded in alignloop_model.json).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    is_adapter = hasattr(model, "peft_config")
+    if Path(base).exists():  # a folder: keep it findable from anywhere
+        base = str(Path(base).resolve())
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    info = {"base": base if is_adapter else None, "adapter": is_adapter, **(extra or {})}
+    (out / MODEL_INFO).write_text(json.dumps(info, indent=2))
