@@ -18,7 +18,7 @@ from alignloop.data.io import DataError
 
 # subcommand -> (module, attribute holding the click command), imported only when run.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("alignloop.models.sample", "command", "Sample K responses per prompt from a model."),
+    "generate": ("alignloop.models.generation", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
     "demo": ("alignloop.demo", "command", "The quickstart: SFT on the shipped demonstrations, then samples."),
 }

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from alignloop.config import ModelOptions
 from alignloop.models.registry import resolve_model
 
 MODEL_INFO = "alignloop_model.json"
+hf_logging.disable_progress_bar()  # our own progress display; no per-load bars
 
 
 def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:

@@ -1,0 +1,93 @@
+"""Checkpoints that make `--resume` equal an uninterrupted run.
+
+A checkpoint folder holds the trainable weights (only the adapters under LoRA), the optimizer
+and scheduler states, the loop's own state (step, data position, KL controller ...) and one
+RNG file per process (python, numpy, torch, cuda). It is written to a temporary folder and
+renamed into place, so a kill during saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, accelerator, model, optimizer, scheduler, state: dict) -> Path:
+    """Save into out/checkpoint atomically; every process writes its RNG, the main one the rest."""
+    final = Path(out) / CHECKPOINT
+    tmp = Path(out) / f".{CHECKPOINT}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        torch.save(trainable_state(unwrapped), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        old = Path(out) / f".{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def has_checkpoint(out: Path) -> bool:
+    return (Path(out) / CHECKPOINT / "state.json").exists()
+
+
+def load_checkpoint(out: Path, accelerator, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and this process's RNG; returns the loop state."""
+    folder = Path(out) / CHECKPOINT
+    weights = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+    unwrapped = accelerator.unwrap_model(model)
+    params = dict(unwrapped.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"{folder}: checkpoint does not match the model (unknown parameter {missing[0]})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng_file = folder / f"rng-{accelerator.process_index}.pt"
+    if not rng_file.exists():
+        raise ValueError(f"{folder}: saved with fewer processes than now ({rng_file.name} missing)")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((folder / "state.json").read_text())

@@ -1,0 +1,75 @@
+"""Pieces every training loop shares: seeding, the Accelerator, the LR schedule, batching."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+
+class OptimOptions(BaseModel):
+    """Optimiser and schedule options shared by the training stages."""
+
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of the steps spent warming the LR up linearly from 0.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="LR decay after warm-up: cosine (to 10% of the peak), linear (to 0) or constant.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16.")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based):
+    1) linear warm-up over `warmup` steps; 2) cosine decay to 0.1, linear decay to 0, or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+    warmup = int(round(opts.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, opts.schedule))
+    return optimizer, scheduler
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def right_pad(rows: list[list[int]], pad: int) -> torch.Tensor:
+    """(B, T) tensor of the rows padded on the right with `pad`."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    return torch.randperm(n, generator=g).tolist()
