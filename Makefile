@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/alignloop demo
+	$(VENV)/bin/alignloop quickstart
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -20,7 +20,7 @@ from alignloop.data.io import DataError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("alignloop.models.generation", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
-    "demo": ("alignloop.demo", "command", "The quickstart: SFT on the shipped demonstrations, then samples."),
+    "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
 }
 
 
