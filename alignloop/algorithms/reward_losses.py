@@ -1,20 +1,18 @@
 """Reward-model losses (Bradley-Terry, K-way rankings, ties, soft labels) and metrics.
 
-Notation: s = sigmoid, d = r_w - r_l the reward difference of a (winner, loser) pair, M the
-number of responses in a batch, P the number of pairs, G the number of comparison records
-(groups). Losses are in nats.
+Notation: s = sigmoid, d = r_w - r_l for a (winner, loser) pair; M responses, P pairs and
+G comparison records (groups) in a batch. Losses are in nats.
 
-A batch of comparison records is scored in ONE forward pass: the M responses of all records
-are concatenated (record 0's K_0 responses, then record 1's, ...) into a `(M,)` reward tensor,
-and the pairs are index tensors into it, built once per batch by the pure-Python
-`build_pair_batch`. The loss is then a few gathers and one scatter, no Python loop over
-records (`ranking_loss`).
+A batch of records is scored in ONE forward pass: the M responses of all records are
+concatenated (record 0's K_0 responses, then record 1's, ...) into a `(M,)` reward tensor;
+the pairs are index tensors into it, built once per batch by the pure-Python
+`build_pair_batch`. `ranking_loss` is then a few gathers and one scatter, no loop over records.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import combinations
 
 import torch
@@ -88,19 +86,19 @@ class PairBatch:
         return self.record_weight.shape[0]
 
     @property
+    def effective_weight(self) -> Tensor:
+        """`(G,)` the weight each record has in `ranking_loss`: its record_weight, or 0 if it
+        has no pair. Its sum is the denominator of the mean (see `reduction="sum"`)."""
+        has_pairs = torch.bincount(self.group, minlength=self.num_groups) > 0
+        return torch.where(has_pairs, self.record_weight, torch.zeros_like(self.record_weight))
+
+    @property
     def is_hard(self) -> Tensor:
         """`(P,)` bool, True for hard wins (p == 1): the only pairs a margin applies to."""
         return self.p == 1.0
 
     def to(self, device: torch.device | str) -> "PairBatch":
-        return PairBatch(
-            winner=self.winner.to(device),
-            loser=self.loser.to(device),
-            p=self.p.to(device),
-            group=self.group.to(device),
-            record_weight=self.record_weight.to(device),
-            num_responses=self.num_responses.to(device),
-        )
+        return PairBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def build_pair_batch(
@@ -116,9 +114,9 @@ def build_pair_batch(
             0..K-1 (`Comparison.tiers()`), e.g. [[2], [0, 3], [1]] for K = 4.
         records_p: per record, its soft label p (probability that response 0 beats response 1,
             K = 2 only) or None. A record with p gives the single pair (0, 1) with target p
-            (stored as (1, 0) with 1 - p when p < 0.5), whatever its tiers say; p = 0.5 is trained toward equality whatever `tie_mode` is
-            (an explicit soft label is information: a judge's 0.5 and 0.51 should not be
-            handled differently). p = 1.0 is exactly a hard win.
+            (stored as (1, 0) with 1 - p when p < 0.5), whatever its tiers say. p = 0.5 is
+            trained toward equality whatever `tie_mode` is (a judge's 0.5 and 0.51 should not
+            be handled differently); p = 1.0 (0.0) is a hard win for response 0 (1).
         records_weight: per record, its weight (default 1.0 each).
         tie_mode: "skip" -> tied responses give no pair; "soft" -> each tied pair is trained
             toward p = 0.5 and counts in its record's pair count.
@@ -180,7 +178,9 @@ def pair_losses(d: Tensor, p: Tensor, margin: float | Tensor = 0.0) -> Tensor:
     return -(p * F.logsigmoid(d) + (1.0 - p) * F.logsigmoid(-d))
 
 
-def ranking_loss(rewards: Tensor, pairs: PairBatch, margin: float | Tensor = 0.0) -> Tensor:
+def ranking_loss(
+    rewards: Tensor, pairs: PairBatch, margin: float | Tensor = 0.0, reduction: str = "mean"
+) -> Tensor:
     """The InstructGPT K-way ranking loss, vectorised over a batch of records (a scalar).
 
         loss_g = 1/|P_g| * sum_{(w,l) in P_g} pair_loss(r_w - r_l, p_wl)     (one record g)
@@ -195,17 +195,25 @@ def ranking_loss(rewards: Tensor, pairs: PairBatch, margin: float | Tensor = 0.0
         rewards: `(M,)` reward of every response of the batch, records concatenated in order.
         pairs: from `build_pair_batch` (on the rewards' device).
         margin: a float, or `(P,)` per pair (used on hard pairs only).
+        reduction: "mean" -> the weighted mean above; "sum" -> its numerator
+            sum_g c_g loss_g only. With gradient accumulation or several processes, sum the
+            "sum" losses and divide by the total of `pairs.effective_weight.sum()` over all
+            micro-batches: the result equals the "mean" loss of the whole batch.
     Returns:
         A scalar; 0 (still attached to `rewards`, so backward works) when no record has a
         pair with positive weight.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     d = rewards[pairs.winner] - rewards[pairs.loser]  # (P,)
     per_pair = pair_losses(d, pairs.p, margin)  # (P,)
     g = pairs.num_groups
     pair_sum = torch.zeros(g, dtype=per_pair.dtype, device=per_pair.device).index_add(0, pairs.group, per_pair)
     pair_count = torch.bincount(pairs.group, minlength=g).to(per_pair.dtype)  # (G,)
-    weight = torch.where(pair_count > 0, pairs.record_weight.to(per_pair.dtype), torch.zeros_like(pair_count))
+    weight = pairs.effective_weight.to(per_pair.dtype)  # (G,)
     per_record = pair_sum / pair_count.clamp_min(1)  # (G,)
+    if reduction == "sum":
+        return (weight * per_record).sum()
     total = weight.sum()
     # all weights 0 -> numerator 0, divide by 1: a 0 that still backpropagates (no host sync)
     return (weight * per_record).sum() / torch.where(total > 0, total, torch.ones_like(total))

@@ -300,3 +300,26 @@ def test_ensemble_and_conservative_score():
     assert torch.allclose(conservative_score(mean, std, 1.0), torch.tensor([1.0, 2.0]))
     mean1, std1 = ensemble_stats(torch.tensor([[4.0, 5.0]]))
     assert torch.equal(std1, torch.zeros(2)) and torch.equal(mean1, torch.tensor([4.0, 5.0]))
+
+
+def test_sum_reduction_gives_accumulation_invariance():
+    # Splitting a batch into micro-batches: sum of "sum" losses / total effective weight == "mean" loss
+    rng = random.Random(7)
+    tiers_list, ps, weights = random_records(rng, 24)
+    rewards = torch.randn(sum(sum(len(t) for t in tiers) for tiers in tiers_list), dtype=torch.float64)
+    full = ranking_loss(rewards, build_pair_batch(tiers_list, ps, weights, tie_mode="soft"))
+    num, den, offset = 0.0, 0.0, 0
+    for lo, hi in [(0, 5), (5, 6), (6, 24)]:
+        pb = build_pair_batch(tiers_list[lo:hi], ps[lo:hi], weights[lo:hi], tie_mode="soft")
+        m = int(pb.num_responses.sum())
+        num = num + ranking_loss(rewards[offset:offset + m], pb, reduction="sum")
+        den += pb.effective_weight.sum().item()
+        offset += m
+    assert torch.allclose(full, num / den)
+    with pytest.raises(ValueError, match="reduction"):
+        ranking_loss(rewards, build_pair_batch(tiers_list), reduction="none")
+
+
+def test_effective_weight_zero_for_records_without_pairs():
+    pb = build_pair_batch([[[0], [1]], [[0, 1]], [[1], [0]]], records_weight=[2.0, 5.0, 0.5])
+    assert pb.effective_weight.tolist() == [2.0, 0.0, 0.5]
