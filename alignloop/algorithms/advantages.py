@@ -68,7 +68,8 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     Returns:
         `(advantages, returns)`, both `(B, T)`, 0 on padded positions, no gradient.
     """
-    rewards, values = rewards.detach(), values.detach()
+    dtype = torch.promote_types(rewards.dtype, values.dtype)
+    rewards, values = rewards.detach().to(dtype), values.detach().to(dtype)
     real = mask.bool()
     next_value = torch.zeros_like(values[:, 0])  # (B,)
     next_adv = torch.zeros_like(values[:, 0])    # (B,)

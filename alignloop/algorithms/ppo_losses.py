@@ -49,6 +49,7 @@ def policy_loss(
           to second order;
         - `ratio_mean`, `ratio_max`: of the ratio over real tokens (ratio_max flags blow-ups).
     """
+    old_logp, advantages = old_logp.detach(), advantages.detach()  # constants of the surrogate
     log_ratio = (logp - old_logp).clamp(-max_log_ratio, max_log_ratio)
     ratio = torch.exp(log_ratio)
     pg_loss1 = -advantages * ratio
@@ -88,6 +89,7 @@ def value_loss(
         `(loss, stats)`; stats: `vf_clipfrac` (share of real tokens where the clipped error is
         the larger), `value_mean` (masked mean of V).
     """
+    old_values, returns = old_values.detach(), returns.detach()
     unclipped = (values - returns) ** 2
     if clip is None:
         per_token, clipped_larger = unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
@@ -117,6 +119,8 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.
 
     Align logits and tokens before the call: for a causal LM the logits at position t predict
     token t + 1, so pass `logits[:, :-1]` with `tokens[:, 1:]` (sliced to the response).
+    Every token id must be a valid index (use the pad id on padding, not -100); mask the
+    result.
     """
     out_dtype = torch.promote_types(logits.dtype, torch.float32)
     rows = []

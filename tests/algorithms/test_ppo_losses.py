@@ -140,3 +140,18 @@ def test_k3_loss_term_value_and_gradient():
     loss.backward()
     # d k3 / d logp = 1 - pi_ref/pi = 1 - 0.5 = 0.5, divided by 2 real tokens
     assert torch.allclose(logp.grad, torch.tensor([[0.25, 0.25, 0.0]]))
+
+
+def test_losses_treat_targets_as_constants():
+    # gradients must reach logp / values only, never the advantages, old log-probs or returns
+    adv = torch.ones(1, 2, requires_grad=True)
+    old = torch.zeros(1, 2, requires_grad=True)
+    logp = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = policy_loss(logp, old, adv, torch.ones(1, 2))
+    loss.backward()
+    assert adv.grad is None and old.grad is None and logp.grad is not None
+    ret = torch.ones(1, 2, requires_grad=True)
+    values = torch.zeros(1, 2, requires_grad=True)
+    vloss, _ = value_loss(values, values.detach(), ret, torch.ones(1, 2))
+    vloss.backward()
+    assert ret.grad is None and values.grad is not None
