@@ -61,7 +61,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
 

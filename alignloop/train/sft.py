@@ -181,7 +181,7 @@ def run_sft(cfg: SFTConfig) -> Path:
         save_model(accelerator.unwrap_model(model).lm, tokenizer, out, base=cfg.model)
         if not cfg.keep_checkpoint:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
-        final = [m for m in _read(out) if "eval/loss" in m]
+        final = [m for m in _read(out) if m.get("eval/loss") is not None]
         if final:
             first, last = final[0]["eval/loss"], final[-1]["eval/loss"]
             accelerator.print(f"held-out loss {first:.4f} -> {last:.4f} after {step} steps; model saved to {out}")

@@ -1,0 +1,62 @@
+"""The command line as a user meets it: help, config files, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alignloop.config import ConfigError, resolve_config
+from alignloop.train.sft import SFTConfig
+
+
+def alignloop(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "alignloop.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_help_lists_every_option_with_its_description():
+    top = alignloop("--help")
+    assert top.returncode == 0 and "generate" in top.stdout and "sft" in top.stdout
+    sft = alignloop("sft", "--help").stdout
+    for name, field in SFTConfig.model_fields.items():
+        assert "--" + name.replace("_", "-") in sft, name
+    assert "--lora-rank" in sft and "LoRA rank r." in sft and "--config" in sft
+
+
+def test_malformed_jsonl_is_a_one_line_error_with_its_line(tmp_path, tiny_model_dir):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": "ok too"}\n{"prompt": "broken"\n')
+    r = alignloop("generate", "--model", str(tiny_model_dir), "--prompts", str(bad), "--out", str(tmp_path / "s.jsonl"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: {bad}:3: invalid JSON (Expecting ',' delimiter at column 20)"
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_config_file_then_command_line(tmp_path):
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text(yaml.safe_dump({"data": "demos.jsonl", "out": "o", "lora_rank": 4, "epochs": 3}))
+    cfg = resolve_config(SFTConfig, cfg_file, {"epochs": 5, "lora_targets": "q_proj, v_proj", "seed": None})
+    assert (cfg.lora_rank, cfg.epochs, cfg.lora_targets, cfg.seed) == (4, 5, ["q_proj", "v_proj"], 0)
+    cfg_file.write_text("data: d\nout: o\nlora_rnak: 4\n")
+    with pytest.raises(ConfigError, match="field 'lora_rnak': unknown option"):
+        resolve_config(SFTConfig, cfg_file, {})
+    with pytest.raises(ConfigError, match="field 'epochs'"):
+        resolve_config(SFTConfig, None, {"data": "d", "out": "o", "epochs": 0})
+
+
+def test_generate_writes_samples_with_model_and_settings(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Hello"}\n{"id": "b", "prompt": "Name a color."}\n')
+    out = tmp_path / "s.jsonl"
+    r = alignloop("generate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out),
+                  "--num-samples", "3", "--max-new-tokens", "6", "--seed", "5", "--temperature", "0.9")
+    assert r.returncode == 0, r.stderr
+    from alignloop.data.io import read_records
+    from alignloop.data.records import Samples
+
+    recs = read_records(out, Samples)
+    assert [x.id for x in recs] == ["a", "b"] and all(len(x.responses) == 3 for x in recs)
+    assert recs[0].model == str(tiny_model_dir)
+    assert recs[0].sampling == {"temperature": 0.9, "top_p": 1.0, "max_new_tokens": 6, "seed": 5}
+    assert yaml.safe_load(out.with_suffix(".config.yaml").read_text())["num_samples"] == 3
