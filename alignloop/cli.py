@@ -20,6 +20,8 @@ from alignloop.data.io import DataError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("alignloop.models.generation", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
+    "reward": ("alignloop.train.reward", "command", "Train a reward model from rankings, pairs and soft labels."),
+    "score": ("alignloop.models.reward_model", "command", "Add reward-model scores to a samples file."),
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
 }
 

@@ -21,3 +21,18 @@ def tiny(tiny_model_dir):
     from alignloop.models.loading import load_causal_lm, load_tokenizer
 
     return load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models are all overhead: a second intra-op thread only adds waiting (and much more
+    when the machine is busy), so tests run torch on one thread."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

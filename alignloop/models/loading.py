@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from huggingface_hub import utils as hf_hub_utils
 from transformers.utils import logging as hf_logging
 
 from alignloop.config import ModelOptions
 from alignloop.models.registry import resolve_model
 
 MODEL_INFO = "alignloop_model.json"
-hf_logging.disable_progress_bar()  # our own progress display; no per-load bars
+hf_logging.disable_progress_bar()  # our own progress display; no per-load / per-save bars
+hf_hub_utils.disable_progress_bars()
 
 
 def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:

@@ -1,0 +1,258 @@
+"""`alignloop reward`: train a reward model from rankings, pairs and soft labels.
+
+One comparison record (K responses ranked, ties allowed, or a soft label p for K = 2) is ONE
+example: its C(K,2) pairs are averaged (InstructGPT), see `algorithms.reward_losses`. The
+loop, per optimizer step s (the same shape as SFT):
+  1) the global batch is records order[s*G : (s+1)*G] of the epoch's permutation;
+  2) each process scores its records' responses in `grad_accum` micro-batches;
+  3) loss = sum over ensemble heads e of  sum_g c_eg loss_g / sum_g c_eg  over the WHOLE global
+     batch (c_eg = record weight x bootstrap count of record g for head e), so gradient
+     accumulation and several processes give the same gradient as one big batch;
+  4) clip, optimizer and LR-schedule step; 5) log, evaluate, checkpoint.
+At the end, rewards are normalised to mean 0 / std 1 over the training responses (per head)
+and the model is saved with that normalisation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command, save_config
+from alignloop.train.common import OptimOptions
+
+
+class RewardConfig(StageConfig, ModelOptions, OptimOptions):
+    """`alignloop reward`: a scalar reward model from comparisons."""
+
+    data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder): K-way rankings, pairs, soft labels.")
+    out: Path = Field(..., description="Output folder: backbone (adapter or full), heads, normalisation, metrics.")
+    heldout: Path | None = Field(None, description="Held-out comparisons; default: a split of --data.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --heldout is not given.")
+    epochs: int = Field(1, ge=1, description="Passes over the training comparisons.")
+    batch_size: int = Field(4, ge=1, description="Comparison records per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(384, ge=8, description="Longest tokenised prompt + response.")
+    tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
+    margin: float = Field(0.0, ge=0, description="Margin on hard pairs: -log s(r_w - r_l - margin).")
+    ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
+    ensemble_mode: Literal["bootstrap", "init"] = Field(
+        "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
+    eval_every: int = Field(20, ge=0, description="Evaluate on the held-out split every N steps (0: at the end).")
+    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
+    seed: int = Field(0, description="Random seed (data order, heads, bootstrap).")
+    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
+    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+
+
+def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Tokenised (train, held-out) examples: {seqs, tiers, p, weight}."""
+    from alignloop.data.io import read_records
+    from alignloop.data.records import Comparison
+    from alignloop.models.reward_model import encode_texts
+
+    def encode(records):
+        rows = []
+        for r in records:
+            tiers = r.tiers() if r.ranking is not None else [[0], [1]]
+            rows.append({"seqs": encode_texts(tokenizer, [r.chat()] * len(r.responses), r.responses, cfg.max_length),
+                         "tiers": tiers, "p": r.p, "weight": r.weight})
+        return rows
+
+    train = read_records(cfg.data, Comparison)
+    if cfg.heldout is not None:
+        heldout = read_records(cfg.heldout, Comparison)
+    else:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_held = int(len(train) * cfg.heldout_fraction)
+        heldout = [train[i] for i in perm[:n_held]]
+        train = [train[i] for i in sorted(perm[n_held:])]
+    return encode(train), encode(heldout)
+
+
+def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor:
+    """(E, n) how often each head sees each record: multinomial resample counts, or all ones."""
+    if mode == "init" or members == 1:
+        return torch.ones(members, n)
+    g = torch.Generator().manual_seed(seed + 7919)
+    return torch.stack([torch.bincount(torch.randint(0, n, (n,), generator=g), minlength=n).float()
+                        for _ in range(members)])
+
+
+def forward_records(model, rows: list[dict], pad_id: int, device, tie_mode: str, weights: torch.Tensor | None = None):
+    """Rewards (M, E) of the rows' responses and their PairBatch (record weights x `weights` (G,))."""
+    from alignloop.algorithms.reward_losses import build_pair_batch
+    from alignloop.models.reward_model import right_padded
+
+    seqs = [s for r in rows for s in r["seqs"]]
+    ids, mask = right_padded(seqs, pad_id, device)
+    rewards = model(ids, mask)  # (M, E)
+    record_weight = [r["weight"] for r in rows] if weights is None else (
+        torch.tensor([r["weight"] for r in rows]) * weights).tolist()
+    pairs = build_pair_batch([r["tiers"] for r in rows], [r["p"] for r in rows], record_weight, tie_mode)
+    return rewards, pairs.to(device)
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, rows: list[dict], pad_id: int, cfg: RewardConfig) -> dict:
+    """Held-out loss, pairwise accuracy (hard labels), soft-label agreement and calibration (ECE)."""
+    from alignloop.algorithms.reward_losses import expected_calibration_error, ranking_loss
+
+    if not rows:
+        return {}
+    model.eval()
+    mine = rows[accelerator.process_index:: accelerator.num_processes]
+    d_all, p_all, loss_sum, weight_sum = [], [], 0.0, 0.0
+    for i in range(0, len(mine), cfg.batch_size):
+        rewards, pairs = forward_records(model, mine[i: i + cfg.batch_size], pad_id, accelerator.device, cfg.tie_mode)
+        r = rewards.float().mean(dim=1)  # the ensemble mean
+        loss_sum += ranking_loss(r, pairs, cfg.margin, reduction="sum").item()
+        weight_sum += pairs.effective_weight.sum().item()
+        d_all.append(r[pairs.winner] - r[pairs.loser])
+        p_all.append(pairs.p)
+    model.train()
+    d = accelerator.gather_for_metrics(torch.cat(d_all))
+    p = accelerator.gather_for_metrics(torch.cat(p_all))
+    totals = accelerator.reduce(torch.tensor([loss_sum, weight_sum], device=accelerator.device), "sum")
+    hard, soft = p == 1.0, (p > 0.5) & (p < 1.0)
+    prob = torch.sigmoid(d)
+    metrics = {"eval/loss": (totals[0] / totals[1].clamp_min(1e-12)).item(), "eval/pairs": int(d.numel())}
+    if hard.any():
+        metrics["eval/accuracy"] = ((d[hard] > 0).float() + 0.5 * (d[hard] == 0).float()).mean().item()
+    if soft.any():
+        metrics["eval/soft_agreement"] = (prob[soft] > 0.5).float().mean().item()
+        metrics["eval/soft_mae"] = (prob[soft] - p[soft]).abs().mean().item()
+    decided = p > 0.5
+    if decided.any():  # both orientations, so the ECE does not depend on which response is first
+        probs = torch.cat([prob[decided], 1 - prob[decided]])
+        labels = torch.cat([p[decided], 1 - p[decided]])
+        metrics["eval/ece"] = expected_calibration_error(probs, labels).item()
+    return metrics
+
+
+def run_reward(cfg: RewardConfig) -> Path:
+    from alignloop.algorithms.reward_losses import build_pair_batch, ranking_loss
+    from alignloop.models.loading import load_tokenizer, load_trainable
+    from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
+    from alignloop.progress import progress_bar
+    from alignloop.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+    from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
+    from alignloop.train.tracking import Tracker
+
+    out = Path(cfg.out)
+    if has_checkpoint(out) and not cfg.resume:
+        raise ConfigError(f"{out} holds a checkpoint of an unfinished run: pass --resume, or choose another --out")
+    accelerator = make_accelerator(cfg.mixed_precision)
+    seed_everything(cfg.seed)
+
+    # Data, model, optimizer.
+    tokenizer = load_tokenizer(cfg.model)
+    train, heldout = load_comparisons(cfg, tokenizer)
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if len(train) < global_batch:
+        raise ConfigError(f"{cfg.data}: {len(train)} training comparisons, fewer than one global batch "
+                          f"(batch_size x grad_accum x processes = {global_batch})")
+    steps_per_epoch = len(train) // global_batch
+    total_steps = steps_per_epoch * cfg.epochs
+    counts = bootstrap_counts(len(train), cfg.ensemble, cfg.ensemble_mode, cfg.seed)  # (E, N)
+    model = RewardNet(load_trainable(cfg, accelerator.device), cfg.ensemble).to(accelerator.device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pad_id = tokenizer.pad_token_id
+
+    tracker = Tracker(out, enabled=accelerator.is_main_process)
+    step = 0
+    if cfg.resume and has_checkpoint(out):
+        step = load_checkpoint(out, accelerator, model, optimizer, scheduler)["step"]
+        tracker.resume_from(step)
+        accelerator.print(f"resuming {out} at step {step}/{total_steps}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if step == 0:
+        tracker.log(0, evaluate(accelerator, model, heldout, pad_id, cfg))
+
+    stop = min(total_steps, cfg.stop_at_step or total_steps)
+    with progress_bar("reward", total_steps, enabled=accelerator.is_main_process) as advance:
+        advance(step)
+        while step < stop:
+            t0 = time.time()
+            # 1) the global batch; its total record weight per head normalises the loss (3).
+            epoch, s = divmod(step, steps_per_epoch)
+            idx = epoch_order(len(train), cfg.seed, epoch)[s * global_batch: (s + 1) * global_batch]
+            whole = build_pair_batch([train[i]["tiers"] for i in idx], [train[i]["p"] for i in idx],
+                                     [train[i]["weight"] for i in idx], cfg.tie_mode)
+            head_weight = (counts[:, idx] * whole.effective_weight).sum(dim=1).clamp_min(1e-12)  # (E,)
+            # 2) this process's share, in micro-batches.
+            share = idx[accelerator.process_index * cfg.batch_size * cfg.grad_accum:][: cfg.batch_size * cfg.grad_accum]
+            loss_total, acc_hits, acc_n = 0.0, 0.0, 0
+            for m in range(cfg.grad_accum):
+                micro = share[m * cfg.batch_size: (m + 1) * cfg.batch_size]
+                rows = [train[i] for i in micro]
+                sync = m == cfg.grad_accum - 1
+                with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
+                    rewards, pairs = forward_records(model, rows, pad_id, accelerator.device, cfg.tie_mode)
+                    loss = 0.0
+                    for e in range(cfg.ensemble):  # 3) one ranking loss per head, on its resample
+                        pairs.record_weight = torch.tensor([train[i]["weight"] for i in micro],
+                                                           device=accelerator.device) * counts[e, micro].to(accelerator.device)
+                        loss = loss + ranking_loss(rewards[:, e].float(), pairs, cfg.margin, reduction="sum") / head_weight[e]
+                    accelerator.backward(loss * world)
+                loss_total += loss.item()
+                r = rewards.detach().float().mean(dim=1)
+                hard = pairs.p == 1.0
+                acc_hits += (r[pairs.winner][hard] > r[pairs.loser][hard]).sum().item()
+                acc_n += int(hard.sum())
+            # 4) clip, step.
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            # 5) log, evaluate, checkpoint.
+            totals = accelerator.reduce(torch.tensor([loss_total, acc_hits, acc_n], device=accelerator.device), "sum")
+            metrics = {"train/loss": totals[0].item() / cfg.ensemble, "train/accuracy": (totals[1] / totals[2].clamp_min(1)).item(),
+                       "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+                       "train/epoch": step / steps_per_epoch, "time/step_s": time.time() - t0,
+                       "time/pairs_per_s": totals[2].item() / max(time.time() - t0, 1e-9)}
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                metrics.update(evaluate(accelerator, model, heldout, pad_id, cfg))
+            tracker.log(step, metrics)
+            advance(1, loss=metrics["train/loss"], acc=metrics["train/accuracy"])
+            if (cfg.save_every and step % cfg.save_every == 0 and step < total_steps) or step == stop < total_steps:
+                save_checkpoint(out, accelerator, model, optimizer, scheduler, {"step": step})
+
+    if step < total_steps:
+        tracker.close()
+        accelerator.print(f"stopped at step {step}/{total_steps}; continue with --resume")
+        return out
+    # Normalise: mean 0 / std 1 of each head over the (distinct) training responses.
+    net = accelerator.unwrap_model(model)
+    seqs = list({tuple(s): None for r in train for s in r["seqs"]})
+    raw = raw_rewards(net, [list(s) for s in seqs], pad_id, batch_size=16)  # (N, E)
+    mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
+    tracker.log(step, {"normalization/mean": sum(mean) / len(mean), "normalization/std": sum(std) / len(std)})
+    tracker.close()
+    if accelerator.is_main_process:
+        save_reward_model(net, tokenizer, out, base=cfg.model, mean=mean, std=std, max_length=cfg.max_length,
+                          extra={"tie_mode": cfg.tie_mode, "ensemble_mode": cfg.ensemble_mode})
+        if not cfg.keep_checkpoint:
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if isinstance(v, float))
+        accelerator.print(f"reward model saved to {out}; held-out: {shown}")
+    accelerator.wait_for_everyone()
+    return out
+
+
+command = config_command(RewardConfig, run_reward, "reward",
+                         help="Train a reward model (scalar head on a transformer) from rankings, pairs and "
+                              "soft labels; ensembles; resumable; several processes under `accelerate launch`.")

@@ -1,0 +1,150 @@
+"""Reward model: learns a planted preference, not shuffled labels; normalisation; resume; scoring."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from alignloop.models.reward_model import RewardModel
+from alignloop.train.reward import RewardConfig, run_reward
+from alignloop.train.tracking import read_metrics
+
+WORDS = "the river garden lantern violin stone cloud bread window music paper".split()
+MARKER = "apple"
+
+
+def _response(rng, marker: bool) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(4, 8))]
+    if marker:
+        words.insert(rng.randrange(len(words) + 1), MARKER)
+    return " ".join(words)
+
+
+def synthetic_comparisons(path, n, seed, shuffle_labels=False):
+    """Responses containing MARKER beat those without: pairs, K=3 rankings with a tie, soft labels."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            prompt = f"Write something about the {rng.choice(WORDS)}."
+            kind = i % 3
+            if kind == 0:  # a pair, winner first or second at random
+                good, bad = _response(rng, True), _response(rng, False)
+                rec = {"prompt": prompt, "chosen": good, "rejected": bad}
+            elif kind == 1:  # K = 3: the marker response wins, the two others tie
+                responses = [_response(rng, False), _response(rng, True), _response(rng, False)]
+                rng.shuffle(responses)
+                win = next(j for j, r in enumerate(responses) if MARKER in r.split())
+                rec = {"prompt": prompt, "responses": responses, "ranking": [win, [j for j in range(3) if j != win]]}
+            else:  # a soft label
+                responses = [_response(rng, True), _response(rng, False)]
+                first_good = rng.random() < 0.5
+                responses = responses if first_good else responses[::-1]
+                rec = {"prompt": prompt, "responses": responses, "p": 0.9 if first_good else 0.1}
+            if shuffle_labels:
+                if "chosen" in rec and rng.random() < 0.5:
+                    rec["chosen"], rec["rejected"] = rec["rejected"], rec["chosen"]
+                elif "ranking" in rec:
+                    rec["ranking"] = [rng.randrange(3), [j for j in range(3)]]
+                    rec["ranking"][1].remove(rec["ranking"][0])
+                elif "p" in rec and rng.random() < 0.5:
+                    rec["p"] = 1 - rec["p"]
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rm")
+    return {"train": synthetic_comparisons(d / "train.jsonl", 150, 0),
+            "heldout": synthetic_comparisons(d / "heldout.jsonl", 60, 1),
+            "shuffled": synthetic_comparisons(d / "shuffled.jsonl", 150, 0, shuffle_labels=True)}
+
+
+def _cfg(tiny_model_dir, data_path, heldout, out, **kw):
+    base = dict(model=str(tiny_model_dir), data=data_path, heldout=heldout, out=out, epochs=3, batch_size=8,
+                lora=False, learning_rate=1e-3, eval_every=0, save_every=0, seed=0, max_length=48)
+    return RewardConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "model"
+    return run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], out))
+
+
+def test_learns_the_planted_preference(trained):
+    final = read_metrics(trained)[-2]  # the last line holds the normalisation
+    assert final["eval/accuracy"] > 0.9, final
+    assert final["eval/soft_agreement"] > 0.9
+    assert 0 <= final["eval/ece"] < 0.5
+
+
+def test_shuffled_labels_stay_near_chance(tiny_model_dir, data, tmp_path):
+    out = run_reward(_cfg(tiny_model_dir, data["shuffled"], data["heldout"], tmp_path / "shuffled"))
+    final = [m for m in read_metrics(out) if "eval/accuracy" in m][-1]
+    assert 0.3 < final["eval/accuracy"] < 0.7, final
+
+
+def test_rewards_are_normalised_on_the_training_responses(trained, data):
+    rm = RewardModel.load(trained)
+    prompts, responses, seen = [], [], set()
+    for line in open(data["train"]):
+        rec = json.loads(line)
+        for r in rec.get("responses") or [rec["chosen"], rec["rejected"]]:
+            if (rec["prompt"], r) not in seen:
+                seen.add((rec["prompt"], r))
+                prompts.append(rec["prompt"])
+                responses.append(r)
+    scores = torch.tensor(rm.score(prompts, responses))
+    assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(correction=0).item() - 1) < 1e-3
+    good = rm.score(["Write something about the river."] * 2, ["the stone apple cloud music", "the stone cloud music"])
+    assert good[0] > good[1]
+
+
+def test_score_command_adds_rewards(trained, tmp_path):
+    from alignloop.cli import main
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"prompt": "Write something about the bread.",
+                                   "responses": ["paper apple window", "paper window"], "model": "m"}) + "\n")
+    main(["score", "--reward", str(trained), "--data", str(samples), "--out", str(tmp_path / "scored.jsonl")])
+    rec = json.loads((tmp_path / "scored.jsonl").read_text())
+    assert rec["rewards"]["reward"][0] > rec["rewards"]["reward"][1] and rec["model"] == "m"
+
+
+def _weights(out):
+    rm = RewardModel.load(out)
+    return {**rm.net.head.state_dict(), **rm.net.lm.state_dict()}
+
+
+def test_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
+    kw = dict(epochs=1, lora=True, learning_rate=1e-3, save_every=5)
+    whole = run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], tmp_path / "whole", **kw))
+    part = tmp_path / "part"
+    run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], part, stop_at_step=7, **kw))
+    run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], part, resume=True, **kw))
+    a, b = _weights(whole), _weights(part)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, data, tmp_path):
+    """One optimizer step of 8 records x 1 equals 2 records x 4 micro-batches. (After several
+    Adam steps the float summation order shows: Adam turns near-zero gradients into +-lr.)"""
+    def first_step(name, **kw):
+        out = tmp_path / name
+        run_reward(_cfg(tiny_model_dir, data["train"], None, out, epochs=1, lora=True, stop_at_step=1,
+                        heldout_fraction=0.0, **kw))
+        return torch.load(out / "checkpoint" / "trainable.pt")
+
+    a, b = first_step("big", batch_size=8), first_step("acc", batch_size=2, grad_accum=4)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_ensemble_gives_a_spread_and_a_conservative_score(tiny_model_dir, data, tmp_path):
+    out = run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], tmp_path / "ens", epochs=1, ensemble=3))
+    rm = RewardModel.load(out)
+    prompts, responses = ["Write something about the stone."] * 3, ["apple bread", "bread", "music paper apple"]
+    mean, spread, members = rm.score_ensemble(prompts, responses)
+    assert members.shape == (3, 3) and (spread > 0).all()
+    assert torch.allclose(torch.tensor(rm.score(prompts, responses, k=1.0)), mean - spread, atol=1e-6)
