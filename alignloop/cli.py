@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("alignloop.models.sample", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
     "demo": ("alignloop.demo", "command", "The quickstart: SFT on the shipped demonstrations, then samples."),
+    "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export."),
+    "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
 }
 
 
