@@ -402,10 +402,11 @@ def submit_judgment(
     a = get_assignment(s, rater, assignment_id)
     if key is not None and (not key or len(key) > MAX_KEY):
         raise Invalid(f"idempotency key: 1 to {MAX_KEY} characters")
-    if a.judgment is not None:
-        if key is not None and a.judgment.idempotency_key == key:
+    stored = s.scalar(select(Judgment).where(Judgment.assignment_id == a.id))
+    if stored is not None:
+        if key is not None and stored.idempotency_key == key:
             s.commit()
-            return a.judgment, False
+            return stored, False
         raise Conflict("This item was already answered; its judgment is stored.")
     if a.status == "skipped":
         raise Conflict("This item was skipped; it cannot be answered any more.")
@@ -432,7 +433,7 @@ def submit_judgment(
         ranking_orig = [order[t[0]] if len(t) == 1 else sorted(order[p] for p in t) for t in tiers]
     now = utcnow()
     shown = a.shown_at or a.created_at
-    j = Judgment(assignment_id=a.id, idempotency_key=key, ranking=ranking_orig, labels=labels_orig,
+    j = Judgment(assignment=a, idempotency_key=key, ranking=ranking_orig, labels=labels_orig,
                  unsafe=unsafe_orig, comment=comment, display_order=list(order), shown_at=shown,
                  submitted_at=now, time_spent_s=max(0.0, (now - shown).total_seconds()))
     s.add(j)
