@@ -94,8 +94,9 @@ def _error(request: Request, status: int, message: str, title: str = "Error"):
         status_code=status)
 
 
-def create_app(db: str | Path = "feedback.db", upgrade: bool = True) -> FastAPI:
-    """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first."""
+def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False) -> FastAPI:
+    """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
+    `secure_cookies` marks the session cookie Secure (when served over HTTPS)."""
     engine, sessions = store.open_db(db, upgrade=upgrade)
     with sessions() as s:
         secret = store.session_secret(s)
@@ -148,7 +149,7 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True) -> FastAPI:
 
     # order: the session middleware sits inside the guard, so every response gets the headers
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="alignloop_session",
-                       max_age=14 * 24 * 3600, same_site="lax", https_only=False)
+                       max_age=14 * 24 * 3600, same_site="lax", https_only=secure_cookies)
     app.add_middleware(GuardMiddleware)
     return app
 

@@ -56,6 +56,7 @@ class ServeConfig(StageConfig):
     db: str = Field("feedback.db", description=DB_HELP)
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for every interface).")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    secure_cookies: bool = Field(False, description="Send the session cookie only over HTTPS (behind a TLS proxy).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
 
 
@@ -150,7 +151,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
     from alignloop.feedback.app import create_app
 
-    app = create_app(cfg.db)
+    app = create_app(cfg.db, secure_cookies=cfg.secure_cookies)
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {cfg.db}); API spec at /docs")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 

@@ -12,7 +12,6 @@ plus the display order, so the answer is independent of what the rater happened 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import random
 import secrets

@@ -200,7 +200,10 @@ def test_admin_dashboard_upload_add_rater_and_export(site, tmp_path):
     boss = login(app, links["boss"])
     page = boss.get("/admin")
     assert page.status_code == 200
-    assert "1 / 6" in page.text and "ann: 1" in page.text  # judgments / expected, per-rater counts
+    row = re.search(r'<table id="campaigns">.*?<tbody>(.*?)</tbody>', page.text, flags=re.S).group(1)
+    cells = [c.strip() for c in re.findall(r"<td>(.*?)</td>", row, flags=re.S)]
+    assert cells[0] == "camp &lt;i&gt;1&lt;/i&gt;" and cells[2] == "3"  # items
+    assert cells[3] == "1 / 6" and "ann: 1" in cells[9]  # judgments / expected, per-rater counts
     token = hidden(page.text, "csrf_token")
     thumbs = "".join(json.dumps({"prompt": f"p{i}", "responses": ["good", "meh"]}) + "\n" for i in range(3))
     r = boss.post("/admin/campaigns", data={"csrf_token": token, "kind": "thumbs", "raters_per_item": "1", "name": "thumbs"},

@@ -14,7 +14,10 @@
     if (!schema) return "";
     if (schema.$ref) return schema.$ref.split("/").pop();
     if (schema.anyOf) return schema.anyOf.map(function (s) { return typeOf(s, spec); }).join(" | ");
-    if (schema.type === "array") return typeOf(schema.items, spec) + "[]";
+    if (schema.type === "array") {
+      var inner = typeOf(schema.items, spec);
+      return (inner.indexOf(" | ") >= 0 ? "(" + inner + ")" : inner) + "[]";
+    }
     return schema.type || "object";
   }
 
