@@ -58,8 +58,8 @@ class NextOut(BaseModel):
 
 class JudgmentIn(BaseModel):
     ranking: list[int | list[int]] | None = Field(
-        None, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
-    labels: list[int] | None = Field(None, description="thumbs: per position 1 (good) or 0 (bad).")
+        None, max_length=store.MAX_RESPONSES, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
+    labels: list[int] | None = Field(None, max_length=store.MAX_RESPONSES, description="thumbs: per position 1 (good) or 0 (bad).")
     unsafe: list[int] = Field(default_factory=list, max_length=store.MAX_RESPONSES,
                               description="Positions of responses flagged unsafe.")
     comment: str = Field("", max_length=store.MAX_COMMENT)

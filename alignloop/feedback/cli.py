@@ -60,6 +60,15 @@ class ServeConfig(StageConfig):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
 
 
+def shown_db(db: str) -> str:
+    """`--db` for messages: a URL's password is masked."""
+    if "://" not in db:
+        return db
+    from sqlalchemy.engine import make_url
+
+    return make_url(db).render_as_string(hide_password=True)
+
+
 def _open(db: str, must_exist: bool = False):
     from alignloop.feedback import store
 
@@ -86,7 +95,7 @@ def run_create(cfg: FeedbackCreateConfig) -> None:
         except store.FeedbackError as err:
             raise ConfigError(err.message) from None
         click.echo(f"campaign {c.id} {c.name!r}: {len(samples)} items ({cfg.kind}, {cfg.raters_per_item} raters "
-                   f"per item), {len(gold)} gold items, in {cfg.db}")
+                   f"per item), {len(gold)} gold items, in {shown_db(cfg.db)}")
     engine.dispose()
 
 
@@ -152,7 +161,7 @@ def run_serve(cfg: ServeConfig) -> None:
     from alignloop.feedback.app import create_app
 
     app = create_app(cfg.db, secure_cookies=cfg.secure_cookies)
-    click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {cfg.db}); API spec at /docs")
+    click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 
 
