@@ -3,7 +3,7 @@
 Each command is generated from its config class (config.py): the field descriptions are the
 --help text and `--config FILE.yaml` works as for every stage. `--db` takes a SQLite file
 path (default feedback.db in the current folder) or a SQLAlchemy URL such as
-postgresql+psycopg://user@host/dbname; the schema is migrated to the newest revision first.
+postgresql://user@host/dbname; the schema is migrated to the newest revision first.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
 
-DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db)."
+DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
 
 class FeedbackCreateConfig(StageConfig):

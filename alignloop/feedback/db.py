@@ -143,8 +143,12 @@ class Judgment(Base):
 
 
 def database_url(db: str | Path) -> str:
-    """A SQLAlchemy URL from `--db`: a URL is kept, anything else is a SQLite file path."""
+    """A SQLAlchemy URL from `--db`: a URL is kept (plain postgresql:// gets the psycopg 3 driver,
+    the `postgres` extra), anything else is a SQLite file path."""
     text = str(db)
+    for plain in ("postgresql://", "postgres://"):
+        if text.startswith(plain):
+            return "postgresql+psycopg://" + text[len(plain):]
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"

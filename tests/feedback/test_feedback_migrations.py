@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.db import Base, Rater, make_engine
+from alignloop.feedback.db import Base, Rater, database_url, make_engine
 
 
 def test_upgrade_from_empty_database_reaches_head(db_path):
@@ -89,3 +89,11 @@ def test_downgrade_to_revision_1_and_back(db_path):
     store.migrate(engine)
     assert store.schema_revision(engine) == "0002"
     engine.dispose()
+
+
+def test_database_option_takes_a_path_or_a_url(tmp_path):
+    assert database_url(tmp_path / "f.db") == f"sqlite:///{tmp_path / 'f.db'}"
+    assert database_url("postgresql://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
+    assert database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert database_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
