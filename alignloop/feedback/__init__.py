@@ -1,0 +1,1 @@
+"""Human feedback: database, web app for raters and admins, JSON API. Never imports torch."""

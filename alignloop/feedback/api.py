@@ -1,0 +1,205 @@
+"""The JSON API (under /api): the rater's operations for programmatic raters and the
+AI-feedback stage, and the admin's. Spec at /openapi.json, readable at /docs.
+
+Authenticate with `Authorization: Bearer <api token>` (`alignloop feedback add-rater NAME
+--api-token`), or with the browser session cookie plus an `X-CSRF-Token` header on POSTs.
+
+Responses are listed in the order this rater is shown them; `position` is the index in that
+list, and a judgment names responses by position (ranking best first, a nested list for a
+tie). Send an `Idempotency-Key` header with a judgment: a retry with the same key returns
+the stored judgment (200) instead of storing a second one (201 for the first).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from alignloop.feedback import reports, store
+from alignloop.feedback.auth import api_admin, api_rater, db_session
+from alignloop.feedback.db import Assignment, Rater
+
+router = APIRouter(prefix="/api", tags=["feedback"])
+
+
+class ResponseOut(BaseModel):
+    position: int = Field(description="Index in the list as shown to this rater (0 = first shown).")
+    label: str = Field(description="Letter shown on the page (A, B, ...).")
+    text: str
+
+
+class AssignmentOut(BaseModel):
+    assignment_id: int
+    campaign_id: int
+    campaign: str
+    kind: Literal["rank", "compare", "thumbs"]
+    instructions: str
+    messages: list[dict[str, str]] = Field(description="The prompt as chat messages (role, content).")
+    responses: list[ResponseOut] = Field(description="In this rater's display order.")
+    status: Literal["open", "done", "skipped"]
+
+
+class ProgressOut(BaseModel):
+    done: int
+    open: int
+    skipped: int
+    available: int
+    assigned: int = Field(description="done + open + still available to this rater.")
+
+
+class NextOut(BaseModel):
+    assignment: AssignmentOut | None = Field(description="null when nothing is left for you.")
+    progress: ProgressOut
+
+
+class JudgmentIn(BaseModel):
+    ranking: list[int | list[int]] | None = Field(
+        None, max_length=store.MAX_RESPONSES, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
+    labels: list[int] | None = Field(None, max_length=store.MAX_RESPONSES, description="thumbs: per position 1 (good) or 0 (bad).")
+    unsafe: list[int] = Field(default_factory=list, max_length=store.MAX_RESPONSES,
+                              description="Positions of responses flagged unsafe.")
+    comment: str = Field("", max_length=store.MAX_COMMENT)
+
+
+class JudgmentOut(BaseModel):
+    judgment_id: int
+    assignment_id: int
+    created: bool = Field(description="False when this replays an earlier submission with the same key.")
+    ranking: list[Any] | None = Field(description="Stored ranking, in ORIGINAL response indices.")
+    labels: list[int] | None = Field(description="Stored labels, in original response order.")
+    display_order: list[int] = Field(description="display_order[position] = original index.")
+    submitted_at: str
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    raters_per_item: int
+    gold_rate: float
+    items: int
+    gold_items: int
+    judgments: int
+    gold_judgments: int
+    expected: int
+    open: int
+    skipped: int
+    complete_items: int
+    completion: float
+    per_rater: dict[str, int]
+    created_at: str
+
+
+class RaterIn(BaseModel):
+    name: str = Field(min_length=1, max_length=store.MAX_NAME)
+    admin: bool = False
+    api_token: bool = True
+
+
+class RaterOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    login_url: str = Field(description="One-time login link for the browser.")
+    api_token: str | None = Field(description="Shown once; only its hash is stored.")
+
+
+def assignment_out(a: Assignment) -> AssignmentOut:
+    item = a.item
+    messages = item.prompt.get("messages") or [{"role": "user", "content": item.prompt["prompt"]}]
+    return AssignmentOut(
+        assignment_id=a.id, campaign_id=a.campaign_id, campaign=a.campaign.name, kind=a.campaign.kind,
+        instructions=a.campaign.instructions, messages=messages, status=a.status,
+        responses=[ResponseOut(position=p, label=store.letter(p), text=item.responses[o])
+                   for p, o in enumerate(a.display_order)])
+
+
+@router.get("/next", response_model=NextOut, summary="Your next item (assigned now if needed)")
+def next_item(campaign_id: int | None = None, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    a = store.next_assignment(s, rater, campaign_id)
+    out = assignment_out(a) if a is not None else None
+    if a is not None:
+        store.mark_shown(s, a)
+    return NextOut(assignment=out, progress=ProgressOut(**reports.rater_progress(s, rater)))
+
+
+@router.get("/assignments/{assignment_id}", response_model=AssignmentOut, summary="One of your assignments")
+def get_assignment(assignment_id: int, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    return assignment_out(store.get_assignment(s, rater, assignment_id))
+
+
+@router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentOut, status_code=201,
+             summary="Answer an assignment (idempotent with Idempotency-Key)")
+def post_judgment(assignment_id: int, body: JudgmentIn, response: Response,
+                  idempotency_key: str | None = Header(None, max_length=store.MAX_KEY),
+                  rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    j, created = store.submit_judgment(s, rater, assignment_id, ranking=body.ranking, labels=body.labels,
+                                       unsafe=body.unsafe, comment=body.comment, key=idempotency_key)
+    if not created:
+        response.status_code = 200
+    return JudgmentOut(judgment_id=j.id, assignment_id=j.assignment_id, created=created, ranking=j.ranking,
+                       labels=j.labels, display_order=j.display_order, submitted_at=j.submitted_at.isoformat() + "Z")
+
+
+@router.post("/assignments/{assignment_id}/skip", response_model=AssignmentOut, summary="Give an item back")
+def post_skip(assignment_id: int, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    return assignment_out(store.skip_assignment(s, rater, assignment_id))
+
+
+@router.get("/me/progress", response_model=ProgressOut, summary="Your progress")
+def my_progress(rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    return ProgressOut(**reports.rater_progress(s, rater))
+
+
+@router.get("/campaigns", response_model=list[CampaignOut], summary="Campaigns with progress (admin)")
+def list_campaigns(_admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+    return reports.campaign_summaries(s)
+
+
+async def _upload_form(request: Request) -> FormData:
+    return await request.form(max_files=2, max_fields=20)
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201,
+             summary="Create a campaign from an uploaded samples JSONL (admin)",
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["samples"], "properties": {
+                     "samples": {"type": "string", "format": "binary", "description": "samples JSONL"},
+                     "gold": {"type": "string", "format": "binary",
+                              "description": "gold items: comparisons (rank/compare) or binary feedback (thumbs)"},
+                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["rank", "compare", "thumbs"]},
+                     "raters_per_item": {"type": "integer", "default": 3}, "instructions": {"type": "string"},
+                     "gold_rate": {"type": "number", "default": 0.1}, "seed": {"type": "integer", "default": 0}}}}}}})
+def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends(_upload_form),
+                    s: Session = Depends(db_session)):
+    from alignloop.feedback.pages import campaign_from_form
+
+    campaign = campaign_from_form(s, form)
+    return next(c for c in reports.campaign_summaries(s) if c["id"] == campaign.id)
+
+
+@router.get("/campaigns/{campaign_id}/export", summary="Judgments as JSONL, one record per judgment (admin)",
+            response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
+def export_campaign(campaign_id: int, include_gold: bool = True, _admin: Rater = Depends(api_admin),
+                    s: Session = Depends(db_session)):
+    from alignloop.feedback.pages import jsonl_response
+
+    campaign = store.find_campaign(s, campaign_id)
+    return jsonl_response(reports.export_records(s, [campaign.id], include_gold), f"{campaign.name}.jsonl")
+
+
+@router.get("/raters", summary="Raters with counts and time per item (admin)")
+def list_raters(_admin: Rater = Depends(api_admin), s: Session = Depends(db_session)) -> list[dict[str, Any]]:
+    return reports.rater_summaries(s)
+
+
+@router.post("/raters", response_model=RaterOut, status_code=201,
+             summary="Add a rater, or issue fresh tokens to an existing one (admin)")
+def add_rater(body: RaterIn, request: Request, _admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+    rater, login, api = store.add_rater(s, body.name, admin=body.admin, api_token=body.api_token)
+    return RaterOut(id=rater.id, name=rater.name, role=rater.role, api_token=api,
+                    login_url=str(request.base_url).rstrip("/") + f"/login/{login}")

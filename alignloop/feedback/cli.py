@@ -1,0 +1,181 @@
+"""`alignloop feedback ...` (create, add-rater, status, export) and `alignloop serve`.
+
+Each command is generated from its config class (config.py): the field descriptions are the
+--help text and `--config FILE.yaml` works as for every stage. `--db` takes a SQLite file
+path (default feedback.db in the current folder) or a SQLAlchemy URL such as
+postgresql://user@host/dbname; the schema is migrated to the newest revision first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import click
+from pydantic import Field
+
+from alignloop.config import ConfigError, StageConfig, config_command
+
+DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
+
+
+class FeedbackCreateConfig(StageConfig):
+    db: str = Field("feedback.db", description=DB_HELP)
+    samples: Path = Field(..., description="Samples JSONL (prompt + responses + model + sampling), one item per record.")
+    kind: Literal["rank", "compare", "thumbs"] = Field(
+        "rank", description="rank: order all K responses (ties allowed); compare: pick the better of 2; thumbs: up/down per response.")
+    raters_per_item: int = Field(3, ge=1, le=100, description="How many different raters judge each item.")
+    name: str | None = Field(None, description="Campaign name (default: the samples file name without extension).")
+    instructions: str = Field("", description="Instructions shown to raters above every item.")
+    instructions_file: Path | None = Field(None, description="Read the instructions from this text file instead.")
+    gold: Path | None = Field(None, description="Gold items with known answers: comparisons JSONL (binary feedback for thumbs).")
+    gold_rate: float = Field(0.1, ge=0.0, le=1.0, description="Probability that a rater's next item is a gold item.")
+    seed: int = Field(0, description="Seed of display orders and gold mixing.")
+
+
+class AddRaterConfig(StageConfig):
+    name: str = Field(..., description="Rater name (unique); an existing rater gets a fresh login link.")
+    db: str = Field("feedback.db", description=DB_HELP)
+    admin: bool = Field(False, description="Make the rater an admin (admin pages, campaign upload, export).")
+    api_token: bool = Field(False, description="Also issue an API token for the JSON API (Bearer).")
+    base_url: str = Field("http://127.0.0.1:8000", description="Address of the server, used to print the login link.")
+
+
+class FeedbackStatusConfig(StageConfig):
+    db: str = Field("feedback.db", description=DB_HELP)
+
+
+class FeedbackExportConfig(StageConfig):
+    db: str = Field("feedback.db", description=DB_HELP)
+    out: Path = Field(..., description="Output JSONL: one comparison per judgment (binary feedback per response for thumbs).")
+    campaign: str | None = Field(None, description="Campaign name or id (default: all campaigns).")
+    include_gold: bool = Field(True, description="Include judgments of gold items (meta.is_gold marks them).")
+
+
+class ServeConfig(StageConfig):
+    db: str = Field("feedback.db", description=DB_HELP)
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for every interface).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    secure_cookies: bool = Field(False, description="Send the session cookie only over HTTPS (behind a TLS proxy).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
+
+
+def shown_db(db: str) -> str:
+    """`--db` for messages: a URL's password is masked."""
+    if "://" not in db:
+        return db
+    from sqlalchemy.engine import make_url
+
+    return make_url(db).render_as_string(hide_password=True)
+
+
+def _open(db: str, must_exist: bool = False):
+    from alignloop.feedback import store
+
+    if must_exist and "://" not in db and not Path(db).exists():
+        raise ConfigError(f"--db {db}: no such database (create a campaign first: alignloop feedback create)")
+    return store.open_db(db)
+
+
+def run_create(cfg: FeedbackCreateConfig) -> None:
+    from alignloop.data.io import read_records
+    from alignloop.data.records import BinaryFeedback, Comparison, Samples
+    from alignloop.feedback import store
+
+    samples = read_records(cfg.samples, Samples)
+    gold = read_records(cfg.gold, BinaryFeedback if cfg.kind == "thumbs" else Comparison) if cfg.gold else []
+    instructions = cfg.instructions_file.read_text(encoding="utf-8") if cfg.instructions_file else cfg.instructions
+    engine, sessions = _open(cfg.db)
+    with sessions() as s:
+        try:
+            c = store.create_campaign(s, name=cfg.name or cfg.samples.stem, kind=cfg.kind, samples=samples,
+                                      raters_per_item=cfg.raters_per_item, instructions=instructions, gold=gold,
+                                      gold_rate=cfg.gold_rate, seed=cfg.seed,
+                                      where=[f"{cfg.samples}: record {i + 1}" for i in range(len(samples))])
+        except store.FeedbackError as err:
+            raise ConfigError(err.message) from None
+        click.echo(f"campaign {c.id} {c.name!r}: {len(samples)} items ({cfg.kind}, {cfg.raters_per_item} raters "
+                   f"per item), {len(gold)} gold items, in {shown_db(cfg.db)}")
+    engine.dispose()
+
+
+def run_add_rater(cfg: AddRaterConfig) -> None:
+    from alignloop.feedback import store
+
+    engine, sessions = _open(cfg.db)
+    with sessions() as s:
+        try:
+            rater, login, api = store.add_rater(s, cfg.name, admin=cfg.admin, api_token=cfg.api_token)
+        except store.FeedbackError as err:
+            raise ConfigError(err.message) from None
+        click.echo(f"rater {rater.name!r} (id {rater.id}, {rater.role})")
+        click.echo(f"login link (works once): {cfg.base_url.rstrip('/')}/login/{login}")
+        if api:
+            click.echo(f"API token (Authorization: Bearer ...): {api}")
+    engine.dispose()
+
+
+def run_status(cfg: FeedbackStatusConfig) -> None:
+    from alignloop.feedback import reports
+
+    engine, sessions = _open(cfg.db, must_exist=True)
+    with sessions() as s:
+        campaigns, raters = reports.campaign_summaries(s), reports.rater_summaries(s)
+    engine.dispose()
+    if not campaigns:
+        click.echo("no campaigns")
+    for c in campaigns:
+        click.echo(f"campaign {c['id']} {c['name']!r} ({c['kind']}, {c['raters_per_item']} raters per item): "
+                   f"{c['items']} items, {c['judgments']}/{c['expected']} judgments ({100 * c['completion']:.0f}%), "
+                   f"{c['complete_items']} items complete, {c['open']} open, {c['skipped']} skipped, "
+                   f"{c['gold_judgments']} gold judgments on {c['gold_items']} gold items")
+        for name, n in c["per_rater"].items():
+            click.echo(f"    {name}: {n}")
+    if raters:
+        click.echo("raters:")
+    for r in raters:
+        t = f"{r['mean_time_s']:.1f} s mean, {r['median_time_s']:.1f} s median per item" if r["mean_time_s"] is not None else "no time yet"
+        click.echo(f"    {r['name']} ({r['role']}): {r['judgments']} judgments, {r['skipped']} skipped, "
+                   f"{r['open']} open, {t}")
+
+
+def run_export(cfg: FeedbackExportConfig) -> None:
+    from alignloop.data.io import write_jsonl
+    from alignloop.feedback import reports, store
+
+    engine, sessions = _open(cfg.db, must_exist=True)
+    with sessions() as s:
+        try:
+            ids = [store.find_campaign(s, cfg.campaign).id] if cfg.campaign else None
+            records = reports.export_records(s, ids, include_gold=cfg.include_gold)
+        except store.FeedbackError as err:
+            raise ConfigError(err.message) from None
+    engine.dispose()
+    n = write_jsonl(cfg.out, records)
+    click.echo(f"wrote {n} records to {cfg.out}")
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    from alignloop.feedback.app import create_app
+
+    app = create_app(cfg.db, secure_cookies=cfg.secure_cookies)
+    click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+
+
+group = click.Group("feedback", help="Human feedback: campaigns of items that raters rank in the web app (alignloop serve).",
+                    context_settings={"max_content_width": 110})
+group.add_command(config_command(FeedbackCreateConfig, run_create, "create",
+                                 "Create a campaign from a samples file."))
+group.add_command(config_command(AddRaterConfig, run_add_rater, "add-rater",
+                                 "Add a rater (or re-issue a login link) and print the one-time login link.",
+                                 positional=("name",)))
+group.add_command(config_command(FeedbackStatusConfig, run_status, "status",
+                                 "Progress per campaign and per rater."))
+group.add_command(config_command(FeedbackExportConfig, run_export, "export",
+                                 "Write the judgments as comparisons JSONL (source: human)."))
+
+serve_command = config_command(ServeConfig, run_serve, "serve",
+                               "Run the feedback web app (rater pages, admin pages, JSON API).")

@@ -1,0 +1,156 @@
+"""Read-only views of the feedback database: progress, campaign and rater summaries, export.
+
+Like `store`, every function takes a `Session`; the web layer and the CLI call only these
+and the functions in `store`.
+
+Export writes one record per judgment (DESIGN.md section 2): a `Comparison` for rank and
+compare campaigns (responses in their original order, ranking in original indices, best
+first, a nested list for a tie), one `BinaryFeedback` per response for thumbs campaigns.
+`source` is "human"; `rater` is the rater's name; `meta` carries what the quality stage
+needs: display order, time spent, timestamps, campaign, item, gold answer, unsafe flags and
+the comment.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from alignloop.data.records import BinaryFeedback, Comparison
+from alignloop.feedback.db import Assignment, Campaign, Item, Judgment, Rater
+from alignloop.feedback.store import Invalid
+
+
+def _available(s: Session, rater: Rater) -> int:
+    """Regular items this rater has never had that still have a free place."""
+    mine = select(Assignment.item_id).where(Assignment.rater_id == rater.id)
+    taken = (select(func.count()).select_from(Assignment)
+             .where(Assignment.item_id == Item.id, Assignment.slot.is_not(None)).scalar_subquery())
+    return s.scalar(select(func.count()).select_from(Item).join(Campaign, Campaign.id == Item.campaign_id)
+                    .where(Item.is_gold.is_(False), Item.id.not_in(mine), taken < Campaign.raters_per_item)) or 0
+
+
+def rater_progress(s: Session, rater: Rater) -> dict[str, int]:
+    """done: judgments given; open: assigned, not answered; assigned: done + open + what is
+    still available to this rater (items fill up as others work, so it can shrink)."""
+    counts = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.rater_id == rater.id)
+                            .group_by(Assignment.status)).all())
+    done, open_, skipped = counts.get("done", 0), counts.get("open", 0), counts.get("skipped", 0)
+    available = _available(s, rater)
+    return {"done": done, "open": open_, "skipped": skipped, "available": available,
+            "assigned": done + open_ + available}
+
+
+def campaign_summaries(s: Session) -> list[dict[str, Any]]:
+    """Per campaign: items, gold items, judgments, completion and per-rater counts."""
+    out = []
+    for c in s.scalars(select(Campaign).order_by(Campaign.id)):
+        n_items = s.scalar(select(func.count()).select_from(Item).where(Item.campaign_id == c.id,
+                                                                         Item.is_gold.is_(False)))
+        n_gold = s.scalar(select(func.count()).select_from(Item).where(Item.campaign_id == c.id,
+                                                                        Item.is_gold.is_(True)))
+        rows = s.execute(
+            select(Rater.name, Item.is_gold, Assignment.status, func.count())
+            .join(Assignment, Assignment.rater_id == Rater.id).join(Item, Item.id == Assignment.item_id)
+            .where(Assignment.campaign_id == c.id).group_by(Rater.name, Item.is_gold, Assignment.status)
+        ).all()
+        per_rater: dict[str, int] = defaultdict(int)
+        judgments = gold_judgments = skipped = open_ = 0
+        for name, is_gold, status, n in rows:
+            if status == "done":
+                per_rater[name] += n
+                if is_gold:
+                    gold_judgments += n
+                else:
+                    judgments += n
+            elif status == "skipped":
+                skipped += n
+            else:
+                open_ += n
+        per_item = (select(func.count().label("n")).select_from(Assignment)
+                    .join(Item, Item.id == Assignment.item_id)
+                    .where(Assignment.campaign_id == c.id, Assignment.status == "done", Item.is_gold.is_(False))
+                    .group_by(Assignment.item_id).subquery())
+        complete = s.scalar(select(func.count()).select_from(per_item).where(per_item.c.n >= c.raters_per_item))
+        expected = n_items * c.raters_per_item
+        out.append({
+            "id": c.id, "name": c.name, "kind": c.kind, "raters_per_item": c.raters_per_item,
+            "gold_rate": c.gold_rate, "items": n_items, "gold_items": n_gold, "judgments": judgments,
+            "gold_judgments": gold_judgments, "expected": expected, "open": open_, "skipped": skipped,
+            "complete_items": complete, "completion": judgments / expected if expected else 0.0,
+            "per_rater": dict(sorted(per_rater.items())), "created_at": c.created_at.isoformat() + "Z",
+        })
+    s.commit()
+    return out
+
+
+def rater_summaries(s: Session) -> list[dict[str, Any]]:
+    """Per rater: judgments, skips, open items and time per item (mean and median seconds)."""
+    times: dict[int, list[float]] = defaultdict(list)
+    for rid, t in s.execute(select(Assignment.rater_id, Judgment.time_spent_s)
+                            .join(Judgment, Judgment.assignment_id == Assignment.id)):
+        if t is not None:
+            times[rid].append(t)
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for rid, status, n in s.execute(select(Assignment.rater_id, Assignment.status, func.count())
+                                    .group_by(Assignment.rater_id, Assignment.status)):
+        counts[rid][status] = n
+    out = []
+    for r in s.scalars(select(Rater).order_by(Rater.id)):
+        t = times.get(r.id, [])
+        out.append({
+            "id": r.id, "name": r.name, "role": r.role,
+            "judgments": counts[r.id].get("done", 0), "skipped": counts[r.id].get("skipped", 0),
+            "open": counts[r.id].get("open", 0),
+            "mean_time_s": statistics.fmean(t) if t else None,
+            "median_time_s": statistics.median(t) if t else None,
+            "api_access": r.api_token_hash is not None,
+        })
+    s.commit()
+    return out
+
+
+def _iso(t) -> str | None:
+    return None if t is None else t.isoformat() + "Z"
+
+
+def export_records(s: Session, campaign_ids: list[int] | None = None,
+                   include_gold: bool = True) -> list[Comparison | BinaryFeedback]:
+    """One record per judgment (one per response for thumbs), oldest judgment first."""
+    q = (select(Judgment, Assignment, Item, Campaign, Rater)
+         .join(Assignment, Assignment.id == Judgment.assignment_id)
+         .join(Item, Item.id == Assignment.item_id).join(Campaign, Campaign.id == Assignment.campaign_id)
+         .join(Rater, Rater.id == Assignment.rater_id).order_by(Judgment.id))
+    if campaign_ids is not None:
+        q = q.where(Campaign.id.in_(campaign_ids))
+    if not include_gold:
+        q = q.where(Item.is_gold.is_(False))
+    rows = s.execute(q).all()
+    kinds = {c.kind == "thumbs" for _, _, _, c, _ in rows}
+    if len(kinds) > 1:
+        raise Invalid("export: thumbs and ranking campaigns cannot share one file; choose a campaign")
+    out: list[Comparison | BinaryFeedback] = []
+    for j, a, item, c, r in rows:
+        meta = {
+            "campaign": c.name, "campaign_id": c.id, "kind": c.kind, "item_id": item.id,
+            "item_source_id": item.source_id, "assignment_id": a.id, "judgment_id": j.id, "rater_id": r.id,
+            "display_order": j.display_order, "shown_at": _iso(j.shown_at), "submitted_at": _iso(j.submitted_at),
+            "time_spent_s": j.time_spent_s, "is_gold": item.is_gold, "unsafe": j.unsafe, "comment": j.comment,
+            "model": item.model, "sampling": item.sampling,
+        }
+        if item.is_gold:
+            meta["gold_answer"] = item.gold_answer
+        if c.kind == "thumbs":
+            for i, response in enumerate(item.responses):
+                out.append(BinaryFeedback(**item.prompt, id=f"{c.name}/j{j.id}/r{i}", response=response,
+                                          label=j.labels[i], rater=r.name, source="human",
+                                          meta={**meta, "response_index": i, "unsafe": i in j.unsafe}))
+        else:
+            out.append(Comparison(**item.prompt, id=f"{c.name}/j{j.id}", responses=item.responses,
+                                  ranking=j.ranking, rater=r.name, source="human", meta=meta))
+    s.commit()
+    return out
