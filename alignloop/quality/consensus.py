@@ -10,6 +10,9 @@ responses (item, i, j), i < j, and the consensus is `p` = P(response i is better
   better); each rater gets a 2 x 2 confusion matrix learned by EM; p is the posterior of
   label 1. Ties are left out (they say nothing about direction). Gold pairs, when present,
   are passed as `true_labels`, which pins them during EM and sharpens the raters' matrices.
+  Units are mirrored and EM restarted from several starts (see `dawid_skene`): plain EM
+  from the majority vote stayed at the majority answer, or went below it, on 3 of 6
+  simulated campaigns of one careful and two noisy raters.
 - **noisy-bt**: crowd-kit `NoisyBradleyTerry`: each response has a latent score s, each rater
   a skill g and a bias q; the rater prefers the response shown first ("left") with
   probability sigmoid(g) * sigmoid(s_left - s_right) + (1 - sigmoid(g)) * sigmoid(q). p =
@@ -32,6 +35,7 @@ confidence. `meta.consensus` = {method, n_raters, raters, n_votes, confidence, .
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -86,10 +90,35 @@ def _task(df: pd.DataFrame) -> pd.Series:
     return df["item"].astype(str) + "\x1f" + df["i"].astype(str) + "\x1f" + df["j"].astype(str)
 
 
+def _ds_fit(data: pd.DataFrame, true: pd.Series | None, init: pd.DataFrame | None, n_iter: int) -> DawidSkene:
+    with warnings.catch_warnings():  # crowd-kit 1.4.2 uses pandas keywords that pandas 3 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = DawidSkene(n_iter=n_iter, initial_error_strategy="assign" if init is not None else None)
+        return model.fit(data, true_labels=true, initial_error=init)
+
+
+def _trust_one(workers: list[str], trusted: str, good: float = 0.9, other: float = 0.6) -> pd.DataFrame:
+    """Initial confusion matrices: `trusted` right with probability `good`, the rest `other`."""
+    rows, index = [], []
+    for w in workers:
+        a = good if w == trusted else other
+        for observed in (0, 1):
+            rows.append([a if observed == 0 else 1 - a, 1 - a if observed == 0 else a])
+            index.append((w, observed))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["worker", "label"]), columns=[0, 1])
+
+
 def dawid_skene(pairs: pd.DataFrame, weights: dict[str, float] | None = None,
-                gold: pd.DataFrame | None = None, n_iter: int = 100) -> tuple[pd.DataFrame, dict]:
+                gold: pd.DataFrame | None = None, n_iter: int = 100, restarts: int = 8) -> tuple[pd.DataFrame, dict]:
     """Per unit posterior p of 'i better' from crowd-kit's DawidSkene; per rater the
-    estimated accuracy (mean of the confusion matrix diagonal)."""
+    estimated accuracy (mean of the confusion matrix diagonal).
+
+    Two safeguards against EM's local optima: every unit is also given mirrored (j, i) with
+    the opposite labels, so that the orientation i < j carries no information and the
+    confusion matrices and class prior come out symmetric; and EM is run from the
+    majority-vote start plus one start per rater (up to `restarts`) that trusts that rater
+    (accuracy 0.9, the others 0.6), keeping the fit with the highest evidence lower bound."""
     v = _usable(pairs, weights)
     strict = v[v["y"] != 0]
     units = _vote_stats(v).reset_index()
@@ -97,21 +126,25 @@ def dawid_skene(pairs: pd.DataFrame, weights: dict[str, float] | None = None,
         return units.assign(p=0.5), {}
     data = pd.DataFrame({"task": _task(strict).to_numpy(), "worker": strict["rater"].to_numpy(),
                          "label": (strict["y"] > 0).astype(int).to_numpy()})
+    data = pd.concat([data, data.assign(task=data["task"] + "\x1fmirror", label=1 - data["label"])],
+                     ignore_index=True)
     true = None
     if gold is not None and not gold.empty:
-        true = pd.Series((gold["gold"] > 0).astype(int).to_numpy(), index=_task(gold).to_numpy())
-        true = true[true.index.isin(data["task"])]
-        true = true if len(true) else None
-    ds = DawidSkene(n_iter=n_iter).fit(data, true_labels=true)
-    probas = ds.probas_
+        t = pd.Series((gold["gold"] > 0).astype(int).to_numpy(), index=_task(gold).to_numpy())
+        t = pd.concat([t, pd.Series(1 - t.to_numpy(), index=t.index + "\x1fmirror")])
+        t = t[t.index.isin(data["task"])]
+        true = t if len(t) else None
+    workers = sorted(data["worker"].unique())
+    starts = [None] + ([_trust_one(workers, w) for w in workers[:restarts]] if len(workers) > 1 else [])
+    best = max((_ds_fit(data, true, init, n_iter) for init in starts), key=lambda m: m.loss_history_[-1]
+               if m.loss_history_ else -np.inf)
+    probas = best.probas_
     p1 = probas[1] if 1 in probas.columns else pd.Series(0.0, index=probas.index)
     units["p"] = _task(units).map(p1).fillna(0.5).to_numpy(float)
     raters = {}
-    err = ds.errors_
-    for worker in data["worker"].unique():
-        m = err.loc[worker]
-        diag = [float(m.loc[c, c]) for c in m.columns if c in m.index]
-        raters[str(worker)] = {"accuracy": float(np.mean(diag))}
+    for worker in workers:
+        m = best.errors_.loc[worker]
+        raters[str(worker)] = {"accuracy": float(np.mean([m.loc[c, c] for c in m.columns if c in m.index]))}
     return units, raters
 
 
