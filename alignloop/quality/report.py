@@ -231,6 +231,13 @@ EXPLAIN = {
 }
 
 
+def _profile(p: dict | None) -> str:
+    """A simulated rater's non-zero parameters, e.g. `noise=0.5, position_bias=0.3`."""
+    if not p:
+        return ""
+    return ", ".join(f"{k}={v:g}" for k, v in p.items() if k != "name" and v)
+
+
 def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
     inp, ov = a["input"], a["agreement"].get("overall", {})
     parts = [f"<h1>Feedback quality report</h1><p>Generated {html.escape(a['generated_at'])}. "
@@ -260,8 +267,8 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
         rater_rows.append([r, ag.get("agreement"), ag.get("ci"),
                            cons.get("agreement_with_consensus", {}).get(r, {}).get("agreement"),
                            cal.get("accuracy"), cal.get("n_gold_pairs"), cal.get("status"), cal.get("weight"),
-                           json.dumps(cons.get("raters", {}).get(r, {}), default=float),
-                           json.dumps(a["simulated_profiles"].get(r)) if a["simulated_profiles"] else ""])
+                           ", ".join(f"{k} {v:.2f}" for k, v in cons.get("raters", {}).get(r, {}).items()),
+                           _profile(a["simulated_profiles"].get(r))])
     parts.append("<h2>Raters</h2>" + _table(
         ["rater", "agreement with others", "95% CI", f"agreement with consensus ({cons.get('method', '')})",
          "gold accuracy", "gold pairs", "screening", "weight", "consensus model", "simulated profile"], rater_rows))
