@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
+    "quality": ("alignloop.quality.cli", "group", "Feedback quality: agreement, calibration, bias, consensus labels."),
 }
 
 

@@ -1,0 +1,241 @@
+"""Commands of the quality tools.
+
+    alignloop quality report     --data comparisons.jsonl | --db URL  --out DIR
+    alignloop quality consensus  --data comparisons.jsonl --method dawid-skene --out consensus.jsonl
+    alignloop feedback simulate  (`simulate_command`, attached to the feedback group)
+    alignloop feedback plan      (`plan_command`, attached to the feedback group)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import click
+from pydantic import Field
+
+from alignloop.config import StageConfig, config_command, save_config
+from alignloop.data.io import DataError, _iter_jsonl, parse_record, read_records, write_jsonl
+from alignloop.data.records import BinaryFeedback, Comparison, Samples
+
+DEFAULT_GOLD = "alignloop.quality.gold:helpful_harmless"
+DEFAULT_PANEL = "careful:noise=0.2, hasty:noise=1.0, lefty:position_bias=0.3, verbose:length_bias=0.5"
+
+
+def read_judgments(path: str | Path) -> list[Comparison | BinaryFeedback]:
+    """Comparison and BinaryFeedback records from one JSONL file (a record with `response`
+    and `label` is thumbs, anything else a comparison)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    out: list[Comparison | BinaryFeedback] = []
+    for n, data in _iter_jsonl(path):
+        kind = BinaryFeedback if isinstance(data, dict) and "label" in data and "response" in data else Comparison
+        out.append(parse_record(kind, data, f"{path}:{n}"))
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def load_judgments_from_db(url: str) -> list[Comparison | BinaryFeedback]:
+    """Judgments of a feedback database, through the feedback store's export:
+    `alignloop.feedback.store.export_comparisons(db_url: str) -> list[Comparison | BinaryFeedback]`,
+    one record per judgment with the meta fields listed in alignloop/quality/judgments.py."""
+    try:
+        from alignloop.feedback.store import export_comparisons
+    except ImportError as err:
+        raise DataError(f"--db {url}: the feedback store is not available ({err}); export the campaign with "
+                        "`alignloop feedback export` and pass the file with --data") from None
+    return list(export_comparisons(url))
+
+
+def _load(data: Path | None, db: str | None) -> list[Comparison | BinaryFeedback]:
+    if (data is None) == (db is None):
+        raise DataError("give exactly one of --data FILE.jsonl or --db URL")
+    return read_judgments(data) if data is not None else load_judgments_from_db(db)
+
+
+class _Input(StageConfig):
+    data: Path | None = Field(None, description="Judgments: comparisons/thumbs JSONL (an export or a simulation).")
+    db: str | None = Field(None, description="Or a feedback database URL (sqlite:///feedback.db, postgresql://...).")
+    gold_threshold: float = Field(0.75, gt=0.5, le=1.0, description="Screening: gold accuracy below this is flagged.")
+    screen: Literal["downweight", "exclude", "none"] = Field(
+        "downweight", description="What screening does to a rater below the threshold in consensus.")
+    min_gold: int = Field(5, ge=1, description="Gold pairs a rater needs before screening applies.")
+    seed: int = Field(0, description="Random seed (bootstrap, model initialisation).")
+
+
+class QualityConfig(_Input):
+    """`alignloop quality report`."""
+
+    out: Path = Field(..., description="Output folder for report.html, report.json and config.yaml.")
+    consensus_method: Literal["majority", "dawid-skene", "noisy-bt"] = Field(
+        "dawid-skene", description="Consensus that per-rater agreement is measured against.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the bias tests (Holm-corrected).")
+    n_boot: int = Field(200, ge=0, description="Bootstrap resamples (over items) for confidence intervals.")
+    session_gap_min: float = Field(30.0, gt=0, description="Minutes without a submission that end a rater's session.")
+
+
+def run_report(cfg: QualityConfig) -> dict:
+    from alignloop.quality.report import admin_view, analyse, write_report
+
+    records = _load(cfg.data, cfg.db)
+    a = analyse(records, cfg.consensus_method, cfg.gold_threshold, cfg.screen, cfg.min_gold, cfg.alpha,
+                cfg.n_boot, cfg.seed, cfg.session_gap_min)
+    paths = write_report(a, cfg.out)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    head = admin_view(a)
+    click.echo(f"pairwise agreement {_f(head['pairwise_agreement'])}, Krippendorff's alpha "
+               f"{_f(head['krippendorff_alpha'])}, {len(a['input']['raters'])} raters")
+    for r, v in head["raters"].items():
+        click.echo(f"  {r:<14} gold {_f(v['gold_accuracy'])} ({v['status']}, weight {_f(v['weight'])})  "
+                   f"agreement {_f(v['agreement_with_others'])}  biases: {', '.join(v['biases']) or '-'}")
+    click.echo(f"detected: {', '.join(head['detected']) or 'nothing'}")
+    click.echo(f"wrote {paths['html']} and {paths['json']}")
+    return a
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+class ConsensusConfig(_Input):
+    """`alignloop quality consensus`."""
+
+    out: Path = Field(..., description="Output JSONL of consensus comparisons.")
+    method: Literal["majority", "dawid-skene", "noisy-bt", "raw"] = Field(
+        "dawid-skene", description="majority | dawid-skene | noisy-bt | raw (the votes, weighted by screening).")
+    form: Literal["pairs", "ranking"] = Field(
+        "pairs", description="For K > 2: one record per response pair (soft p) or one K-way consensus ranking.")
+    use_gold: bool = Field(True, description="Dawid-Skene: pin gold pairs to their known answer during EM.")
+    gold_file: Path | None = Field(None, description="Gold kept aside (simulate's <out>.gold.jsonl): print accuracy.")
+
+
+def run_consensus(cfg: ConsensusConfig) -> list:
+    from alignloop.quality.calibration import rater_weights, screening
+    from alignloop.quality.consensus import (accuracy_vs_gold, consensus, consensus_records,
+                                             gold_pairs_from_records, raw_records)
+    from alignloop.quality.judgments import load_judgments
+
+    records = _load(cfg.data, cfg.db)
+    j = load_judgments(records)
+    weights = rater_weights(screening(j, cfg.gold_threshold, cfg.screen, cfg.min_gold))
+    if cfg.method == "raw":
+        out = raw_records(j, records, weights)
+    else:
+        cons = consensus(j, cfg.method, weights, use_gold=cfg.use_gold, seed=cfg.seed)
+        out = consensus_records(j, cons, cfg.form)
+        if cfg.gold_file:
+            ordinary = sorted(set(j.rankings.loc[~j.rankings["is_gold"], "item"]))
+            acc = accuracy_vs_gold(cons.pairs, gold_pairs_from_records(read_records(cfg.gold_file, Comparison), ordinary))
+            click.echo(f"accuracy against gold on {acc['n_pairs']} non-gold pairs: {acc['accuracy']:.3f} "
+                       f"(log loss {acc['log_loss']:.3f})")
+    n = write_jsonl(cfg.out, out)
+    save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))
+    dropped = sorted(r for r, w in weights.items() if w == 0)
+    click.echo(f"wrote {n} consensus records ({cfg.method}) to {cfg.out}"
+               + (f"; excluded raters: {', '.join(dropped)}" if dropped else ""))
+    return out
+
+
+class SimulateConfig(StageConfig):
+    """`alignloop feedback simulate`."""
+
+    samples: Path | None = Field(None, description="Samples JSONL (prompt + responses); default: built-in demo samples.")
+    demo_items: int = Field(200, ge=1, description="Items of built-in demo samples when --samples is not given.")
+    demo_k: int = Field(2, ge=2, description="Responses per demo item.")
+    gold: str = Field(DEFAULT_GOLD, description="Gold scorer module:function, (prompt, response) -> float.")
+    raters: str = Field(DEFAULT_PANEL, description="Rater panel: 'name:key=value, ...' (keys: noise, position_bias, "
+                        "length_bias, leniency, drift, confirmation; name*N repeats a profile).")
+    per_item: int = Field(3, ge=1, description="Raters per item (gold items get every rater).")
+    out: Path = Field(..., description="Output JSONL of judgments; the gold is written to <out>.gold.jsonl.")
+    seed: int = Field(0, description="Random seed.")
+    gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of items that are gold (calibration) items.")
+    noise_model: Literal["thurstone", "bradley-terry"] = Field(
+        "thurstone", description="Utility noise: Gaussian (Thurstone) or Gumbel (Bradley-Terry).")
+    session_size: int = Field(50, ge=1, description="Judgments per rater session (sessions are 4 h apart).")
+    campaign: str = Field("simulated", description="Campaign name written into meta.campaign.")
+    feedback: Literal["ranking", "thumbs"] = Field("ranking", description="Rank the K responses, or thumbs on each.")
+
+
+def gold_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".jsonl") + ".gold.jsonl")
+
+
+def _items(samples: Path | None, gold: str, n: int, k: int, seed: int):
+    from alignloop.quality.demo_data import demo_samples
+    from alignloop.quality.simulate import items_from_samples, load_scorer
+
+    scorer = load_scorer(gold)
+    recs = read_records(samples, Samples) if samples else demo_samples(n, k, seed)
+    return items_from_samples(recs, scorer)
+
+
+def run_simulate(cfg: SimulateConfig) -> tuple[list, list]:
+    from alignloop.quality.simulate import parse_panel, simulate
+
+    panel = parse_panel(cfg.raters)
+    items = _items(cfg.samples, cfg.gold, cfg.demo_items, cfg.demo_k, cfg.seed)
+    records, gold = simulate(items, panel, cfg.per_item, cfg.seed, cfg.gold_fraction, cfg.noise_model,
+                             cfg.session_size, cfg.campaign, cfg.feedback)
+    write_jsonl(cfg.out, records)
+    write_jsonl(gold_path(cfg.out), gold)
+    save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))
+    n_gold = sum(1 for g in gold if g.meta["is_gold"])
+    click.echo(f"{len(records)} judgments by {len(panel)} simulated raters on {len(items)} items "
+               f"({n_gold} gold items) -> {cfg.out}; gold ranking of every item -> {gold_path(cfg.out)}")
+    return records, gold
+
+
+class PlanConfig(StageConfig):
+    """`alignloop feedback plan`."""
+
+    samples: Path | None = Field(None, description="Samples JSONL; default: synthetic items (Gaussian gold scores).")
+    items: int = Field(200, ge=2, description="Synthetic items when --samples is not given.")
+    k: int = Field(2, ge=2, description="Responses per synthetic item.")
+    gold: str = Field(DEFAULT_GOLD, description="Gold scorer module:function (with --samples).")
+    raters: str = Field(DEFAULT_PANEL, description="Rater panel, as for simulate (name*N repeats a profile).")
+    max_per_item: int | None = Field(None, ge=1, description="Largest raters-per-item to try (default: panel size).")
+    repeats: int = Field(3, ge=1, description="Simulated campaigns per raters-per-item count.")
+    seed: int = Field(0, description="Random seed.")
+    methods: list[str] = Field(default_factory=lambda: ["majority", "dawid-skene", "noisy-bt"],
+                               description="Consensus methods to compare.")
+    noise_model: Literal["thurstone", "bradley-terry"] = Field("thurstone", description="Utility noise model.")
+    out: Path | None = Field(None, description="Also write the table as JSON here.")
+
+
+def run_plan(cfg: PlanConfig) -> list[dict]:
+    from alignloop.quality.consensus import METHODS
+    from alignloop.quality.simulate import parse_panel, plan, synthetic_items
+
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        raise click.BadParameter(f"unknown method(s) {', '.join(bad)} (known: {', '.join(METHODS)})")
+    panel = parse_panel(cfg.raters)
+    items = _items(cfg.samples, cfg.gold, 0, 2, cfg.seed) if cfg.samples else synthetic_items(cfg.items, cfg.k, cfg.seed)
+    rows = plan(items, panel, cfg.max_per_item, cfg.repeats, cfg.seed, cfg.methods, cfg.noise_model)
+    click.echo(f"consensus accuracy against gold, {len(items)} items, panel of {len(panel)} "
+               f"({', '.join(p.name for p in panel)}), mean +- sd over {cfg.repeats} simulated campaigns")
+    click.echo(f"{'raters/item':>11} {'judgments':>9}  " + "  ".join(f"{m:>16}" for m in cfg.methods))
+    for k in sorted({r["per_item"] for r in rows}):
+        cells = {r["method"]: r for r in rows if r["per_item"] == k}
+        click.echo(f"{k:>11} {cells[cfg.methods[0]]['judgments']:>9}  " + "  ".join(
+            f"{cells[m]['accuracy']:>10.3f} +-{cells[m]['sd']:.3f}" for m in cfg.methods))
+    if cfg.out:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "rows": rows}, indent=1))
+    return rows
+
+
+report_command = config_command(QualityConfig, run_report, "report",
+                                "Feedback-quality report: agreement, gold calibration, biases (HTML + JSON).")
+consensus_command = config_command(ConsensusConfig, run_consensus, "consensus",
+                                   "Consensus labels (majority, Dawid-Skene, noisy Bradley-Terry) as comparisons.")
+simulate_command = config_command(SimulateConfig, run_simulate, "simulate",
+                                  "Simulated rater panel: judgments of samples around a gold scorer, with biases.")
+plan_command = config_command(PlanConfig, run_plan, "plan",
+                              "How consensus accuracy against gold grows with raters per item, for a panel.")
+
+group = click.Group("quality", help="Feedback quality: agreement, calibration, bias, consensus labels.",
+                    commands={"report": report_command, "consensus": consensus_command})

@@ -1,0 +1,297 @@
+"""The feedback-quality report: one analysis (a JSON-able dict), an HTML page with plots
+(matplotlib PNGs embedded as base64, so the page is one self-contained file) and the
+headline figures for the web app's admin page (`summary_for_admin`)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignloop.data.io import atomic_path
+from alignloop.quality.agreement import agreement_summary, agreement_with_consensus
+from alignloop.quality.bias import detect_biases
+from alignloop.quality.calibration import rater_weights, screening
+from alignloop.quality.consensus import consensus
+from alignloop.quality.judgments import Judgment, Judgments, load_judgments
+
+
+def analyse(
+    records: list[Judgment],
+    consensus_method: str = "dawid-skene",
+    gold_threshold: float = 0.75,
+    screen: str = "downweight",
+    min_gold: int = 5,
+    alpha: float = 0.05,
+    n_boot: int = 200,
+    seed: int = 0,
+    session_gap_min: float = 30.0,
+    judgments: Judgments | None = None,
+) -> dict[str, Any]:
+    """Every figure of the report, as plain data (NaN becomes None in JSON)."""
+    j = judgments or load_judgments(records, session_gap_min)
+    screen_info = screening(j, gold_threshold, screen, min_gold)
+    out: dict[str, Any] = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "ranking_judgments": int(len(j.rankings)), "thumbs_judgments": int(len(j.thumbs)),
+            "items": int(len(set(j.rankings["item"]) | set(j.thumbs["item"]))), "raters": j.raters,
+            "campaigns": sorted(set(j.rankings["campaign"]) | set(j.thumbs["campaign"])),
+            "gold_items": int(j.rankings[j.rankings["is_gold"]]["item"].nunique()) if len(j.rankings) else 0,
+            "duplicates_dropped": j.duplicates_dropped,
+        },
+        "settings": {"consensus_method": consensus_method, "gold_threshold": gold_threshold, "screen": screen,
+                     "min_gold": min_gold, "alpha": alpha, "n_boot": n_boot, "seed": seed},
+        "agreement": agreement_summary(j, n_boot, seed) if len(j.pairs) else {},
+        "calibration": screen_info,
+        "biases": detect_biases(j, alpha),
+        "simulated_profiles": j.simulated,
+    }
+    if len(j.pairs):
+        cons = consensus(j, consensus_method, rater_weights(screen_info), seed=seed)
+        out["consensus"] = {
+            "method": consensus_method,
+            "raters": cons.raters,
+            "agreement_with_consensus": agreement_with_consensus(j.pairs, cons.pairs),
+            "mean_confidence": float(np.mean(np.maximum(cons.pairs["p"], 1 - cons.pairs["p"]))),
+        }
+    return out
+
+
+def summary_for_admin(records: list[Judgment], **settings: Any) -> dict[str, Any]:
+    """Headline figures for the admin page: per rater gold accuracy, screening status and
+    weight, agreement with the other raters, its detected biases; the panel's pairwise
+    agreement and Krippendorff's alpha; the position-bias p-value; length-bias effects."""
+    settings.setdefault("n_boot", 0)
+    a = analyse(records, **settings)
+    return admin_view(a)
+
+
+def admin_view(a: dict[str, Any]) -> dict[str, Any]:
+    """The admin headline figures out of a full analysis."""
+    overall = a["agreement"].get("overall", {})
+    per_rater = a["agreement"].get("raters", {})
+    findings = a["biases"]["findings"]
+    panel_pos = next((f for f in findings if f["detector"] == "position" and f["scope"] == "panel"), None)
+    raters = {}
+    for r in a["input"]["raters"]:
+        cal = a["calibration"].get(r, {})
+        raters[r] = {
+            "gold_accuracy": cal.get("accuracy"), "gold_pairs": cal.get("n_gold_pairs", 0),
+            "status": cal.get("status"), "weight": cal.get("weight"),
+            "agreement_with_others": per_rater.get(r, {}).get("agreement"),
+            "biases": sorted(f["detector"] for f in findings if f["scope"] == r and f["detected"]),
+        }
+    return _clean({
+        "raters": raters,
+        "pairwise_agreement": overall.get("pairwise_agreement"),
+        "krippendorff_alpha": overall.get("krippendorff_alpha"),
+        "position_bias": {"first_win_rate": panel_pos["first_win_rate"], "p": panel_pos["p"],
+                          "detected": panel_pos["detected"]} if panel_pos else None,
+        "length_bias": {f["scope"]: {"effect": f["effect"], "p": f["p"], "detected": f["detected"]}
+                        for f in findings if f["detector"] == "length"},
+        "gold_threshold": a["settings"]["gold_threshold"],
+        "detected": [f"{f['detector']}:{f['scope']}" for f in findings if f["detected"]],
+    })
+
+
+def _clean(x: Any) -> Any:
+    """NaN / inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(a: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, str] = {}
+    m = a["agreement"].get("matrix")
+    if m and m["raters"]:
+        vals = np.array([[np.nan if v is None else v for v in row] for row in m["agreement"]], float)
+        n = len(m["raters"])
+        fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
+        im = ax.imshow(vals, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(n), m["raters"], rotation=45, ha="right")
+        ax.set_yticks(range(n), m["raters"])
+        for x in range(n):
+            for y in range(n):
+                if np.isfinite(vals[y, x]):
+                    ax.text(x, y, f"{vals[y, x]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if vals[y, x] < 0.6 else "black")
+        fig.colorbar(im, ax=ax, label="pairwise agreement")
+        ax.set_title("Agreement between raters (share of shared pairs voted alike)")
+        figs["agreement_matrix"] = _png(fig)
+    cal = {r: c for r, c in a["calibration"].items() if c["n_gold_pairs"] > 0}
+    if cal:
+        names = sorted(cal)
+        acc = [cal[r]["accuracy"] for r in names]
+        lo = [cal[r]["accuracy"] - cal[r]["ci"][0] for r in names]
+        hi = [cal[r]["ci"][1] - cal[r]["accuracy"] for r in names]
+        colors = ["tab:green" if cal[r]["status"] == "pass" else "tab:red" if cal[r]["status"] == "below"
+                  else "tab:gray" for r in names]
+        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(names), 3.2))
+        ax.bar(names, acc, yerr=[lo, hi], color=colors, capsize=3)
+        ax.axhline(a["settings"]["gold_threshold"], color="black", ls="--", lw=1, label="screening threshold")
+        ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy on gold pairs")
+        ax.set_title("Gold accuracy per rater (green pass, red below, grey too few gold)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.tick_params(axis="x", rotation=45)
+        figs["gold_accuracy"] = _png(fig)
+    findings = a["biases"]["findings"]
+    for det, key, ylabel, ref in (("position", "first_win_rate", "first-shown win rate", 0.5),
+                                  ("length", None, "length effect (log-odds / sd)", 0.0)):
+        fs = [f for f in findings if f["detector"] == det]
+        if not fs:
+            continue
+        names = [f["scope"] for f in fs]
+        val = [f[key] if key else f["effect"] for f in fs]
+        err = [[v - f["ci"][0] for v, f in zip(val, fs)], [f["ci"][1] - v for v, f in zip(val, fs)]]
+        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(names), 3.2))
+        ax.bar(names, val, yerr=err, capsize=3,
+               color=["tab:red" if f["detected"] else "tab:blue" for f in fs])
+        ax.axhline(ref, color="gray", ls=":", lw=1)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{det.capitalize()} bias (red = detected after Holm correction)")
+        ax.tick_params(axis="x", rotation=45)
+        figs[f"{det}_bias"] = _png(fig)
+    sessions = {r: s for r, s in a["biases"]["drift_sessions"].items() if len(s) >= 2}
+    if sessions:
+        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        for r, s in sorted(sessions.items()):
+            ax.plot([x["session"] for x in s], [x["agreement"] for x in s], marker="o", label=r)
+        ax.set_xlabel("session")
+        ax.set_ylabel("agreement with the other raters")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Drift: agreement with the leave-one-out consensus by session")
+        ax.legend(fontsize=7)
+        figs["drift"] = _png(fig)
+    return figs
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "&ndash;"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+    if isinstance(v, list) and len(v) == 2:
+        return f"[{_fmt(v[0])}, {_fmt(v[1])}]"
+    return html.escape(str(v))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+EXPLAIN = {
+    "agreement_matrix": "Each cell: the share of response pairs, judged by both raters, that they ordered the same "
+                        "way. Chance is 0.5; InstructGPT's labelers agreed about 73 %.",
+    "gold_accuracy": "Share of gold pairs each rater ordered like the known answer (bars: 95 % Wilson interval). "
+                     "Raters under the dashed line are down-weighted or excluded from consensus.",
+    "position_bias": "How often the response shown first (top / left) beat the others. Display order is random, so "
+                     "an unbiased rater sits at 0.5.",
+    "length_bias": "How much more the longer response wins than the other raters' judgment explains "
+                   "(log-odds per standard deviation of log length). 0 = no length preference.",
+    "drift": "A rater's agreement with the other raters, session by session; a falling line is fatigue or drift.",
+}
+
+
+def _profile(p: dict | None) -> str:
+    """A simulated rater's non-zero parameters, e.g. `noise=0.5, position_bias=0.3`."""
+    if not p:
+        return ""
+    return ", ".join(f"{k}={v:g}" for k, v in p.items() if k != "name" and v)
+
+
+def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
+    inp, ov = a["input"], a["agreement"].get("overall", {})
+    parts = [f"<h1>Feedback quality report</h1><p>Generated {html.escape(a['generated_at'])}. "
+             f"{inp['ranking_judgments']} ranking and {inp['thumbs_judgments']} thumbs judgments on {inp['items']} "
+             f"items by {len(inp['raters'])} raters; {inp['gold_items']} gold items; campaigns: "
+             f"{html.escape(', '.join(inp['campaigns']))}.</p>"]
+    parts.append("<h2>Agreement</h2>" + _table(
+        ["pairwise agreement", "95% CI", "Krippendorff's alpha", "95% CI", "mean Kendall's W", "items", "raters"],
+        [[ov.get("pairwise_agreement"), ov.get("pairwise_agreement_ci"), ov.get("krippendorff_alpha"),
+          ov.get("krippendorff_alpha_ci"), ov.get("kendall_w_mean"), ov.get("n_items"), ov.get("n_raters")]]))
+    parts.append("<p class=note>Alpha: 1 perfect, 0 chance; &ge; 0.8 reliable, &ge; 0.667 tentative.</p>")
+    for c, b in a["agreement"].get("campaigns", {}).items():
+        parts.append(f"<h3>Campaign {html.escape(c)}</h3>" + _table(
+            ["pairwise agreement", "95% CI", "alpha", "items"],
+            [[b["pairwise_agreement"], b["pairwise_agreement_ci"], b["krippendorff_alpha"], b["n_items"]]]))
+    found = [f for f in a["biases"]["findings"] if f["detected"]]
+    parts.append(f"<h2>Findings</h2><p>{len(found)} detected of {a['biases']['n_tests']} tests "
+                 f"(Holm-corrected, family-wise alpha = {a['biases']['alpha']}).</p>")
+    parts.append(_table(["detector", "scope", "effect", "meaning", "z", "p", "p (Holm)", "n", "detected"],
+                        [[f["detector"], f["scope"], f["effect"], f.get("effect_name", ""), f["z"], f["p"],
+                          f["p_adjusted"], f["n"], "YES" if f["detected"] else ""] for f in a["biases"]["findings"]]))
+    rater_rows = []
+    cons = a.get("consensus", {})
+    for r in inp["raters"]:
+        cal = a["calibration"].get(r, {})
+        ag = a["agreement"].get("raters", {}).get(r, {})
+        rater_rows.append([r, ag.get("agreement"), ag.get("ci"),
+                           cons.get("agreement_with_consensus", {}).get(r, {}).get("agreement"),
+                           cal.get("accuracy"), cal.get("n_gold_pairs"), cal.get("status"), cal.get("weight"),
+                           ", ".join(f"{k} {v:.2f}" for k, v in cons.get("raters", {}).get(r, {}).items()),
+                           _profile(a["simulated_profiles"].get(r))])
+    parts.append("<h2>Raters</h2>" + _table(
+        ["rater", "agreement with others", "95% CI", f"agreement with consensus ({cons.get('method', '')})",
+         "gold accuracy", "gold pairs", "screening", "weight", "consensus model", "simulated profile"], rater_rows))
+    for key, b64 in figs.items():
+        parts.append(f"<h2>{key.replace('_', ' ').capitalize()}</h2><p class=note>{html.escape(EXPLAIN[key])}</p>"
+                     f"<img alt='{key}' src='data:image/png;base64,{b64}'>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;"
+             "padding:3px 7px;text-align:left}th{background:#f2f2f2}.note{color:#555;font-size:.9em}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback quality report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(a: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write report.html and report.json (the same figures) into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = _clean(a)
+    figs = _plots(clean)
+    paths = {"html": out_dir / "report.html", "json": out_dir / "report.json"}
+    with atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(clean, indent=1, allow_nan=False), encoding="utf-8")
+    with atomic_path(paths["html"]) as tmp:
+        tmp.write_text(render_html(clean, figs), encoding="utf-8")
+    return paths
