@@ -36,10 +36,9 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class ModelOptions(BaseModel):
-    """How a causal LM is loaded and what is trained."""
+class LoraOptions(BaseModel):
+    """Weight dtype, and what is trained: LoRA adapters or every weight."""
 
-    model: str = Field(DEFAULT_MODEL, description="Model: a registry name (smollm2-135m-instruct), a local folder or a Hugging Face id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype: auto = float32 on CPU, bfloat16 on a GPU that has it."
     )
@@ -51,6 +50,12 @@ class ModelOptions(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
         description="Module names that get LoRA adapters (comma-separated on the command line).",
     )
+
+
+class ModelOptions(LoraOptions):
+    """How a causal LM is loaded and what is trained."""
+
+    model: str = Field(DEFAULT_MODEL, description="Model: a registry name (smollm2-135m-instruct), a local folder or a Hugging Face id.")
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:

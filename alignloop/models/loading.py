@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from huggingface_hub import utils as hf_hub_utils
 from transformers.utils import logging as hf_logging
 
-from alignloop.config import ModelOptions
+from alignloop.config import LoraOptions, ModelOptions
 from alignloop.models.registry import resolve_model
 
 MODEL_INFO = "alignloop_model.json"
@@ -73,7 +73,7 @@ def load_causal_lm(name: str, dtype: str = "auto", device: str | torch.device = 
     return model
 
 
-def apply_lora(model: PreTrainedModel, opts: ModelOptions, adapter_name: str = "default"):
+def apply_lora(model: PreTrainedModel, opts: LoraOptions, adapter_name: str = "default"):
     """Wrap `model` with fresh LoRA adapters (peft); only the adapters are trainable."""
     from peft import LoraConfig, get_peft_model
 
@@ -82,9 +82,10 @@ def apply_lora(model: PreTrainedModel, opts: ModelOptions, adapter_name: str = "
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
-def load_trainable(opts: ModelOptions, device: str | torch.device = "cpu"):
-    """The model to fine-tune: LoRA-wrapped (opts.lora) or with every weight trainable."""
-    model = load_causal_lm(opts.model, opts.dtype, device)
+def load_trainable(opts: ModelOptions, device: str | torch.device = "cpu", name: str | None = None):
+    """The model to fine-tune (`name`, default opts.model): LoRA-wrapped (opts.lora) or with
+    every weight trainable."""
+    model = load_causal_lm(name or opts.model, opts.dtype, device)
     if opts.lora:
         model = apply_lora(model, opts)
     else:

@@ -1,0 +1,82 @@
+"""The PPO actor-critic on one copy of the weights.
+
+`PolicyWithValue` wraps a causal LM (LoRA-wrapped or fully trainable) and adds a value head
+on its last hidden states, zero-initialised (so the first values are 0). One forward gives,
+for every response token, the policy log-prob (logits divided by the sampling temperature),
+the entropy and the value. In LoRA mode the frozen reference is the same module with the
+adapter switched off (`reference_logprobs`): no second copy of the base weights.
+
+Rollout layout (B sequences): the prompt region is left-padded to width P, the response
+region right-padded to width R, so the token at response position j is predicted from
+position P - 1 + j. Position ids come from the attention mask, exactly as in generation.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from alignloop.algorithms.ppo_losses import entropy_from_logits, logprobs_from_logits
+from alignloop.models.forward import backbone_and_head
+
+
+def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask (B, P+R), response_mask (B, R) and the prompt width P."""
+    width_p = max(len(p) for p in prompt_ids)
+    width_r = max(1, max(len(r) for r in response_ids))
+    b = len(prompt_ids)
+    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width_p + width_r), dtype=torch.long)
+    resp = torch.zeros((b, width_r), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, width_p - len(p): width_p] = torch.tensor(p)
+        attn[i, width_p - len(p): width_p] = 1
+        if r:
+            ids[i, width_p: width_p + len(r)] = torch.tensor(r)
+            attn[i, width_p: width_p + len(r)] = 1
+            resp[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "prompt_width": width_p}
+
+
+class PolicyWithValue(nn.Module):
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, response_mask, prompt_width: int, temperature: float = 1.0,
+                with_values: bool = True, adapter: bool = True) -> dict[str, torch.Tensor]:
+        """logprobs, entropy (and values): each (B, R), 0 on response padding."""
+        backbone, head = backbone_and_head(self.lm)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        switch = self.lm.disable_adapter() if not adapter else nullcontext()
+        with switch:
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids).last_hidden_state  # (B, P+R, H)
+            width_r = response_mask.shape[1]
+            h = hidden[:, prompt_width - 1: prompt_width - 1 + width_r]  # (B, R, H) predicts response tokens
+            select = response_mask.bool()
+            logits = head(h[select]).unsqueeze(0)  # (1, N, V): the LM head only on real tokens
+        tokens = input_ids[:, prompt_width: prompt_width + width_r][select].unsqueeze(0)  # (1, N)
+        out = {}
+        for key, value in (("logprobs", logprobs_from_logits(logits, tokens, temperature)[0]),
+                           ("entropy", entropy_from_logits(logits.detach(), temperature)[0])):
+            full = torch.zeros(response_mask.shape, dtype=value.dtype, device=value.device)
+            full[select] = value
+            out[key] = full
+        if with_values:
+            out["values"] = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1) * response_mask
+        return out
+
+
+@torch.no_grad()
+def reference_logprobs(policy: PolicyWithValue, reference: nn.Module | None, batch: dict, temperature: float):
+    """log pi_ref of the response tokens: the policy with its adapter off (LoRA), or the separate
+    frozen reference model (full fine-tuning)."""
+    if reference is None:
+        return policy(**batch, temperature=temperature, with_values=False, adapter=False)["logprobs"]
+    return reference(**batch, temperature=temperature, with_values=False)["logprobs"]
