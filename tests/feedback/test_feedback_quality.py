@@ -142,17 +142,24 @@ def test_reading_a_database_never_creates_or_migrates_it(tmp_path, db_path, sess
     engine.dispose()
 
 
-def test_thumbs_votes_are_per_response(sessions):
+def test_thumbs_votes_are_per_response_and_share_a_database_with_rankings(db_path, sessions):
     with sessions() as s:
         store.create_campaign(s, "thumbs", "thumbs", seeded_samples()[:4], raters_per_item=2, gold_rate=0.0)
+        store.create_campaign(s, "pairs", "compare", seeded_samples()[:1], raters_per_item=1, gold_rate=0.0)
         for name in ("ann", "bob"):
             rater = store.add_rater(s, name)[0]
             while (a := store.next_assignment(s, rater)) is not None:
-                store.submit_judgment(s, rater, a.id, labels=[1, 0])
-        recs = reports.export_records(s)
+                if a.campaign.kind == "thumbs":
+                    store.submit_judgment(s, rater, a.id, labels=[1, 0])
+                else:
+                    store.submit_judgment(s, rater, a.id, ranking=[1, 0])
+        recs = reports.export_records(s, [1])
     assert len(recs) == 2 * 4 * 2 and all(isinstance(r, BinaryFeedback) for r in recs)
     j = load_judgments(recs)
     assert len(j.thumbs) == 16 and j.duplicates_dropped == 0 and j.thumbs["item"].nunique() == 8
+    both = load_judgments_from_db(str(db_path))  # `feedback export` refuses to mix; the quality tools need not
+    assert len(both) == 17 and sum(isinstance(r, Comparison) for r in both) == 1
+    assert [r.meta["judgment_id"] for r in both] == sorted(r.meta["judgment_id"] for r in both)
 
 
 # --- admin page ------------------------------------------------------------------------------
