@@ -94,9 +94,13 @@ def _error(request: Request, status: int, message: str, title: str = "Error"):
         status_code=status)
 
 
-def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False) -> FastAPI:
+def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False,
+               gold_threshold: float = 0.75) -> FastAPI:
     """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
-    `secure_cookies` marks the session cookie Secure (when served over HTTPS)."""
+    `secure_cookies` marks the session cookie Secure (when served over HTTPS);
+    `gold_threshold` is the gold accuracy below which the admin page flags a rater."""
+    if not 0.5 < gold_threshold <= 1.0:
+        raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
     engine, sessions = store.open_db(db, upgrade=upgrade)
     with sessions() as s:
         secret = store.session_secret(s)
@@ -109,6 +113,7 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
         docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN; /docs is served below
     )
     app.state.engine, app.state.sessions, app.state.templates = engine, sessions, _templates()
+    app.state.gold_threshold = gold_threshold
 
     from alignloop.feedback.api import router as api_router
     from alignloop.feedback.pages import router as page_router

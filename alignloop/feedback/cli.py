@@ -1,4 +1,5 @@
-"""`alignloop feedback ...` (create, add-rater, status, export) and `alignloop serve`.
+"""`alignloop feedback ...` (create, add-rater, status, export; simulate and plan from the
+quality tools, alignloop/quality/cli.py) and `alignloop serve`.
 
 Each command is generated from its config class (config.py): the field descriptions are the
 --help text and `--config FILE.yaml` works as for every stage. `--db` takes a SQLite file
@@ -15,6 +16,7 @@ import click
 from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
+from alignloop.quality.cli import plan_command, simulate_command
 
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
@@ -58,6 +60,8 @@ class ServeConfig(StageConfig):
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     secure_cookies: bool = Field(False, description="Send the session cookie only over HTTPS (behind a TLS proxy).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
+    gold_threshold: float = Field(0.75, gt=0.5, le=1.0, description="Admin page: raters whose accuracy on gold "
+                                  "items is below this are flagged and down-weighted.")
 
 
 def shown_db(db: str) -> str:
@@ -160,7 +164,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
     from alignloop.feedback.app import create_app
 
-    app = create_app(cfg.db, secure_cookies=cfg.secure_cookies)
+    app = create_app(cfg.db, secure_cookies=cfg.secure_cookies, gold_threshold=cfg.gold_threshold)
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 
@@ -176,6 +180,8 @@ group.add_command(config_command(FeedbackStatusConfig, run_status, "status",
                                  "Progress per campaign and per rater."))
 group.add_command(config_command(FeedbackExportConfig, run_export, "export",
                                  "Write the judgments as comparisons JSONL (source: human)."))
+group.add_command(simulate_command)
+group.add_command(plan_command)
 
 serve_command = config_command(ServeConfig, run_serve, "serve",
                                "Run the feedback web app (rater pages, admin pages, JSON API).")

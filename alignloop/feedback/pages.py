@@ -153,15 +153,22 @@ def skip(request: Request, assignment_id: int, _form: FormData = Depends(csrf_fo
 
 # --- admin -----------------------------------------------------------------------------------
 
-def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, **extra: Any) -> HTMLResponse:
-    ctx = {"rater": rater, "campaigns": reports.campaign_summaries(s), "raters": reports.rater_summaries(s),
-           "max_upload_mb": MAX_UPLOAD_BYTES // 2**20, **extra}
+def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, quality_id: int | None = None,
+                 **extra: Any) -> HTMLResponse:
+    """The dashboard; the quality figures are of campaign `quality_id` (default: the newest)."""
+    campaigns = reports.campaign_summaries(s)
+    chosen = next((c for c in campaigns if c["id"] == quality_id), campaigns[-1] if campaigns else None)
+    quality = reports.quality_summary(s, chosen, request.app.state.gold_threshold) if chosen else None
+    ctx = {"rater": rater, "campaigns": campaigns, "raters": reports.rater_summaries(s),
+           "max_upload_mb": MAX_UPLOAD_BYTES // 2**20, "quality_campaign": chosen, "quality": quality,
+           "gold_threshold": request.app.state.gold_threshold, **extra}
     return render(request, "admin.html", ctx, status=status)
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin(request: Request, created: str = "", admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
-    return render_admin(request, s, admin, created=created[:200])
+def admin(request: Request, created: str = "", quality: int | None = None, admin: Rater = Depends(page_admin),
+          s: Session = Depends(db_session)):
+    return render_admin(request, s, admin, quality_id=quality, created=created[:200])
 
 
 def read_upload(upload: Any, what: str) -> tuple[bytes, str]:

@@ -7,13 +7,16 @@ Export writes one record per judgment (DESIGN.md section 2): a `Comparison` for 
 compare campaigns (responses in their original order, ranking in original indices, best
 first, a nested list for a tie), one `BinaryFeedback` per response for thumbs campaigns.
 `source` is "human"; `rater` is the rater's name; `meta` carries what the quality stage
-needs: display order, time spent, timestamps, campaign, item, gold answer, unsafe flags and
-the comment.
+needs (the fields alignloop/quality/judgments.py reads): display order, time spent,
+timestamps, campaign, item, the gold answer (`gold_ranking`; `gold_label` per thumbs
+response), unsafe flags and the comment.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +26,9 @@ from sqlalchemy.orm import Session
 from alignloop.data.records import BinaryFeedback, Comparison
 from alignloop.feedback.db import Assignment, Campaign, Item, Judgment, Rater
 from alignloop.feedback.store import Invalid
+
+log = logging.getLogger(__name__)
+ADMIN_QUALITY_MAX = 50_000  # judgments: above this the admin page points to `alignloop quality report`
 
 
 def _available(s: Session, rater: Rater) -> int:
@@ -114,6 +120,12 @@ def rater_summaries(s: Session) -> list[dict[str, Any]]:
     return out
 
 
+def campaign_ids(s: Session) -> list[int]:
+    ids = list(s.scalars(select(Campaign.id).order_by(Campaign.id)))
+    s.commit()
+    return ids
+
+
 def _iso(t) -> str | None:
     return None if t is None else t.isoformat() + "Z"
 
@@ -142,15 +154,40 @@ def export_records(s: Session, campaign_ids: list[int] | None = None,
             "time_spent_s": j.time_spent_s, "is_gold": item.is_gold, "unsafe": j.unsafe, "comment": j.comment,
             "model": item.model, "sampling": item.sampling,
         }
-        if item.is_gold:
-            meta["gold_answer"] = item.gold_answer
+        if item.is_gold and c.kind != "thumbs":
+            meta["gold_ranking"] = item.gold_answer
         if c.kind == "thumbs":
             for i, response in enumerate(item.responses):
+                extra = {"gold_label": item.gold_answer[i]} if item.is_gold else {}
                 out.append(BinaryFeedback(**item.prompt, id=f"{c.name}/j{j.id}/r{i}", response=response,
                                           label=j.labels[i], rater=r.name, source="human",
-                                          meta={**meta, "response_index": i, "unsafe": i in j.unsafe}))
+                                          meta={**meta, **extra, "response_index": i, "unsafe": i in j.unsafe}))
         else:
             out.append(Comparison(**item.prompt, id=f"{c.name}/j{j.id}", responses=item.responses,
                                   ranking=j.ranking, rater=r.name, source="human", meta=meta))
     s.commit()
     return out
+
+
+def quality_summary(s: Session, campaign: dict[str, Any], gold_threshold: float = 0.75) -> dict[str, Any]:
+    """The headline quality figures of one campaign (a `campaign_summaries` row) for the admin
+    page, computed on request by `alignloop.quality.report.summary_for_admin` with cheap
+    settings (no bootstrap, majority consensus: about 0.1 ms per judgment).
+
+    `state` is "ok" (the figures, plus `seconds`), "empty" (no judgments yet), "too_many"
+    (over ADMIN_QUALITY_MAX judgments) or "error" (`message`: the analysis failed)."""
+    n = campaign["judgments"] + campaign["gold_judgments"]
+    if n == 0:
+        return {"state": "empty"}
+    if n > ADMIN_QUALITY_MAX:
+        return {"state": "too_many", "judgments": n}
+    from alignloop.quality.report import summary_for_admin
+
+    records = export_records(s, [campaign["id"]])
+    start = time.perf_counter()
+    try:
+        head = summary_for_admin(records, gold_threshold=gold_threshold, consensus_method="majority", n_boot=0)
+    except Exception as err:  # the dashboard must still show progress when the analysis fails
+        log.exception("quality figures of campaign %s", campaign["id"])
+        return {"state": "error", "message": f"{type(err).__name__}: {err}"}
+    return {"state": "ok", "seconds": time.perf_counter() - start, "judgments": n, **head}

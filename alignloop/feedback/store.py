@@ -75,13 +75,21 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def head_revision() -> str:
+    """The newest schema revision this version of the code knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def schema_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def open_db(db: str | Path, upgrade: bool = True) -> tuple[Engine, sessionmaker[Session]]:
-    """Engine and session factory for `--db` (a SQLite path or a URL), migrated to head."""
+    """Engine and session factory for `--db` (a SQLite path or a URL), migrated to head unless
+    `upgrade` is False (a reader that must not change the database)."""
     engine = make_engine(db)
     if upgrade:
         migrate(engine)

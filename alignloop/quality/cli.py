@@ -1,6 +1,6 @@
 """Commands of the quality tools.
 
-    alignloop quality report     --data comparisons.jsonl | --db URL  --out DIR
+    alignloop quality report     --data comparisons.jsonl | --db feedback.db  --out DIR
     alignloop quality consensus  --data comparisons.jsonl --method dawid-skene --out consensus.jsonl
     alignloop feedback simulate  (`simulate_command`, attached to the feedback group)
     alignloop feedback plan      (`plan_command`, attached to the feedback group)
@@ -38,16 +38,43 @@ def read_judgments(path: str | Path) -> list[Comparison | BinaryFeedback]:
     return out
 
 
-def load_judgments_from_db(url: str) -> list[Comparison | BinaryFeedback]:
-    """Judgments of a feedback database, through the feedback store's export:
-    `alignloop.feedback.store.export_comparisons(db_url: str) -> list[Comparison | BinaryFeedback]`,
-    one record per judgment with the meta fields listed in alignloop/quality/judgments.py."""
+def load_judgments_from_db(db: str) -> list[Comparison | BinaryFeedback]:
+    """Judgments of a feedback database (`--db`: a SQLite file path or a database URL), one
+    record per judgment exactly as `alignloop feedback export` writes them, every campaign,
+    gold items included. The database is only read: it is neither created nor migrated."""
+    from alignloop.feedback import reports, store
+
+    if not _db_exists(db):
+        raise DataError(f"--db {db}: no such database file")
+    engine, sessions = store.open_db(db, upgrade=False)
     try:
-        from alignloop.feedback.store import export_comparisons
-    except ImportError as err:
-        raise DataError(f"--db {url}: the feedback store is not available ({err}); export the campaign with "
-                        "`alignloop feedback export` and pass the file with --data") from None
-    return list(export_comparisons(url))
+        have, head = store.schema_revision(engine), store.head_revision()
+        if have is None:
+            raise DataError(f"--db {db}: not a feedback database (no schema revision)")
+        if have != head:
+            raise DataError(f"--db {db}: schema revision {have}, this version reads {head}; any "
+                            "`alignloop feedback` command (e.g. status) upgrades it")
+        with sessions() as s:
+            # per campaign: one export may not mix thumbs and ranking campaigns; quality can
+            records = [r for c in reports.campaign_ids(s) for r in reports.export_records(s, [c])]
+    finally:
+        engine.dispose()
+    records.sort(key=lambda r: r.meta["judgment_id"])  # stable: thumbs responses stay in order
+    if not records:
+        raise DataError(f"--db {db}: no judgments yet")
+    return records
+
+
+def _db_exists(db: str) -> bool:
+    """A SQLite file (path or sqlite:/// URL) must exist: opening one would create it."""
+    if "://" not in db:
+        return Path(db).expanduser().exists()
+    if db.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        path = make_url(db).database
+        return bool(path) and Path(path).expanduser().exists()
+    return True
 
 
 def _load(data: Path | None, db: str | None) -> list[Comparison | BinaryFeedback]:
@@ -58,7 +85,8 @@ def _load(data: Path | None, db: str | None) -> list[Comparison | BinaryFeedback
 
 class _Input(StageConfig):
     data: Path | None = Field(None, description="Judgments: comparisons/thumbs JSONL (an export or a simulation).")
-    db: str | None = Field(None, description="Or a feedback database URL (sqlite:///feedback.db, postgresql://...).")
+    db: str | None = Field(None, description="Or a feedback database: a SQLite file path or a URL "
+                           "(sqlite:///feedback.db, postgresql://...); only read, never migrated.")
     gold_threshold: float = Field(0.75, gt=0.5, le=1.0, description="Screening: gold accuracy below this is flagged.")
     screen: Literal["downweight", "exclude", "none"] = Field(
         "downweight", description="What screening does to a rater below the threshold in consensus.")

@@ -6,10 +6,12 @@ each with `rater`, `source` and these `meta` fields (all optional except where n
 
     item_id        the item (prompt + its K responses) this judgment is about; without it the
                    item is identified by a hash of the prompt and responses
+    response_index (thumbs only) which response of item_id the label is about: a thumbs
+                   vote is on `item_id/response_index` (the feedback export writes both)
     campaign       the feedback campaign
     display_order  original response indices in the order shown, first = top / left
     submitted_at   ISO time of submission (sessions and drift are read from it)
-    time_spent_s   seconds the rater spent
+    time_spent_s   seconds the rater spent (null: unknown)
     session        session number; without it a new session starts after a gap of
                    `session_gap_min` minutes between a rater's submissions
     is_gold        the item has a known answer ...
@@ -75,9 +77,13 @@ class Judgments:
 
 
 def item_key(record: Judgment) -> str:
-    """meta.item_id, else a hash of the prompt and the response(s)."""
+    """meta.item_id (with `/response_index` for a thumbs vote), else a hash of the prompt and
+    the response(s)."""
     if record.meta.get("item_id") is not None:
-        return str(record.meta["item_id"])
+        key = str(record.meta["item_id"])
+        if isinstance(record, BinaryFeedback) and record.meta.get("response_index") is not None:
+            key += f"/{record.meta['response_index']}"
+        return key
     texts = record.responses if isinstance(record, Comparison) else [record.response]
     h = hashlib.sha1("\x1f".join([record.prompt_text(), *texts]).encode("utf-8")).hexdigest()
     return "h" + h[:12]
@@ -150,7 +156,7 @@ def load_judgments(records: list[Judgment], session_gap_min: float = 30.0) -> Ju
             "rater": rater,
             "campaign": str(m.get("campaign", "default")),
             "t": _time(m.get("submitted_at")),
-            "time_spent_s": float(m.get("time_spent_s", float("nan"))),
+            "time_spent_s": float("nan") if m.get("time_spent_s") is None else float(m["time_spent_s"]),
             "meta_session": m.get("session"),
             "source": rec.source,
         }

@@ -68,7 +68,8 @@ def analyse(
 def summary_for_admin(records: list[Judgment], **settings: Any) -> dict[str, Any]:
     """Headline figures for the admin page: per rater gold accuracy, screening status and
     weight, agreement with the other raters, its detected biases; the panel's pairwise
-    agreement and Krippendorff's alpha; the position-bias p-value; length-bias effects."""
+    agreement and Krippendorff's alpha; the position-bias p-value; length-bias effects; every
+    bias test with its p-values (`bias_tests`)."""
     settings.setdefault("n_boot", 0)
     a = analyse(records, **settings)
     return admin_view(a)
@@ -99,6 +100,9 @@ def admin_view(a: dict[str, Any]) -> dict[str, Any]:
                         for f in findings if f["detector"] == "length"},
         "gold_threshold": a["settings"]["gold_threshold"],
         "detected": [f"{f['detector']}:{f['scope']}" for f in findings if f["detected"]],
+        "bias_tests": [{k: f.get(k) for k in ("detector", "scope", "effect", "effect_name", "p", "p_adjusted",
+                                              "detected")} for f in findings],
+        "alpha": a["biases"]["alpha"],
     })
 
 

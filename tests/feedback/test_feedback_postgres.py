@@ -82,3 +82,20 @@ def test_postgres_many_raters_at_once(pg_url):
         assert len(per_item) == 40 and {n for _, n in per_item} == {3}
         assert len(reports.export_records(s)) == 120
     engine.dispose()
+
+
+def test_postgres_quality_figures_read_the_database_as_it_is(pg_url):
+    from alignloop.quality.cli import load_judgments_from_db
+    from alignloop.quality.report import summary_for_admin
+
+    from .test_feedback_quality import N_GOLD, N_ITEMS, seed_campaign
+
+    engine, sessions = store.open_db(pg_url)
+    seed_campaign(sessions)
+    with sessions() as s:
+        exported = reports.export_records(s)
+    records = load_judgments_from_db(pg_url)
+    assert len(records) == 3 * (N_ITEMS + N_GOLD) and records == exported
+    head = summary_for_admin(records)
+    assert head["raters"]["sloppy"]["status"] == "below" and "position:lefty" in head["detected"]
+    engine.dispose()

@@ -209,7 +209,7 @@ def test_gold_items_are_mixed_in_once_per_rater_and_exported_with_their_answer(s
         recs = reports.export_records(s)
         gold_recs = [r for r in recs if r.meta["is_gold"]]
         assert len(recs) == 5 and len(gold_recs) == 2
-        assert all(r.meta["gold_answer"] == [0, 1] for r in gold_recs)
+        assert all(r.meta["gold_ranking"] == [0, 1] for r in gold_recs)
         assert len(reports.export_records(s, include_gold=False)) == 3
         (summary,) = reports.campaign_summaries(s)
         assert (summary["items"], summary["gold_items"], summary["judgments"], summary["gold_judgments"],

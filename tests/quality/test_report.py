@@ -48,13 +48,14 @@ def test_summary_for_admin_headline():
     assert j.raters
 
 
-def test_db_without_feedback_store_errors_clearly():
-    pytest.importorskip("alignloop")
-    try:
-        import alignloop.feedback.store  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match="alignloop feedback export"):
-            load_judgments_from_db("sqlite:///nothing.db")
+def test_db_input_is_checked_and_never_created(tmp_path):
+    missing = tmp_path / "none.db"
+    with pytest.raises(DataError, match="no such database"):
+        load_judgments_from_db(str(missing))
+    assert not missing.exists()
+    r = CliRunner().invoke(group, ["report", "--data", str(tmp_path / "x.jsonl"), "--db", str(missing),
+                                   "--out", str(tmp_path / "rep")])
+    assert isinstance(r.exception, DataError) and "exactly one" in str(r.exception)
 
 
 def test_commands_end_to_end(tmp_path):
