@@ -1,0 +1,27 @@
+"""The bundled SmolLM2-135M-Instruct: converted once to a cached safetensors folder, then loaded and used."""
+
+import time
+
+import pytest
+
+from alignloop.models.registry import alignloop_home, resolve_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundled_model_is_cached_and_generates():
+    folder = resolve_model("smollm2-135m-instruct")  # converts the GGUF on first use
+    assert folder.startswith(str(alignloop_home())) and (alignloop_home() / "models" / "smollm2-135m-instruct" /
+                                                         "model.safetensors").exists()
+    t = time.time()
+    assert resolve_model("smollm2-135m-instruct") == folder
+    assert time.time() - t < 1.0  # the second time is a cache hit, no de-quantisation
+
+    from alignloop.models.generation import Sampling, generate
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")
+    assert "quantization_config" not in model.config.to_dict()
+    g = generate(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
+                 Sampling(num_samples=1, temperature=0, max_new_tokens=24))
+    assert "Paris" in g.texts[0] and g.finished[0]
