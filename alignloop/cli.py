@@ -20,6 +20,8 @@ from alignloop.data.io import DataError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("alignloop.models.generation", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
+    "cai": ("alignloop.cai.cli", "group",
+            "Constitutional AI: critique-and-revise (SL-CAI) and AI preference labels (RL-CAI)."),
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
 }
 
