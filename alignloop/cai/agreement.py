@@ -4,7 +4,7 @@ response is the one people preferred, on the pairs both labeled. No torch here.
 Records are matched by (the prompt as chat messages, the UNORDERED pair of response texts),
 so {"prompt": "x"} and {"messages": [{"role": "user", "content": "x"}]} are the same prompt
 and the order the responses were shown in does not matter. A human record with K > 2
-responses votes on every pair it ranks apart; tied pairs give no vote.
+responses votes on every pair it ranks apart; a tied pair is labeled but gets no vote.
 
 Worked example: human votes on pair {a, b}: a, a, b (majority a); the AI gives p = 0.7 to
 responses [a, b] (prefers a): agree. On pair {c, d} the humans prefer d, the AI prefers c:
@@ -36,9 +36,12 @@ def human_votes(human: list[Comparison]) -> dict[tuple[str, frozenset[str]], dic
         for i in range(len(rec.responses)):
             for j in range(i + 1, len(rec.responses)):
                 a, b = rec.responses[i], rec.responses[j]
-                if a == b or tier[i] == tier[j]:
+                if a == b:
                     continue
                 key = _pair_key(rec, a, b)
+                if tier[i] == tier[j]:
+                    votes[key][a] += 0.0  # a tie: labeled, but no vote for either
+                    continue
                 votes[key][a if tier[i] < tier[j] else b] += rec.weight
     return votes
 
