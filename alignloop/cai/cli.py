@@ -4,7 +4,8 @@
             OUT.demos.jsonl (demonstrations for `alignloop sft`) and OUT.comparisons.jsonl
             (the final revision preferred over the original response);
     label   RL-CAI soft labels for pairs of responses: comparisons with `source: ai` and `p`;
-    score   d-RLAIF: adds `rewards: {NAME: [...]}` (in [-1, 1]) to samples records.
+    score   d-RLAIF: adds `rewards: {NAME: [...]}` (in [-1, 1]) to samples records;
+    import  the CAI paper's JSON prompt files -> a constitution YAML for --constitution.
 Each saves its resolved config beside its output (OUT with suffix .config.yaml).
 """
 
@@ -75,6 +76,17 @@ class CAIScoreConfig(_Common):
     data: Path = Field(..., description="Samples file (.jsonl): prompt + responses.")
     out: Path = Field(..., description="Output samples file with rewards[NAME] added.")
     name: str = Field("judge", description="Key of the reward source in `rewards`.")
+
+
+class CAIImportConfig(StageConfig):
+    """`alignloop cai import`: the CAI paper's JSON prompt files as a constitution YAML."""
+
+    critiques: Path | None = Field(None, description="{name: {prompt: [critique request], edit_request}} JSON.")
+    choices: Path | None = Field(None, description="JSON list of multiple-choice principles ('... Options:').")
+    few_shot: Path | None = Field(None, description="JSON list of critique-revision few-shot transcripts.")
+    label_few_shot: Path | None = Field(None, description="JSON list of {prompt, corrects, incorrects}.")
+    name: str = Field("paper-layout", description="Name of the constitution.")
+    out: Path = Field(..., description="Output constitution .yaml.")
 
 
 class PairsInput(PromptRecord):
@@ -211,6 +223,24 @@ def run_score(cfg: CAIScoreConfig) -> Path:
     return Path(cfg.out)
 
 
+def run_import(cfg: CAIImportConfig) -> Path:
+    import yaml
+
+    from alignloop.cai.constitution import from_paper_layout
+    from alignloop.config import ConfigError
+    from alignloop.data.io import atomic_path
+
+    if cfg.critiques is None and cfg.choices is None:
+        raise ConfigError("command line: give --critiques and/or --choices")
+    c = from_paper_layout(cfg.critiques, cfg.choices, cfg.few_shot, cfg.label_few_shot, cfg.name)
+    with atomic_path(cfg.out) as tmp:
+        tmp.write_text(yaml.safe_dump(c.model_dump(mode="json", exclude_none=True), sort_keys=False,
+                                      allow_unicode=True, width=110), encoding="utf-8")
+    print(f"wrote {cfg.out}: {len(c.revision_principles())} critique/revision principles, "
+          f"{len(c.choice_principles())} choice principles, {len(c.few_shot)} + {len(c.label_few_shot)} examples")
+    return Path(cfg.out)
+
+
 @click.group("cai", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def group():
     """Constitutional AI: critique-and-revise (SL-CAI) and AI preference labels (RL-CAI), d-RLAIF scores."""
@@ -224,3 +254,5 @@ group.add_command(config_command(CAILabelConfig, run_label, "label",
                                       "averaged; writes comparisons with source: ai."))
 group.add_command(config_command(CAIScoreConfig, run_score, "score",
                                  help="d-RLAIF: rate each response 1..10; adds rewards[NAME] in [-1, 1] to samples."))
+group.add_command(config_command(CAIImportConfig, run_import, "import",
+                                 help="Convert the CAI paper's JSON prompt files into a constitution YAML."))

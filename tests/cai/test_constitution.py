@@ -108,3 +108,17 @@ def test_ensemble_draws_distinct_principles():
     picked = sample_choice_principles(random.Random(0), pool, 5)
     assert len({p.id for p in picked}) == 5
     assert len(sample_choice_principles(random.Random(0), pool[:2], 3)) == 3
+
+
+def test_import_command_writes_a_yaml_that_loads_as_the_same_constitution(tmp_path):
+    from click.testing import CliRunner
+
+    from alignloop.cai.cli import group
+
+    out = tmp_path / "paper.yaml"
+    args = ["import", "--critiques", DATA / "paper_critiques.json", "--choices", DATA / "paper_choices.json",
+            "--few-shot", DATA / "paper_few_shot.json", "--label-few-shot", DATA / "paper_label_few_shot.json",
+            "--out", out]
+    result = CliRunner().invoke(group, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0 and "3 critique/revision principles, 3 choice principles" in result.output
+    assert load_constitution(out) == paper_constitution()
