@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -83,7 +84,7 @@ def test_label_writes_soft_comparisons_for_every_pair(tmp_path, tiny_model_dir):
         m = c.meta
         assert c.source == "ai" and c.rater == str(tiny_model_dir) and 0 < c.p < 1 and c.ranking is None
         assert len(m["principles"]) == len(set(m["principles"])) == 2 and m["cot"] is False
-        assert c.p == round((sum(m["p_order_ab"]) + sum(m["p_order_ba"])) / 4, 6)
+        assert c.p == pytest.approx((sum(m["p_order_ab"]) + sum(m["p_order_ba"])) / 4, abs=2e-6)  # 6 decimals
         assert m["flipped"] == ((sum(m["p_order_ab"]) / 2 - 0.5) * (sum(m["p_order_ba"]) / 2 - 0.5) < 0)
 
 
@@ -94,7 +95,7 @@ def test_label_with_chain_of_thought_clamps(tmp_path, tiny_model_dir):
     invoke("label", "--judge", tiny_model_dir, "--data", data, "--out", out, "--cot", "--cot-max-new-tokens", 5)
     (c,) = read_records(out, Comparison)
     assert 0.4 <= c.p <= 0.6 and c.meta["cot"] is True and len(c.meta["reasoning"]) == 2
-    assert c.p == round(min(0.6, max(0.4, c.meta["p_unclamped"])), 6)
+    assert c.p == pytest.approx(min(0.6, max(0.4, c.meta["p_unclamped"])), abs=2e-6)
 
 
 def test_score_adds_judge_rewards_to_samples(tmp_path, tiny_model_dir):
