@@ -78,7 +78,7 @@ def load_source(spec: str, device: str = "cpu", ensemble_k: float = 0.0) -> Rewa
     if spec.startswith("rule:"):
         return RuleReward(spec, import_callable(spec[len("rule:"):]))
     if spec.startswith("judge:"):
-        from alignloop.cai.judge import DirectJudge  # d-RLAIF (the AI-feedback stage)
+        from alignloop.cai.direct import DirectJudge  # d-RLAIF (the AI-feedback stage)
 
         return DirectJudge(spec[len("judge:"):], device=device)
     if not Path(spec).exists():

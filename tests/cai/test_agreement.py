@@ -1,0 +1,54 @@
+"""AI-labeler alignment with human labels, on the docstring's worked example and edge cases."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import pytest
+
+from alignloop.cai import agreement
+from alignloop.cai.agreement import ai_human_alignment
+from alignloop.data.records import Comparison
+
+
+def human(prompt, responses, ranking, **kw):
+    return Comparison(prompt=prompt, responses=responses, ranking=ranking, source="human", **kw)
+
+
+def ai(prompt, responses, p):
+    return Comparison(prompt=prompt, responses=responses, p=p, source="ai")
+
+
+def test_worked_example():
+    people = [human("x", ["a", "b"], [0, 1]), human("x", ["b", "a"], [1, 0]), human("x", ["a", "b"], [1, 0]),
+              human("y", ["c", "d"], [1, 0])]
+    # pair {a, b}: votes a, a, b -> a; AI gives a 0.7 -> agree. Pair {c, d}: humans d, AI c (0.8) -> disagree
+    out = ai_human_alignment([ai("x", ["a", "b"], 0.7), ai("y", ["c", "d"], 0.8)], people)
+    assert (out["alignment"], out["agree"], out["disagree"], out["matched"]) == (0.5, 1, 1, 2)
+    assert out["soft_alignment"] == pytest.approx((0.7 + 0.2) / 2)
+    assert out["ci95"][0] <= 0.5 <= out["ci95"][1]
+
+
+def test_matching_ignores_order_and_prompt_form():
+    people = [Comparison(messages=[{"role": "user", "content": "x"}], responses=["b", "a"], ranking=[1, 0])]
+    out = ai_human_alignment([ai("x", ["b", "a"], 0.2), ai("x", ["a", "z"], 0.9)], people)
+    # the AI prefers a (p(b) = 0.2) as the human did; the pair {a, z} has no human label
+    assert (out["agree"], out["ai_unmatched"], out["alignment"]) == (1, 1, 1.0)
+
+
+def test_k_way_rankings_ties_and_unlabeled():
+    people = [human("q", ["a", "b", "c"], [2, [0, 1]]),  # c > a, c > b, a ~ b (no vote)
+              human("r", ["e", "f"], [0, 1]), human("r", ["e", "f"], [1, 0])]  # 1 : 1, no majority
+    out = ai_human_alignment([ai("q", ["c", "a"], 0.9), ai("q", ["b", "c"], 0.5), ai("q", ["a", "b"], 0.6),
+                              ai("r", ["e", "f"], 0.9)], people)
+    # {a, b} was tied by the only ranking and {e, f} split 1 : 1: both are human ties
+    assert (out["agree"], out["ai_ties"], out["human_ties"], out["matched"], out["ai_unmatched"]) == (1, 1, 2, 4, 0)
+    assert ai_human_alignment([ai("q", ["a", "b"], 0.6)], [])["alignment"] is None
+
+
+def test_module_does_not_import_torch():
+    tree = ast.parse(inspect.getsource(agreement))
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "torch" not in names
