@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("alignloop.models.reward_model", "command", "Add reward-model scores to a samples file."),
     "ppo": ("alignloop.train.ppo", "command", "PPO against reward models / rules / judges with a KL penalty."),
     "cai": ("alignloop.cai.cli", "group",
+            "Constitutional AI: critique-and-revise (SL-CAI) and AI preference labels (RL-CAI)."),
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export; simulate, plan."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
