@@ -55,7 +55,7 @@ def _ai_prob(record: Comparison) -> float:
 
 
 def _bootstrap_ci(outcomes: list[int], rounds: int, seed: int) -> list[float] | None:
-    if not outcomes:
+    if not outcomes or rounds < 1:
         return None
     rng = random.Random(seed)
     n = len(outcomes)
@@ -66,7 +66,7 @@ def _bootstrap_ci(outcomes: list[int], rounds: int, seed: int) -> list[float] | 
 def ai_human_alignment(ai: list[Comparison], human: list[Comparison], bootstrap: int = 1000,
                        seed: int = 0) -> dict:
     """Share of jointly labeled pairs where the AI's preference (p > 0.5) matches the human
-    majority, with counts and a 95% bootstrap interval over pairs.
+    majority, with counts and a 95% bootstrap interval over pairs (None when bootstrap = 0).
 
     Keys: alignment, ci95, soft_alignment (mean AI probability of the human majority's
     choice), matched, agree, disagree, ai_ties (p = 0.5), human_ties (no majority),

@@ -1,6 +1,6 @@
 """Commands of the quality tools.
 
-    alignloop quality report     --data comparisons.jsonl | --db feedback.db  --out DIR
+    alignloop quality report     --data comparisons.jsonl | --db feedback.db  [--ai ai_labels.jsonl]  --out DIR
     alignloop quality consensus  --data comparisons.jsonl --method dawid-skene --out consensus.jsonl
     alignloop feedback simulate  (`simulate_command`, attached to the feedback group)
     alignloop feedback plan      (`plan_command`, attached to the feedback group)
@@ -103,14 +103,17 @@ class QualityConfig(_Input):
     alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the bias tests (Holm-corrected).")
     n_boot: int = Field(200, ge=0, description="Bootstrap resamples (over items) for confidence intervals.")
     session_gap_min: float = Field(30.0, gt=0, description="Minutes without a submission that end a rater's session.")
+    ai: Path | None = Field(None, description="AI labels (`alignloop cai label` output), compared with the human "
+                            "labels only in the ai_human_alignment section, never counted as a rater.")
 
 
 def run_report(cfg: QualityConfig) -> dict:
     from alignloop.quality.report import admin_view, analyse, write_report
 
     records = _load(cfg.data, cfg.db)
+    ai = read_records(cfg.ai, Comparison) if cfg.ai is not None else None
     a = analyse(records, cfg.consensus_method, cfg.gold_threshold, cfg.screen, cfg.min_gold, cfg.alpha,
-                cfg.n_boot, cfg.seed, cfg.session_gap_min)
+                cfg.n_boot, cfg.seed, cfg.session_gap_min, ai_records=ai)
     paths = write_report(a, cfg.out)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     head = admin_view(a)
@@ -120,6 +123,11 @@ def run_report(cfg: QualityConfig) -> dict:
         click.echo(f"  {r:<14} gold {_f(v['gold_accuracy'])} ({v['status']}, weight {_f(v['weight'])})  "
                    f"agreement {_f(v['agreement_with_others'])}  biases: {', '.join(v['biases']) or '-'}")
     click.echo(f"detected: {', '.join(head['detected']) or 'nothing'}")
+    if "ai_human_alignment" in a:
+        s = a["ai_human_alignment"]
+        click.echo(f"AI-labeler alignment {_f(s['alignment'])} ({s['agree']} of {s['agree'] + s['disagree']} "
+                   f"pairs; {s['matched']} of {s['ai_records']} AI labels matched a human pair), "
+                   f"position-flip rate {_f(s['flip_rate'])}")
     click.echo(f"wrote {paths['html']} and {paths['json']}")
     return a
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from alignloop.cai.agreement import ai_human_alignment
 from alignloop.data.io import atomic_path
+from alignloop.data.records import Comparison
 from alignloop.quality.agreement import agreement_summary, agreement_with_consensus
 from alignloop.quality.bias import detect_biases
 from alignloop.quality.calibration import rater_weights, screening
@@ -34,8 +36,15 @@ def analyse(
     seed: int = 0,
     session_gap_min: float = 30.0,
     judgments: Judgments | None = None,
+    ai_records: list[Comparison] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the report, as plain data (NaN becomes None in JSON)."""
+    """Every figure of the report, as plain data (NaN becomes None in JSON).
+
+    Records with `source: ai` (an AI judge's labels, mixed into `records` or given apart as
+    `ai_records`) are kept out of every rater figure and only compared with the human labels
+    in the `ai_human_alignment` section (see `ai_alignment_section`)."""
+    ai = [r for r in records if r.source == "ai"] + list(ai_records or [])
+    records = [r for r in records if r.source != "ai"]
     j = judgments or load_judgments(records, session_gap_min)
     screen_info = screening(j, gold_threshold, screen, min_gold)
     out: dict[str, Any] = {
@@ -62,7 +71,27 @@ def analyse(
             "agreement_with_consensus": agreement_with_consensus(j.pairs, cons.pairs),
             "mean_confidence": float(np.mean(np.maximum(cons.pairs["p"], 1 - cons.pairs["p"]))),
         }
+    if ai:
+        out["ai_human_alignment"] = ai_alignment_section(ai, records, n_boot, seed)
     return out
+
+
+def ai_alignment_section(ai: list[Judgment], records: list[Judgment], n_boot: int = 200,
+                         seed: int = 0) -> dict[str, Any]:
+    """RLAIF's AI-labeler alignment: `ai_human_alignment` of the AI comparisons against the
+    human (`source` human or simulated) comparisons, plus the judges, the record counts and
+    the judge's position-flip rate: the share of AI labels with `meta.flipped` true, i.e.
+    whose preference changed sides when the two responses were shown in the other order
+    (None when no AI record carries `meta.flipped`)."""
+    ai_pairs = [r for r in ai if isinstance(r, Comparison)]
+    human = [r for r in records if isinstance(r, Comparison) and r.source in ("human", "simulated")]
+    flips = [bool(r.meta["flipped"]) for r in ai_pairs if r.meta.get("flipped") is not None]
+    return {
+        **ai_human_alignment(ai_pairs, human, bootstrap=n_boot, seed=seed),
+        "judges": sorted({r.rater or "unknown" for r in ai_pairs}),
+        "ai_records": len(ai_pairs), "human_records": len(human),
+        "flip_rate": sum(flips) / len(flips) if flips else None, "flip_n": len(flips),
+    }
 
 
 def summary_for_admin(records: list[Judgment], **settings: Any) -> dict[str, Any]:
@@ -276,6 +305,8 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
     parts.append("<h2>Raters</h2>" + _table(
         ["rater", "agreement with others", "95% CI", f"agreement with consensus ({cons.get('method', '')})",
          "gold accuracy", "gold pairs", "screening", "weight", "consensus model", "simulated profile"], rater_rows))
+    if "ai_human_alignment" in a:
+        parts.append(_ai_html(a["ai_human_alignment"]))
     for key, b64 in figs.items():
         parts.append(f"<h2>{key.replace('_', ' ').capitalize()}</h2><p class=note>{html.escape(EXPLAIN[key])}</p>"
                      f"<img alt='{key}' src='data:image/png;base64,{b64}'>")
@@ -285,6 +316,20 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
              "img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback quality report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _ai_html(s: dict[str, Any]) -> str:
+    judges = html.escape(", ".join(s["judges"]) or "unknown")
+    return ("<h2>AI-labeler alignment</h2><p class=note>How often the AI judge (" + judges + ") prefers the "
+            "response the human majority preferred, on the pairs both labeled (RLAIF's AI-labeler alignment; "
+            "chance 0.5). Soft alignment: the mean AI probability of the human choice. The AI labels are not "
+            "counted as a rater anywhere else in this report.</p>" + _table(
+                ["alignment", "95% CI", "soft alignment", "matched pairs", "agree", "disagree", "human ties",
+                 "AI ties", "AI pairs no person labeled", "AI records", "human records"],
+                [[s["alignment"], s["ci95"], s["soft_alignment"], s["matched"], s["agree"], s["disagree"],
+                  s["human_ties"], s["ai_ties"], s["ai_unmatched"], s["ai_records"], s["human_records"]]])
+            + "<p>Position-flip rate (how often the judge flips with order: its preference changes sides when "
+            f"the responses are shown the other way round): {_fmt(s['flip_rate'])} of {s['flip_n']} labels.</p>")
 
 
 def write_report(a: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
