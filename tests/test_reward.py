@@ -148,3 +148,33 @@ def test_ensemble_gives_a_spread_and_a_conservative_score(tiny_model_dir, data, 
     mean, spread, members = rm.score_ensemble(prompts, responses)
     assert members.shape == (3, 3) and (spread > 0).all()
     assert torch.allclose(torch.tensor(rm.score(prompts, responses, k=1.0)), mean - spread, atol=1e-6)
+
+
+def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
+    """Encoding each prompt once and reusing its keys/values gives the rewards (and gradients) of
+    running every prompt + response in full."""
+    from alignloop.data.chat import tokenize_example
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.models.reward_model import RewardNet, encode_group, grouped_batch
+    from alignloop.train.common import right_pad
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    net = RewardNet(load_causal_lm(str(tiny_model_dir)), num_heads=2)
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me about the river and the stone."}]]
+    answers = [["apple bread", "music", "the window paper"], ["stone", "cloud garden violin lantern"]]
+    prompts, responses, group, full = [], [], [], []
+    for g, (chat, rs) in enumerate(zip(chats, answers)):
+        p, outs = encode_group(tok, chat, rs, 256)
+        prompts.append(p)
+        responses += outs
+        group += [g] * len(outs)
+        full += [tokenize_example(tok, chat, r)["input_ids"] for r in rs]
+    shared = net(**grouped_batch(prompts, responses, group, tok.pad_token_id, "cpu"))
+    ids = right_pad(full, tok.pad_token_id)
+    mask = right_pad([[1] * len(s) for s in full], 0)
+    whole = net(ids, mask)
+    assert torch.allclose(shared, whole, atol=1e-5)
+    g_shared = torch.autograd.grad(shared.sum(), net.head.weight)[0]
+    g_whole = torch.autograd.grad(whole.sum(), net.head.weight)[0]
+    assert torch.allclose(g_shared, g_whole, atol=1e-5)

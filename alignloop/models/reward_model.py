@@ -39,7 +39,15 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class RewardNet(nn.Module):
-    """forward(input_ids (B,T), attention_mask (B,T)) -> rewards (B, E), unnormalised."""
+    """forward(...) -> rewards (B, E), unnormalised. Two layouts:
+
+    - full sequences: input_ids / attention_mask (B, T), right-padded (prompt + response + EOS);
+    - shared prompts: the G distinct prompts once (prompt_ids / prompt_mask (G, P), left-padded)
+      and the B responses (input_ids / attention_mask (B, R), right-padded) with `group` (B,)
+      saying whose prompt each response continues. The prompts' keys and values are computed
+      once and reused by their K responses (gradients flow through them): the K responses of a
+      ranking cost one prompt encoding instead of K.
+    """
 
     def __init__(self, lm: nn.Module, num_heads: int = 1):
         super().__init__()
@@ -49,47 +57,78 @@ class RewardNet(nn.Module):
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+                prompt_mask: torch.Tensor | None = None, group: torch.Tensor | None = None) -> torch.Tensor:
         backbone, _ = backbone_and_head(self.lm)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        if prompt_ids is None:
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        else:
+            # 1) encode each distinct prompt once; 2) give every response its prompt's cache;
+            # 3) run the responses after it, positions continuing from the prompt's length.
+            prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+            cache = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
+                             use_cache=True).past_key_values
+            cache.reorder_cache(group)
+            full_mask = torch.cat([prompt_mask[group], attention_mask], dim=1)  # (B, P + R)
+            offsets = torch.arange(input_ids.shape[1], device=input_ids.device)
+            positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + offsets  # (B, R)
+            hidden = backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True).last_hidden_state  # (B, R, H)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = hidden[rows, last_token_index(attention_mask)]  # (B, H)
         return self.head(last.to(self.head.weight.dtype))  # (B, E)
 
 
-def encode_texts(tokenizer, prompts: list, responses: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of (prompt, response) pairs: chat-templated prompt + response + EOS."""
-    from alignloop.data.chat import tokenize_example
+def encode_group(tokenizer, chat: list[dict[str, str]], responses: list[str], max_length: int):
+    """(prompt ids, [response ids + EOS]) of one prompt's responses, at most `max_length` each.
 
-    out = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        out.append(tokenize_example(tokenizer, messages, response, max_length)["input_ids"])
-    return out
+    A prompt longer than max_length // 2 keeps its last max_length // 2 tokens (its end, next
+    to the answer, matters most); responses are then cut to what is left. The rule depends on
+    the prompt alone, so a response gets the same tokens whichever responses it is scored with."""
+    from alignloop.data.chat import encode_prompt, encode_response
+
+    prompt = encode_prompt(tokenizer, chat)[-(max_length // 2):]
+    return prompt, [encode_response(tokenizer, r)[: max_length - len(prompt)] for r in responses]
 
 
-def right_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_batch(prompts: list[list[int]], responses: list[list[int]], group: list[int], pad_id: int,
+                  device) -> dict[str, torch.Tensor]:
+    """The shared-prompt inputs of `RewardNet.forward`: prompts left-padded, responses right-padded."""
+    from alignloop.models.generation import left_pad
     from alignloop.train.common import right_pad
 
-    ids = right_pad(seqs, pad_id).to(device)
-    mask = right_pad([[1] * len(s) for s in seqs], 0).to(device)
-    return ids, mask
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    ids = right_pad(responses, pad_id)
+    mask = right_pad([[1] * len(r) for r in responses], 0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "prompt_ids": prompt_ids.to(device),
+            "prompt_mask": prompt_mask.to(device), "group": torch.tensor(group, device=device)}
 
 
 @torch.no_grad()
-def raw_rewards(net: RewardNet, seqs: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(N, E) unnormalised rewards of tokenised sequences, batched by length (little padding)."""
+def raw_rewards(net: RewardNet, groups: list[tuple[list[int], list[list[int]]]], pad_id: int,
+                batch_size: int = 16) -> torch.Tensor:
+    """(N, E) unnormalised rewards of the responses of (prompt, responses) groups, in order;
+    batches hold whole groups of about `batch_size` responses."""
     device = net.head.weight.device
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = torch.empty(len(seqs), net.head.out_features)
     was_training = net.training
     net.eval()
-    for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
-        ids, mask = right_padded([seqs[j] for j in idx], pad_id, device)
-        out[idx] = net(ids, mask).float().cpu()
+    out, pending = [], []
+
+    def flush():
+        prompts = [p for p, _ in pending]
+        responses = [r for _, rs in pending for r in rs]
+        group = [g for g, (_, rs) in enumerate(pending) for _ in rs]
+        out.append(net(**grouped_batch(prompts, responses, group, pad_id, device)).float().cpu())
+        pending.clear()
+
+    for g in groups:
+        pending.append(g)
+        if sum(len(rs) for _, rs in pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
     net.train(was_training)
-    return out
+    return torch.cat(out) if out else torch.empty(0, net.head.out_features)
 
 
 def save_reward_model(net: RewardNet, tokenizer, out: Path, base: str, mean: list[float], std: list[float],
@@ -128,9 +167,18 @@ class RewardModel:
         return cls(net, load_tokenizer(str(folder)), config, name=str(folder))
 
     def score_ensemble(self, prompts: list, responses: list[str], batch_size: int = 16):
-        """(mean, spread, members) over the ensemble heads, normalised: (N,), (N,), (N, E)."""
-        seqs = encode_texts(self.tokenizer, prompts, responses, self.config["max_length"])
-        members = (raw_rewards(self.net, seqs, self.tokenizer.pad_token_id, batch_size) - self.mean) / self.std
+        """(mean, spread, members) over the ensemble heads, normalised: (N,), (N,), (N, E).
+        Responses to the same prompt share one encoding of it."""
+        chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        by_prompt: dict[str, list[int]] = {}
+        for i, chat in enumerate(chats):
+            by_prompt.setdefault(json.dumps(chat, sort_keys=True), []).append(i)
+        order = [i for idx in by_prompt.values() for i in idx]
+        groups = [encode_group(self.tokenizer, chats[idx[0]], [responses[i] for i in idx], self.config["max_length"])
+                  for idx in by_prompt.values()]
+        raw = torch.empty(len(responses), self.net.head.out_features)
+        raw[order] = raw_rewards(self.net, groups, self.tokenizer.pad_token_id, batch_size)
+        members = (raw - self.mean) / self.std
         spread = members.std(dim=1) if members.shape[1] > 1 else torch.zeros(members.shape[0])
         return members.mean(dim=1), spread, members
 

@@ -53,17 +53,16 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions):
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Tokenised (train, held-out) examples: {seqs, tiers, p, weight}."""
+    """Tokenised (train, held-out) examples: {prompt, responses (token ids), tiers, p, weight}."""
     from alignloop.data.io import read_records
     from alignloop.data.records import Comparison
-    from alignloop.models.reward_model import encode_texts
+    from alignloop.models.reward_model import encode_group
 
     def encode(records):
         rows = []
         for r in records:
-            tiers = r.tiers() if r.ranking is not None else [[0], [1]]
-            rows.append({"seqs": encode_texts(tokenizer, [r.chat()] * len(r.responses), r.responses, cfg.max_length),
-                         "tiers": tiers, "p": r.p, "weight": r.weight})
+            prompt, responses = encode_group(tokenizer, r.chat(), r.responses, cfg.max_length)
+            rows.append({"prompt": prompt, "responses": responses, "tiers": r.tiers(), "p": r.p, "weight": r.weight})
         return rows
 
     train = read_records(cfg.data, Comparison)
@@ -87,13 +86,14 @@ def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor
 
 
 def forward_records(model, rows: list[dict], pad_id: int, device, tie_mode: str, weights: torch.Tensor | None = None):
-    """Rewards (M, E) of the rows' responses and their PairBatch (record weights x `weights` (G,))."""
+    """Rewards (M, E) of the rows' responses (each prompt encoded once) and their PairBatch
+    (record weights x `weights` (G,))."""
     from alignloop.algorithms.reward_losses import build_pair_batch
-    from alignloop.models.reward_model import right_padded
+    from alignloop.models.reward_model import grouped_batch
 
-    seqs = [s for r in rows for s in r["seqs"]]
-    ids, mask = right_padded(seqs, pad_id, device)
-    rewards = model(ids, mask)  # (M, E)
+    responses = [x for r in rows for x in r["responses"]]
+    group = [g for g, r in enumerate(rows) for _ in r["responses"]]
+    rewards = model(**grouped_batch([r["prompt"] for r in rows], responses, group, pad_id, device))  # (M, E)
     record_weight = [r["weight"] for r in rows] if weights is None else (
         torch.tensor([r["weight"] for r in rows]) * weights).tolist()
     pairs = build_pair_batch([r["tiers"] for r in rows], [r["p"] for r in rows], record_weight, tie_mode)
@@ -236,8 +236,10 @@ def run_reward(cfg: RewardConfig) -> Path:
         return out
     # Normalise: mean 0 / std 1 of each head over the (distinct) training responses.
     net = accelerator.unwrap_model(model)
-    seqs = list({tuple(s): None for r in train for s in r["seqs"]})
-    raw = raw_rewards(net, [list(s) for s in seqs], pad_id, batch_size=16)  # (N, E)
+    distinct: dict[tuple, set] = {}
+    for r in train:
+        distinct.setdefault(tuple(r["prompt"]), set()).update(tuple(x) for x in r["responses"])
+    raw = raw_rewards(net, [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()], pad_id)  # (N, E)
     mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
     tracker.log(step, {"normalization/mean": sum(mean) / len(mean), "normalization/std": sum(std) / len(std)})
     tracker.close()
