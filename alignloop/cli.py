@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "reward": ("alignloop.train.reward", "command", "Train a reward model from rankings, pairs and soft labels."),
     "score": ("alignloop.models.reward_model", "command", "Add reward-model scores to a samples file."),
     "ppo": ("alignloop.train.ppo", "command", "PPO against reward models / rules / judges with a KL penalty."),
+    "evaluate": ("alignloop.evaluate.evaluate", "command", "Policy vs baseline on held-out prompts: reward, KL, win rates, harmlessness."),
+    "report": ("alignloop.evaluate.report", "command", "One self-contained HTML report of a run folder (plots of every stage)."),
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
