@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def short(source: str) -> str:
+    """A reward source's display name: a reward-model folder shows as its folder name
+    (`score//runs/x/reward` -> `score/reward`); rule: and judge: specs stay as they are."""
+    if source.startswith("score/"):
+        return "score/" + short(source[len("score/"):])
+    if source.startswith(("rule:", "judge:")) or "/" not in source:
+        return source
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
 def series(rows: list[dict], key: str) -> Series:
     """(steps, values) of one metric over the rows that logged it (numbers only)."""
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
@@ -34,12 +44,15 @@ def curves(rows: list[dict], panels: list[tuple[str, list[str], str]], ncols: in
     if not filled:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     ncols = min(ncols, len(filled))
     nrows = -(-len(filled) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 2.9 * nrows), squeeze=False)
     for ax, (title, lines, ylabel) in zip(axes.flat, filled):
         for key, (x, y) in lines:
-            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, lw=1.4, label=key)
+            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, lw=1.4, label=short(key) if key.startswith("score/") else key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)

@@ -114,8 +114,8 @@ def section_quality(path: Path | None) -> str:
             for r, c in sorted(a["calibration"].items())]
     if rows:
         parts.append(table(["rater", "gold accuracy", "gold pairs", "screening", "weight"], rows))
-    for key, b64 in _plots(a).items():
-        parts.append(_img(b64, key, html.escape(EXPLAIN[key])))
+    parts.append("<div class=grid>" + "".join(_img(b64, key, html.escape(EXPLAIN[key]))
+                                              for key, b64 in _plots(a).items()) + "</div>")
     return "".join(parts)
 
 
@@ -183,7 +183,7 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
     e = json.loads(path.read_text(encoding="utf-8"))
     roles = [r for r in ("baseline", "policy") if r in e]
     head = ["metric", *(f"{r} ({'SFT' if r == 'baseline' else 'RLHF'}): {e[r]['model']}" for r in roles)]
-    rows = [[f"reward {s} (mean ± std)", *(f"{fmt(e[r]['reward'][s]['mean'])} ± {fmt(e[r]['reward'][s]['std'])}"
+    rows = [[f"reward {figures.short(s)} (mean ± std)", *(f"{fmt(e[r]['reward'][s]['mean'])} ± {fmt(e[r]['reward'][s]['std'])}"
                                           for r in roles)] for s in e[roles[0]]["reward"]]
     rows += [[label, *(get(e[r]) for r in roles)] for label, get in EVAL_ROWS]
     s = e["settings"]
@@ -239,7 +239,7 @@ h1{margin:.2em 0}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-t
 section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:1em 1.4em;margin:1.2em 0}
 nav a{margin-right:1em;color:#0969da;text-decoration:none}.meta{color:#57606a;font-size:.9em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}td{max-width:420px;overflow-wrap:anywhere}figure{margin:.8em 0}img{max-width:100%}
+th{background:#f6f8fa}td{max-width:420px;overflow-wrap:anywhere}figure{margin:.8em 0}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:.5em 1.5em;align-items:start}img{max-width:100%}
 figcaption{color:#57606a;font-size:.85em;max-width:900px}.missing{color:#9a6700;background:#fff8c5;padding:.5em .8em;border-radius:6px}
 .sample{border:1px solid #d0d7de;border-radius:6px;margin:.7em 0;overflow:hidden}
 .prompt{background:#ddf4ff;padding:.5em .8em;font-weight:600}.pair{display:flex}.resp{flex:1;padding:.5em .8em;min-width:0}
