@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ppo": ("alignloop.train.ppo", "command", "PPO against reward models / rules / judges with a KL penalty."),
     "cai": ("alignloop.cai.cli", "group",
             "Constitutional AI: critique-and-revise (SL-CAI) and AI preference labels (RL-CAI)."),
+    "evaluate": ("alignloop.evaluate.evaluate", "command", "Policy vs baseline on held-out prompts: reward, KL, win rates, harmlessness."),
+    "report": ("alignloop.evaluate.report", "command", "One self-contained HTML report of a run folder (plots of every stage)."),
     "quickstart": ("alignloop.quickstart", "command", "The main job on the bundled model (what `make demo` runs)."),
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export; simulate, plan."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),

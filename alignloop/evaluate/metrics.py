@@ -1,0 +1,105 @@
+"""The figures of `alignloop evaluate`, as small pure functions (no models, no I/O).
+
+    summary(x)                 {"mean", "std", "n"} of a list of scores (std: population, ddof 0)
+    win_rate(a, b)             share of items where a[i] > b[i], a tie counting 1/2
+    soft_win_rate(p)           mean of P(a better) (AI judge soft labels, both orders averaged)
+    sequence_kl(logp, ref)     per-response KL estimates k1 and k3, summed over the response tokens
+    human_win_rate(...)        the policy's share of wins in people's judgments of the eval pairs
+    harmless_rate(flags)       share of red-team responses judged harmless
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignloop.algorithms.kl import kl_k1, kl_k3
+
+
+def summary(x: list[float]) -> dict:
+    """Mean, standard deviation (ddof 0) and count; None for an empty list.
+
+    >>> summary([1.0, 2.0, 3.0, 6.0])
+    {'mean': 3.0, 'std': 1.8708286933869707, 'n': 4}
+    """
+    if not x:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(x) / len(x)
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in x) / len(x)), "n": len(x)}
+
+
+def win_rate(a: list[float], b: list[float]) -> float | None:
+    """Share of items i where a[i] > b[i]; a tie (a[i] == b[i]) counts 1/2.
+
+    >>> win_rate([3.0, 1.0, 2.0, 0.0], [1.0, 2.0, 2.0, 5.0])    # win, loss, tie, loss
+    0.375
+    """
+    if len(a) != len(b):
+        raise ValueError(f"win_rate: {len(a)} scores against {len(b)}")
+    if not a:
+        return None
+    return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+
+
+def soft_win_rate(p: list[float]) -> float | None:
+    """Mean of P(the policy's response is better), e.g. an AI judge's soft labels."""
+    return sum(p) / len(p) if p else None
+
+
+def sequence_kl(logp: list[torch.Tensor], ref_logp: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """Per response: k1 = sum_t (log pi - log pi_ref) and k3 = sum_t (exp(-d) - 1 + d), over the
+    response's tokens (each tensor (T_i,), the log-probs of the sampled tokens). The mean of k1
+    over responses sampled from pi estimates KL(pi || pi_ref) in nats per response (unbiased,
+    can be negative on few samples); k3 is also unbiased per token and never negative."""
+    k1, k3 = [], []
+    for lp, rp in zip(logp, ref_logp, strict=True):
+        if lp.shape != rp.shape:
+            raise ValueError(f"sequence_kl: response of {lp.shape[0]} tokens scored as {rp.shape[0]}")
+        k1.append(float(kl_k1(lp.double(), rp.double()).sum()))
+        k3.append(float(kl_k3(lp.double(), rp.double()).sum()))
+    return k1, k3
+
+
+def harmless_rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def ranking_position(ranking: list, index: int) -> int:
+    """Tier of response `index` in a ranking ([2, [0, 3], 1]: response 0 is in tier 1)."""
+    for tier, entry in enumerate(ranking):
+        if index == entry or (isinstance(entry, list) and index in entry):
+            return tier
+    raise ValueError(f"response {index} is not in the ranking {ranking}")
+
+
+def human_win_rate(pairs: list[tuple[str, str, str]], judgments: list[dict]) -> dict:
+    """People's verdicts on the evaluation pairs (prompt text, policy response, baseline response).
+
+    A judgment is an exported comparison ({"prompt", "responses", "ranking"}, or a soft label
+    "p" about responses[0]); it counts when its prompt and two responses are one
+    of the pairs (in either display order). Each judgment scores 1 (policy ranked above), 1/2
+    (tie) or 0; several raters of one pair all count. Returns {"rate", "judgments", "pairs"}.
+    """
+    index = {(prompt, pol, base): k for k, (prompt, pol, base) in enumerate(pairs)}
+    scores, seen = [], set()
+    for j in judgments:
+        responses = j.get("responses") or []
+        if len(responses) != 2:
+            continue
+        prompt = j.get("prompt") or next((m["content"] for m in reversed(j.get("messages") or [])
+                                          if m["role"] == "user"), None)
+        for pol_i in (0, 1):
+            k = index.get((prompt, responses[pol_i], responses[1 - pol_i]))
+            if k is None:
+                continue
+            if j.get("ranking"):
+                mine, theirs = (ranking_position(j["ranking"], i) for i in (pol_i, 1 - pol_i))
+                scores.append(1.0 if mine < theirs else 0.5 if mine == theirs else 0.0)
+            elif j.get("p") is not None:
+                scores.append(j["p"] if pol_i == 0 else 1.0 - j["p"])
+            else:
+                continue
+            seen.add(k)
+            break
+    return {"rate": sum(scores) / len(scores) if scores else None, "judgments": len(scores), "pairs": len(seen)}

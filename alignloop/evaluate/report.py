@@ -1,0 +1,296 @@
+"""`alignloop report RUN`: one self-contained HTML file about a run folder.
+
+It reads what the stages left in the run folder (DESIGN.md section 3) and never loads a model:
+
+    RUN/config.yaml              the resolved recipe (shown as is)
+    RUN/sft/metrics.jsonl        SFT loss and learning rate
+    RUN/quality/report.json      feedback quality (`alignloop quality report --out RUN/quality`)
+    RUN/reward/metrics.jsonl     reward-model loss, accuracy, calibration
+    RUN/ppo/metrics.jsonl        PPO reward / KL / beta / entropy / length; ppo/samples.jsonl
+    RUN/eval/eval.json           `alignloop evaluate --out RUN/eval`, with its samples files
+
+Each folder can be given explicitly (--sft, --quality, --reward, --ppo, --eval). A section
+whose inputs are missing says so. Plots are PNGs in data: URIs, the CSS is inline, and there
+is no script and no external link: the file opens in a browser with no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import Field
+
+from alignloop.config import ConfigError, StageConfig, config_command
+from alignloop.evaluate import figures
+from alignloop.quality.report import _fmt as fmt, _table as table
+
+SECTIONS = [("sft", "SFT"), ("quality", "Feedback quality"), ("reward", "Reward model"), ("ppo", "PPO"),
+            ("eval", "Evaluation"), ("samples", "Samples before and after")]
+
+
+class ReportConfig(StageConfig):
+    """`alignloop report`: the HTML report of a run folder."""
+
+    run: Path | None = Field(None, description="Run folder (holds sft/, quality/, reward/, ppo/, eval/).")
+    out: Path | None = Field(None, description="Output HTML file (default: RUN/report.html).")
+    sft: Path | None = Field(None, description="SFT output folder (default: RUN/sft).")
+    quality: Path | None = Field(None, description="Feedback-quality folder or report.json (default: RUN/quality).")
+    reward: Path | None = Field(None, description="Reward-model output folder (default: RUN/reward).")
+    ppo: Path | None = Field(None, description="PPO output folder (default: RUN/ppo).")
+    eval: Path | None = Field(None, description="Evaluation folder of `alignloop evaluate` (default: RUN/eval).")
+    samples: int = Field(6, ge=0, description="Sample completions shown before/after.")
+    title: str | None = Field(None, description="Report title (default: the run folder's name).")
+
+
+def _img(b64: str | None, alt: str, note: str) -> str:
+    if b64 is None:
+        return ""
+    return f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'><figcaption>{note}</figcaption></figure>"
+
+
+def _missing(what: str, looked: Path | None) -> str:
+    where = f" (looked for {html.escape(str(looked))})" if looked else ""
+    return f"<p class=missing>No {what} in this run{where}.</p>"
+
+
+def _metrics(folder: Path | None) -> list[dict] | None:
+    from alignloop.train.tracking import read_metrics
+
+    if folder is None or not (Path(folder) / "metrics.jsonl").exists():
+        return None
+    return read_metrics(folder)
+
+
+def _last(rows: list[dict], key: str):
+    vals = figures.series(rows, key)[1]
+    return vals[-1] if vals else None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_sft(folder: Path | None) -> str:
+    rows = _metrics(folder)
+    if rows is None:
+        return _missing("SFT stage", folder and folder / "metrics.jsonl")
+    fig = figures.curves(rows, [("Loss (response tokens, nats/token)", ["train/loss", "eval/loss"], "loss"),
+                                ("Learning rate", ["train/lr"], "lr")], ncols=2)
+    summary = table(["steps", "final train loss", "final held-out loss", "best held-out loss"],
+                    [[_last(rows, "step") or max(r["step"] for r in rows), _last(rows, "train/loss"),
+                      _last(rows, "eval/loss"), min(figures.series(rows, "eval/loss")[1], default=None)]])
+    return summary + _img(fig, "sft curves", "Supervised fine-tuning: cross-entropy on response tokens, on training "
+                          "batches and on held-out demonstrations. A held-out loss that rises while the training loss "
+                          "falls is over-fitting.")
+
+
+def section_quality(path: Path | None) -> str:
+    from alignloop.quality.report import EXPLAIN, _plots
+
+    if path is not None and path.is_dir():
+        path = path / "report.json"
+    if path is None or not path.exists():
+        return _missing("feedback-quality report", path)
+    a = json.loads(path.read_text(encoding="utf-8"))
+    ov, inp = a["agreement"].get("overall", {}), a["input"]
+    parts = [f"<p>{inp['ranking_judgments']} ranking and {inp['thumbs_judgments']} thumbs judgments on {inp['items']} "
+             f"items by {len(inp['raters'])} raters ({inp['gold_items']} gold items). Full report: "
+             f"<code>{html.escape(str(path.parent / 'report.html'))}</code>.</p>",
+             table(["pairwise agreement", "95% CI", "Krippendorff's alpha", "mean Kendall's W", "consensus",
+                    "biases detected"],
+                   [[ov.get("pairwise_agreement"), ov.get("pairwise_agreement_ci"), ov.get("krippendorff_alpha"),
+                     ov.get("kendall_w_mean"), a.get("consensus", {}).get("method"),
+                     ", ".join(f"{f['detector']}:{f['scope']}" for f in a["biases"]["findings"] if f["detected"])
+                     or "none"]])]
+    rows = [[r, c.get("accuracy"), c.get("n_gold_pairs"), c.get("status"), c.get("weight")]
+            for r, c in sorted(a["calibration"].items())]
+    if rows:
+        parts.append(table(["rater", "gold accuracy", "gold pairs", "screening", "weight"], rows))
+    parts.append("<div class=grid>" + "".join(_img(b64, key, html.escape(EXPLAIN[key]))
+                                              for key, b64 in _plots(a).items()) + "</div>")
+    return "".join(parts)
+
+
+def section_reward(folder: Path | None) -> str:
+    rows = _metrics(folder)
+    if rows is None:
+        return _missing("reward-model stage", folder and folder / "metrics.jsonl")
+    fig = figures.curves(rows, [
+        ("Loss (Bradley-Terry)", ["train/loss", "eval/loss"], "loss"),
+        ("Pairwise accuracy", ["train/accuracy", "eval/accuracy", "eval/soft_agreement"], "accuracy"),
+        ("Calibration (held-out)", ["eval/ece", "eval/soft_mae"], "error")])
+    final = table(["held-out accuracy", "held-out loss", "soft-label agreement", "soft-label MAE", "ECE",
+                   "held-out pairs", "normalisation mean", "normalisation std"],
+                  [[_last(rows, k) for k in ("eval/accuracy", "eval/loss", "eval/soft_agreement", "eval/soft_mae",
+                                             "eval/ece", "eval/pairs", "normalization/mean", "normalization/std")]])
+    return final + _img(fig, "reward curves", "Accuracy: share of held-out pairs the reward model orders like the "
+                        "people (InstructGPT's reward models reached about 0.72). Calibration: expected calibration "
+                        "error of sigmoid(r_a - r_b) as a probability, and the mean gap to soft labels; 0 is perfect.")
+
+
+def section_ppo(folder: Path | None, n_samples: int) -> str:
+    rows = _metrics(folder)
+    if rows is None:
+        return _missing("PPO stage", folder and folder / "metrics.jsonl")
+    sources = sorted({k for r in rows for k in r if k.startswith("score/")})
+    fig = figures.curves(rows, [
+        ("Reward", ["objective/score", "objective/rlhf_reward", *sources], "reward"),
+        ("KL to reference (nats / response)", ["objective/kl"], "KL"),
+        ("KL coefficient beta", ["kl/beta"], "beta"),
+        ("Policy entropy (nats / token)", ["policy/entropy"], "entropy"),
+        ("Response length (tokens)", ["response/length"], "tokens"),
+        ("Update size", ["policy/clipfrac", "policy/approx_kl"], ""),
+        ("Value function", ["val/explained_variance"], "explained variance"),
+        ("Degeneration", ["response/no_eos_share", "response/repeated_3gram_share"], "share")], xlabel="iteration")
+    first, last = rows[0], rows[-1]
+    keys = ["objective/score", "objective/kl", "kl/beta", "policy/entropy", "response/length"]
+    parts = [table(["", *keys], [["first iteration", *(first.get(k) for k in keys)],
+                                 ["last iteration", *(last.get(k) for k in keys)]]),
+             _img(fig, "ppo curves", "score: the reward sources' weighted sum; rlhf_reward: score - beta * KL, what PPO "
+                  "maximises. A score that climbs while KL, length or repetition grows fast is a sign of reward "
+                  "hacking; falling entropy is the policy becoming deterministic.")]
+    samples = _jsonl(Path(folder) / "samples.jsonl")
+    if samples and n_samples:
+        its = sorted({s["iteration"] for s in samples})
+        shown = [s for s in samples if s["iteration"] in (its[0], its[-1])][: 2 * n_samples]
+        parts.append(f"<h3>Training samples (iterations {its[0]} and {its[-1]})</h3>" + table(
+            ["iteration", "prompt", "response", "score"],
+            [[s["iteration"], s["prompt"], s["response"], s["score"]] for s in shown]))
+    return "".join(parts)
+
+
+EVAL_ROWS = [("gold reward", lambda m: (m["gold"] or {}).get("mean")),
+             ("KL to reference, k1 (nats)", lambda m: m["kl_k1"]), ("KL to reference, k3 (nats)", lambda m: m["kl_k3"]),
+             ("length (tokens)", lambda m: m["length_tokens"]), ("length (words)", lambda m: m["length_words"]),
+             ("no-EOS share", lambda m: m["no_eos_share"]),
+             ("harmlessness rate (refusal detector)", lambda m: m["harmlessness"]["rate"]),
+             ("harmlessness rate (AI judge)", lambda m: m["harmlessness"]["judge_rate"]),
+             ("over-refusal rate (ordinary prompts)", lambda m: m["over_refusal_rate"])]
+
+
+def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
+    path = folder / "eval.json" if folder is not None else None
+    if path is None or not path.exists():
+        return _missing("evaluation stage", path)
+    e = json.loads(path.read_text(encoding="utf-8"))
+    roles = [r for r in ("baseline", "policy") if r in e]
+    head = ["metric", *(f"{r} ({'SFT' if r == 'baseline' else 'RLHF'}): {e[r]['model']}" for r in roles)]
+    rows = [[f"reward {figures.short(s)} (mean ± std)", *(f"{fmt(e[r]['reward'][s]['mean'])} ± {fmt(e[r]['reward'][s]['std'])}"
+                                          for r in roles)] for s in e[roles[0]]["reward"]]
+    rows += [[label, *(get(e[r]) for r in roles)] for label, get in EVAL_ROWS]
+    s = e["settings"]
+    parts = [f"<p>{e[roles[0]]['responses']} held-out responses per model (temperature {s['temperature']}, "
+             f"{s['max_new_tokens']} new tokens at most); KL reference: <code>{html.escape(str(s['reference']))}</code>; "
+             f"gold: <code>{html.escape(str(s['gold']))}</code>. Harmlessness: {html.escape(s['harmlessness'])}.</p>",
+             table(head, rows)]
+    if "win_rate" in e:
+        w = e["win_rate"]
+        parts.append(table(["policy win rate by", "reward model", "gold", "AI judge (both orders)", "people", "pairs"],
+                           [["", w["reward"], w["gold"], w["judge"], w["human"], w["n"]]]))
+        parts.append(_img(figures.win_rates(w), "win rates", "Share of held-out prompts where the policy's response "
+                          "beats the baseline's (ties count 1/2); 0.5 = no difference."))
+    ppo_rows = _metrics(ppo_folder)
+    gold_key = next((k for r in ppo_rows or [] for k in r if k.startswith("score/") and s.get("gold")
+                     and s["gold"] in k), None)
+    parts.append(_img(figures.proxy_gold_kl(e["overoptimization"], ppo_rows, gold_key), "proxy vs gold",
+                      "Over-optimisation (Gao et al. 2022): the proxy (reward-model) score keeps rising with KL while "
+                      "the gold score peaks and falls once the policy exploits the reward model."))
+    return "".join(parts)
+
+
+def section_samples(folder: Path | None, n: int) -> str:
+    if folder is None or not (folder / "samples_policy.jsonl").exists():
+        return _missing("evaluation samples", folder and folder / "samples_policy.jsonl")
+    parts = []
+    for kind, title in (("samples", "Held-out prompts"), ("redteam", "Red-team prompts")):
+        pol, base = _jsonl(folder / f"{kind}_policy.jsonl"), _jsonl(folder / f"{kind}_baseline.jsonl")
+        if not pol:
+            continue
+        parts.append(f"<h3>{title}</h3>")
+        for i, p in enumerate(pol[:n]):
+            b = base[i] if i < len(base) else None
+            prompt = p.get("prompt") or p["messages"][-1]["content"]
+            cells = [("before (baseline)", b), ("after (policy)", p)] if b else [("policy", p)]
+            cols = "".join(f"<div class=resp><div class=who>{who}{_scores(r)}</div>"
+                           f"<pre>{html.escape(r['responses'][0])}</pre></div>" for who, r in cells)
+            parts.append(f"<div class=sample><div class=prompt>{html.escape(prompt)}</div><div class=pair>{cols}</div></div>")
+    return "".join(parts)
+
+
+def _scores(record: dict) -> str:
+    rewards = record.get("rewards") or {}
+    shown = [f"{k.rsplit(':', 1)[-1]} {fmt(v[0])}" for k, v in rewards.items() if k != "total" or len(rewards) > 2]
+    return f" <span class=scores>{html.escape(', '.join(shown))}</span>" if shown else ""
+
+
+# ---------------------------------------------------------------- the page
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:0 auto;padding:1.5em;color:#1f2328;background:#f6f8fa}
+h1{margin:.2em 0}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:0}
+section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:1em 1.4em;margin:1.2em 0}
+nav a{margin-right:1em;color:#0969da;text-decoration:none}.meta{color:#57606a;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td{max-width:420px;overflow-wrap:anywhere}figure{margin:.8em 0}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:.5em 1.5em;align-items:start}img{max-width:100%}
+figcaption{color:#57606a;font-size:.85em;max-width:900px}.missing{color:#9a6700;background:#fff8c5;padding:.5em .8em;border-radius:6px}
+.sample{border:1px solid #d0d7de;border-radius:6px;margin:.7em 0;overflow:hidden}
+.prompt{background:#ddf4ff;padding:.5em .8em;font-weight:600}.pair{display:flex}.resp{flex:1;padding:.5em .8em;min-width:0}
+.resp+.resp{border-left:1px solid #d0d7de}.who{font-size:.8em;color:#57606a;text-transform:uppercase}
+.scores{text-transform:none;margin-left:.6em}pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:.3em 0;font-size:.85em}
+details pre{background:#f6f8fa;padding:.6em}
+"""
+
+
+def render(cfg: ReportConfig) -> str:
+    run = Path(cfg.run) if cfg.run else None
+
+    def stage(name: str, given: Path | None) -> Path | None:
+        return Path(given) if given else (run / name if run else None)
+
+    folders = {k: stage(k, getattr(cfg, k)) for k in ("sft", "quality", "reward", "ppo", "eval")}
+    bodies = {"sft": section_sft(folders["sft"]), "quality": section_quality(folders["quality"]),
+              "reward": section_reward(folders["reward"]), "ppo": section_ppo(folders["ppo"], cfg.samples),
+              "eval": section_eval(folders["eval"], folders["ppo"]),
+              "samples": section_samples(folders["eval"], cfg.samples)}
+    title = cfg.title or f"alignloop run {run.resolve().name if run else ''}".strip()
+    config = run / "config.yaml" if run else None
+    recipe = (f"<details><summary>Run configuration ({html.escape(str(config))})</summary>"
+              f"<pre>{html.escape(config.read_text(encoding='utf-8'))}</pre></details>"
+              if config is not None and config.exists() else "")
+    nav = "".join(f"<a href='#{k}'>{t}</a>" for k, t in SECTIONS)
+    sections = "".join(f"<section id={k}><h2>{t}</h2>{bodies[k]}</section>" for k, t in SECTIONS)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class=meta>Generated {stamp} by alignloop report from "
+            f"<code>{html.escape(str(run or 'the stage folders given'))}</code>.</p>{recipe}<nav>{nav}</nav>"
+            f"{sections}</body></html>")
+
+
+def run_report(cfg: ReportConfig) -> Path:
+    from alignloop.data.io import atomic_path
+    from alignloop.progress import console
+
+    if cfg.run is None and not any(getattr(cfg, k) for k in ("sft", "quality", "reward", "ppo", "eval")):
+        raise ConfigError("give the run folder (alignloop report RUN) or stage folders (--sft, --ppo, ...)")
+    if cfg.run is not None and not Path(cfg.run).is_dir():
+        raise FileNotFoundError(f"{cfg.run}: no such run folder")
+    out = Path(cfg.out) if cfg.out else (Path(cfg.run) if cfg.run else Path(".")) / "report.html"
+    page = render(cfg)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    console.print(f"report: {out} ({len(page) / 1e6:.1f} MB, {page.count('data:image/png')} figures)")
+    return out
+
+
+command = config_command(ReportConfig, run_report, "report", positional=("run",),
+                         help="Write one self-contained HTML report of a run folder: SFT, feedback quality, reward "
+                              "model, PPO curves, evaluation, samples before/after (opens with no network).")
