@@ -91,3 +91,29 @@ def load_checkpoint(out: Path, accelerator, model, optimizer, scheduler) -> dict
         raise ValueError(f"{folder}: saved with fewer processes than now ({rng_file.name} missing)")
     set_rng_state(torch.load(rng_file, weights_only=False))
     return json.loads((folder / "state.json").read_text())
+
+
+def refuse_to_overwrite(out: Path, resume: bool) -> None:
+    """A folder with an unfinished run's checkpoint is only continued, never silently restarted."""
+    if has_checkpoint(out) and not resume:
+        from alignloop.config import ConfigError
+
+        raise ConfigError(f"{out} holds a checkpoint of an unfinished run: pass --resume, or choose another --out")
+
+
+def start_run(out: Path, cfg, accelerator, model, optimizer, scheduler, counter: str, total: int):
+    """Open the run folder: restore the checkpoint when resuming (metrics logged after it are
+    dropped), save the resolved config. Returns (tracker, loop state: {} for a fresh run)."""
+    from alignloop.config import save_config
+    from alignloop.train.tracking import Tracker
+
+    tracker = Tracker(Path(out), enabled=accelerator.is_main_process)
+    state: dict = {}
+    if cfg.resume and has_checkpoint(out):
+        state = load_checkpoint(out, accelerator, model, optimizer, scheduler)
+        tracker.resume_from(state[counter])
+        accelerator.print(f"resuming {out} at {counter} {state[counter]}/{total}")
+    if accelerator.is_main_process:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(out) / "config.yaml")
+    return tracker, state

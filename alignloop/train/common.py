@@ -73,3 +73,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 10_007 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def global_batches(n_examples: int, batch_size: int, grad_accum: int, world: int, source) -> tuple[int, int]:
+    """(global batch size, optimizer steps per epoch); an epoch drops the last partial batch."""
+    from alignloop.config import ConfigError
+
+    global_batch = batch_size * grad_accum * world
+    if n_examples < global_batch:
+        raise ConfigError(f"{source}: {n_examples} training examples, fewer than one global batch "
+                          f"(batch_size x grad_accum x processes = {global_batch})")
+    return global_batch, n_examples // global_batch

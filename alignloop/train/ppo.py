@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from alignloop.config import ConfigError, LoraOptions, StageConfig, config_command, save_config
+from alignloop.config import ConfigError, LoraOptions, StageConfig, config_command
 from alignloop.train.common import OptimOptions
 
 
@@ -106,13 +106,11 @@ def run_ppo(cfg: PPOConfig) -> Path:
     from alignloop.models.policy import PolicyWithValue, reference_logprobs, rollout_tensors
     from alignloop.models.reward_sources import CombinedReward
     from alignloop.progress import console, progress_bar
-    from alignloop.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
-    from alignloop.train.tracking import Tracker
 
     out = Path(cfg.out)
-    if has_checkpoint(out) and not cfg.resume:
-        raise ConfigError(f"{out} holds a checkpoint of an unfinished run: pass --resume, or choose another --out")
+    refuse_to_overwrite(out, cfg.resume)
     if cfg.advantage != "gae" and cfg.num_samples < 2:
         raise ConfigError(f"--advantage {cfg.advantage} needs --num-samples >= 2 (a group per prompt)")
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -132,17 +130,10 @@ def run_ppo(cfg: PPOConfig) -> Path:
     model, optimizer = accelerator.prepare(policy, optimizer)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
-    tracker = Tracker(out, enabled=accelerator.is_main_process)
-    iteration = 0
-    if cfg.resume and has_checkpoint(out):
-        state = load_checkpoint(out, accelerator, model, optimizer, scheduler)
-        iteration = state["iteration"]
+    tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "iteration", cfg.iterations)
+    iteration = state.get("iteration", 0)
+    if state:
         kl_ctl.load_state_dict(state["kl_controller"])
-        tracker.resume_from(iteration)
-        accelerator.print(f"resuming {out} at iteration {iteration}/{cfg.iterations}")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     unwrapped = accelerator.unwrap_model(model)
     per_iteration = cfg.batch_size * world
     if len(prompts) < per_iteration:

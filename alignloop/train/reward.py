@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command, save_config
+from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command
 from alignloop.train.common import OptimOptions
 
 
@@ -142,13 +142,11 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop.models.loading import load_tokenizer, load_trainable
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar
-    from alignloop.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-    from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
-    from alignloop.train.tracking import Tracker
+    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.common import epoch_order, global_batches, make_accelerator, make_optimizer, seed_everything
 
     out = Path(cfg.out)
-    if has_checkpoint(out) and not cfg.resume:
-        raise ConfigError(f"{out} holds a checkpoint of an unfinished run: pass --resume, or choose another --out")
+    refuse_to_overwrite(out, cfg.resume)
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
 
@@ -156,11 +154,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     train, heldout = load_comparisons(cfg, tokenizer)
     world = accelerator.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if len(train) < global_batch:
-        raise ConfigError(f"{cfg.data}: {len(train)} training comparisons, fewer than one global batch "
-                          f"(batch_size x grad_accum x processes = {global_batch})")
-    steps_per_epoch = len(train) // global_batch
+    global_batch, steps_per_epoch = global_batches(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.data)
     total_steps = steps_per_epoch * cfg.epochs
     counts = bootstrap_counts(len(train), cfg.ensemble, cfg.ensemble_mode, cfg.seed)  # (E, N)
     model = RewardNet(load_trainable(cfg, accelerator.device), cfg.ensemble).to(accelerator.device)
@@ -168,15 +162,8 @@ def run_reward(cfg: RewardConfig) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
 
-    tracker = Tracker(out, enabled=accelerator.is_main_process)
-    step = 0
-    if cfg.resume and has_checkpoint(out):
-        step = load_checkpoint(out, accelerator, model, optimizer, scheduler)["step"]
-        tracker.resume_from(step)
-        accelerator.print(f"resuming {out} at step {step}/{total_steps}")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "step", total_steps)
+    step = state.get("step", 0)
     if step == 0:
         tracker.log(0, evaluate(accelerator, model, heldout, pad_id, cfg))
 
