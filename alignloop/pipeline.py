@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,19 @@ def _external_inputs(value: Any, run: Path, found: dict[str, str]) -> None:
             found[part] = _path_hash(path)
 
 
+def _relative(value: Any, run: str) -> Any:
+    """Paths inside the run folder written as {run}/..., so a moved or copied run folder keeps its cache."""
+    if isinstance(value, dict):
+        return {k: _relative(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, run) for v in value]
+    if isinstance(value, str) and (value == run or value.startswith(run + "/")):
+        return "{run}" + value[len(run):]
+    return value
+
+
 def fingerprint(step: Step, before: str, run: Path) -> str:
-    configs = {k: {f: v for f, v in c.model_dump(mode="json").items() if f not in NOT_FINGERPRINTED}
+    configs = {k: {f: _relative(v, str(run)) for f, v in c.model_dump(mode="json").items() if f not in NOT_FINGERPRINTED}
                for k, c in step.configs.items()}
     inputs: dict[str, str] = {}
     _external_inputs(configs, run, inputs)
@@ -244,8 +256,10 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
     resolved = {**recipe.model_dump(mode="json", by_alias=True, exclude={"stages"}), "recipe": str(path),
                 "stages": [{"name": s.name, "stage": s.kind, "round": s.round,
                             **{k: c.model_dump(mode="json") for k, c in s.configs.items()}} for s in steps]}
-    with atomic_path(run / "config.yaml") as tmp:
-        Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+    if not (run / "config.yaml").exists() or (run / "config.yaml").read_text(encoding="utf-8") != text:
+        with atomic_path(run / "config.yaml") as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
 
     ran, skipped, before = [], [], ""
     for i, step in enumerate(steps, 1):
@@ -255,7 +269,7 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         same = state.get("fingerprint") == fp
         title = f"stage {i}/{len(steps)}: {step.name} — {DESCRIBE[step.kind]}"
         if same and state.get("status") == "done" and complete(step):
-            console.print(f"[dim]{title}: done, unchanged ({fp[:10]}): skipped[/dim]")
+            console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
             skipped.append(step.name)
             continue
         console.rule(f"[bold]{title}")
@@ -269,14 +283,14 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         try:
             execute(step, carry_on and _has_checkpoint(step), fp, recipe, command)
         except Paused as err:
-            console.print(f"[bold yellow]run paused at {step.name}[/bold yellow]: {err}")
+            console.print(f"[bold yellow]run paused at {step.name}[/bold yellow]: {err}", soft_wrap=True, highlight=False)
             return RunResult("waiting", run, ran, skipped, str(err))
         except KeyboardInterrupt:
-            console.print(f"\ninterrupted during {step.name}; continue with: {command} --resume")
+            console.print(f"\ninterrupted during {step.name}; continue with: {command} --resume", soft_wrap=True)
             raise
         if not complete(step):
             msg = f"{step.name} stopped before finishing; continue with: {command} --resume"
-            console.print(msg)
+            console.print(msg, soft_wrap=True)
             return RunResult("stopped", run, ran, skipped, msg)
         _write_state(run, step, status="done", fingerprint=fp, seconds=round(time.time() - t0, 1))
         ran.append(step.name)
@@ -306,8 +320,12 @@ def headline(run: Path, steps: list[Step]) -> dict:
         out["win_rate_gold"] = (e.get("win_rate") or {}).get("gold")
     rw = [s for s in steps if s.kind == "reward"]
     if rw and (Path(rw[-1].configs["reward"].out) / "metrics.jsonl").exists():
-        acc = [m["eval/accuracy"] for m in read_metrics(rw[-1].configs["reward"].out) if m.get("eval/accuracy") is not None]
-        out["reward_accuracy"] = acc[-1] if acc else None
+        rows = read_metrics(rw[-1].configs["reward"].out)
+        for key in ("eval/accuracy", "eval/soft_agreement"):  # hard labels; soft labels: agreement with p > 0.5
+            values = [m[key] for m in rows if m.get(key) is not None]
+            if values:
+                out["reward_accuracy"], out["reward_accuracy_kind"] = values[-1], key
+                break
     return out
 
 
@@ -332,7 +350,8 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
         console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
                       f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
     if "reward_accuracy" in h:
-        console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}")
+        kind = " (agreement with the soft labels' majority)" if h["reward_accuracy_kind"] == "eval/soft_agreement" else ""
+        console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}{kind}")
 
 
 # ---------------------------------------------------------------- the command
@@ -351,4 +370,4 @@ def command(recipe: str, out: Path | None, resume: bool, overrides: tuple[str, .
     """
     result = run_recipe(recipe, out, resume, list(overrides))
     if result.status != "done":
-        raise click.exceptions.Exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
+        sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)

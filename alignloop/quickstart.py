@@ -9,10 +9,10 @@ second run only reports; `--resume` continues an interrupted stage from its chec
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 from pathlib import Path
 
-import click
 from pydantic import Field
 
 from alignloop.config import StageConfig, config_command
@@ -36,7 +36,7 @@ def run_quickstart(cfg: QuickstartConfig):
 
     result = run_recipe("quickstart", cfg.out, cfg.resume, [f"model={cfg.model}"] if cfg.model else [])
     if result.status != "done":
-        raise click.exceptions.Exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
+        sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
     return result
 
 
