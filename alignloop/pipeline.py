@@ -4,7 +4,8 @@ For each stage (recipe.py turns the recipe into steps with resolved configs):
   1) fingerprint = sha256 of (its resolved config, the contents of the files it reads from
      outside the run folder, the fingerprint of the stage before it); a stage's output depends
      on everything before it, so changing one stage re-runs it and every stage after it;
-  2) RUN/.stages/NAME.json says `done` with the same fingerprint and its outputs exist: skipped;
+  2) RUN/.stages/NAME.json says `done` with the same fingerprint, its outputs exist and no stage
+     before it ran this time: skipped;
   3) otherwise its old outputs are removed and it runs, marked `running` meanwhile; with
      `--resume`, a stage left `running` with the same fingerprint continues from its checkpoint
      (sft, reward, ppo) or runs again (the others);
@@ -268,7 +269,7 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         state = read_state(run, step)
         same = state.get("fingerprint") == fp
         title = f"stage {i}/{len(steps)}: {step.name} — {DESCRIBE[step.kind]}"
-        if same and state.get("status") == "done" and complete(step):
+        if same and state.get("status") == "done" and complete(step) and not ran:
             console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
             skipped.append(step.name)
             continue

@@ -282,3 +282,23 @@ def test_shipped_recipes_resolve_and_validate(tmp_path):
     assert cfg["generate"]["generate"].num_samples == 4 and cfg["feedback"]["simulated"].per_item == 3
     assert cfg["ppo"]["ppo"].prompts == cfg["generate"]["generate"].prompts  # PPO on the training prompts
     assert cfg["evaluate"]["evaluate"].prompts.name == "prompts_heldout.jsonl"
+
+
+def test_a_missing_output_reruns_its_stage_and_everything_after(small_recipe, tmp_path):
+    run = tmp_path / "run"
+    run_recipe(small_recipe, run)
+    (run / "comparisons.jsonl").unlink()
+    assert run_recipe(small_recipe, run).ran == ["feedback", "reward", "ppo"]
+
+
+def test_quickstart_command_runs_the_shipped_recipe(monkeypatch, tmp_path):
+    import alignloop.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_recipe", lambda *a: calls.append(a) or pipeline.RunResult("done", a[1], [], []))
+    main(["quickstart", "--out", str(tmp_path / "q"), "--resume", "--model", "some/model"])
+    assert calls == [("quickstart", tmp_path / "q", True, ["model=some/model"])]
+    monkeypatch.setattr(pipeline, "run_recipe", lambda *a: pipeline.RunResult("stopped", a[1], [], []))
+    with pytest.raises(SystemExit) as exit_:
+        main(["quickstart", "--out", str(tmp_path / "q")])
+    assert exit_.value.code == 4
