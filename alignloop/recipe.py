@@ -272,6 +272,11 @@ def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
             if kind not in where_kind:
                 raise ConfigError(f"{where}: stages[{spec_index[spec.id]}] ({label}): field 'kind': "
                                   f"{kind!r} is not one of simulated, ai, human")
+            if kind == "human":  # the campaign's own kind (rank | compare); thumbs give no comparisons
+                w["kind"] = w.pop("campaign_kind", "rank")
+                if w["kind"] not in ("rank", "compare"):
+                    raise ConfigError(f"{where}: stages[{spec_index[spec.id]}] ({label}): field 'campaign_kind': "
+                                      f"{w['kind']!r} is not one of rank, compare (the reward model needs rankings)")
             samples, out = R / "samples.jsonl", R / "comparisons.jsonl"
             defaults = {"simulated": {"samples": samples, "out": out, "seed": seed + r - 1},
                         "ai": {"judge": recipe.model, "data": samples, "out": out, "seed": seed + r - 1},

@@ -256,6 +256,8 @@ def test_cai_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
     ("stages:\n  - sft: {data: d.jsonl}\n  - dpo: {}\n", [], "stages[1] (dpo): field 'stage'"),
     ("stages:\n  - ppo: {reward: r, prompts: p.jsonl}\n  - sft: {data: d.jsonl}\n", [], "stages[1] (sft): sft comes too late"),
     ("stages:\n  - generate: {prompts: p.jsonl}\n  - feedback: {kind: crowd}\n", [], "stages[1] (feedback): field 'kind'"),
+    ("stages:\n  - generate: {prompts: p.jsonl}\n  - feedback: {kind: human, campaign_kind: thumbs}\n", [],
+     "stages[1] (feedback): field 'campaign_kind': 'thumbs' is not one of rank, compare"),
     ("stages:\n  - quality: {consensus: {method: vote}}\n", [], "stages[0] (quality.consensus): field 'method'"),
     ("stages:\n  - generate: {prompts: p.jsonl}\n", ["ppo.iterations=3"], "--set ppo.iterations=3: no stage named 'ppo'"),
     ("rounds: 0\nstages:\n  - generate: {prompts: p.jsonl}\n", [], "field 'rounds'"),
