@@ -330,8 +330,9 @@ def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
             R = round_dir(run, last)
             defaults = {"run": run, "out": run / "report.html", "title": f"alignloop run: {recipe.name}",
                         **({"quality": R / "quality", "reward": R / "reward", "ppo": R / "ppo"} if last > 1 else {})}
-            if "evaluate" in has:
-                defaults["eval"] = steps_by_kind("evaluate").configs["evaluate"].out
+            evaluate = next((s for s in steps if s.kind == "evaluate"), None)
+            if evaluate is not None:
+                defaults["eval"] = evaluate.configs["evaluate"].out
             cfg = build(ReportConfig, spec, w, defaults, label)
             configs, outputs = {k: cfg}, [Path(cfg.out)]
         name = spec.id if PHASE[k] != 1 or r == 1 else f"round-{r}/{spec.id}"
