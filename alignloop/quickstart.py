@@ -1,18 +1,21 @@
-"""`alignloop quickstart` (what `make demo` runs): the main job on the bundled model.
+"""`alignloop quickstart` (what `make demo` runs): the shipped recipe `quickstart.yaml`.
 
-Stages so far: 1) LoRA SFT of SmolLM2-135M-Instruct on the shipped demonstrations;
-2) K samples per held-out prompt from the fine-tuned model. Each stage is skipped when its
-output already exists, so a second run only reports.
+The whole loop on the bundled SmolLM2-135M-Instruct: LoRA SFT on the shipped demonstrations,
+4 samples per training prompt, a simulated panel of 3 raters, the feedback-quality report and
+consensus labels, a reward model, PPO, evaluation on held-out prompts and the HTML report.
+It is `alignloop run quickstart --out runs/quickstart`: finished stages are skipped, so a
+second run only reports; `--resume` continues an interrupted stage from its checkpoint.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 from pathlib import Path
 
 from pydantic import Field
 
-from alignloop.config import DEFAULT_MODEL, StageConfig, config_command
+from alignloop.config import StageConfig, config_command
 
 
 def asset(name: str) -> Path:
@@ -21,39 +24,22 @@ def asset(name: str) -> Path:
 
 
 class QuickstartConfig(StageConfig):
-    """`alignloop quickstart`: SFT on the shipped demonstrations, then samples on held-out prompts."""
+    """`alignloop quickstart`: the shipped recipe quickstart.yaml into a run folder."""
 
-    out: Path = Field(Path("runs/quickstart"), description="Run folder (sft/, samples.jsonl).")
-    model: str = Field(DEFAULT_MODEL, description="Base model (registry name, folder or HF id).")
-    sft_epochs: int = Field(1, ge=1, description="SFT passes over the shipped demonstrations.")
-    num_samples: int = Field(4, ge=1, description="Samples per held-out prompt.")
-    max_new_tokens: int = Field(64, ge=1, description="Most tokens per sample.")
-    seed: int = Field(0, description="Random seed of every stage.")
+    out: Path = Field(Path("runs/quickstart"), description="Run folder (sft/, samples.jsonl, ..., report.html).")
+    resume: bool = Field(False, description="Continue an interrupted stage from its last checkpoint.")
+    model: str | None = Field(None, description="Base model instead of the recipe's (registry name, folder or HF id).")
 
 
-def run_quickstart(cfg: QuickstartConfig) -> Path:
-    from alignloop.models.generation import GenerateConfig, run_generate
-    from alignloop.progress import console
-    from alignloop.train.sft import SFTConfig, run_sft
+def run_quickstart(cfg: QuickstartConfig):
+    from alignloop.pipeline import EXIT_STOPPED, EXIT_WAITING, run_recipe
 
-    out = Path(cfg.out)
-    sft_dir, samples = out / "sft", out / "samples.jsonl"
-    console.rule("[bold]stage 1/2: SFT (LoRA) on the shipped demonstrations")
-    if (sft_dir / "alignloop_model.json").exists():
-        console.print(f"{sft_dir} exists: skipped")
-    else:
-        run_sft(SFTConfig(model=cfg.model, data=asset("demonstrations.jsonl"), out=sft_dir, epochs=cfg.sft_epochs,
-                          batch_size=4, learning_rate=2e-4, max_length=256, eval_every=10, save_every=10,
-                          seed=cfg.seed, resume=(sft_dir / "checkpoint").exists()))
-    console.rule(f"[bold]stage 2/2: {cfg.num_samples} samples per held-out prompt")
-    if samples.exists():
-        console.print(f"{samples} exists: skipped")
-    else:
-        run_generate(GenerateConfig(model=str(sft_dir), prompts=asset("prompts_heldout.jsonl"), out=samples,
-                                    num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
-    console.print(f"SFT model: {sft_dir}\nsamples:   {samples}")
-    return out
+    result = run_recipe("quickstart", cfg.out, cfg.resume, [f"model={cfg.model}"] if cfg.model else [])
+    if result.status != "done":
+        sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
+    return result
 
 
 command = config_command(QuickstartConfig, run_quickstart, "quickstart",
-                         help="The main job on the bundled model (what `make demo` runs).")
+                         help="The whole RLHF loop on the bundled model: the shipped recipe quickstart.yaml "
+                              "(what `make demo` runs).")

@@ -1,0 +1,374 @@
+"""`alignloop run RECIPE.yaml`: every stage of a recipe in order, cached in the run folder, resumable.
+
+For each stage (recipe.py turns the recipe into steps with resolved configs):
+  1) fingerprint = sha256 of (its resolved config, the contents of the files it reads from
+     outside the run folder, the fingerprint of the stage before it); a stage's output depends
+     on everything before it, so changing one stage re-runs it and every stage after it;
+  2) RUN/.stages/NAME.json says `done` with the same fingerprint, its outputs exist and no stage
+     before it ran this time: skipped;
+  3) otherwise its old outputs are removed and it runs, marked `running` meanwhile; with
+     `--resume`, a stage left `running` with the same fingerprint continues from its checkpoint
+     (sft, reward, ppo) or runs again (the others);
+  4) human feedback makes a campaign in RUN/feedback.db and pauses the run until the
+     campaign is complete; running the recipe again re-checks it and goes on.
+Fields that change how a stage runs but not what it makes (resume, stop_at_step,
+stop_at_iteration, keep_checkpoint) are left out of the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from alignloop.recipe import Recipe, Step, load_recipe, plan
+
+NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "keep_checkpoint"}
+RESUMABLE = {"sft", "reward", "ppo"}
+EXIT_WAITING, EXIT_STOPPED = 3, 4
+DESCRIBE = {"revise": "SL-CAI critique and revision", "sft": "supervised fine-tuning on demonstrations",
+            "generate": "sampling responses from the newest policy", "feedback": "rankings of the samples",
+            "quality": "feedback quality report and consensus labels", "reward": "reward model",
+            "ppo": "PPO against the reward model", "evaluate": "policy vs baseline on held-out prompts",
+            "report": "HTML report"}
+
+
+class Paused(Exception):
+    """Human feedback is not complete: the message says where raters go and how to go on."""
+
+
+@dataclass
+class RunResult:
+    status: str  # done | waiting | stopped
+    run: Path
+    ran: list[str]  # stages that ran this time
+    skipped: list[str]  # stages found done and unchanged
+    message: str = ""
+
+
+# ---------------------------------------------------------------- fingerprints and state
+
+_file_hashes: dict[tuple, str] = {}
+
+
+def _path_hash(path: Path) -> str:
+    """A file's content hash; a folder's hash of its files' names, sizes and modification times."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _file_hashes:
+        h = hashlib.sha256()
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                s = f.stat()
+                h.update(f"{f.relative_to(path)}:{s.st_size}:{s.st_mtime_ns}\n".encode())
+        else:
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _file_hashes[key] = h.hexdigest()
+    return _file_hashes[key]
+
+
+def _cwd_and_parents() -> set[Path]:
+    cwd = Path.cwd().resolve()
+    return {cwd, *cwd.parents}
+
+
+def _external_inputs(value: Any, run: Path, found: dict[str, str]) -> None:
+    """Hashes of the paths in a config (strings or comma-separated reward sources) that exist outside RUN."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _external_inputs(v, run, found)
+    elif isinstance(value, list):
+        for v in value:
+            _external_inputs(v, run, found)
+    elif isinstance(value, str) and value:
+        for part in value.split(","):
+            part = part.split("*", 1)[-1].strip() if "*" in part else part.strip()
+            path = Path(part)
+            try:
+                here = path.resolve()
+                if not path.exists() or here.is_relative_to(run.resolve()) or here in _cwd_and_parents():
+                    continue
+            except OSError:
+                continue
+            found[part] = _path_hash(path)
+
+
+def _relative(value: Any, run: str) -> Any:
+    """Paths inside the run folder written as {run}/..., so a moved or copied run folder keeps its cache."""
+    if isinstance(value, dict):
+        return {k: _relative(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, run) for v in value]
+    if isinstance(value, str) and (value == run or value.startswith(run + "/")):
+        return "{run}" + value[len(run):]
+    return value
+
+
+def fingerprint(step: Step, before: str, run: Path) -> str:
+    configs = {k: {f: _relative(v, str(run)) for f, v in c.model_dump(mode="json").items() if f not in NOT_FINGERPRINTED}
+               for k, c in step.configs.items()}
+    inputs: dict[str, str] = {}
+    _external_inputs(configs, run, inputs)
+    blob = json.dumps({"stage": step.kind, "configs": configs, "inputs": inputs, "before": before}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _state_path(run: Path, step: Step) -> Path:
+    return run / ".stages" / (step.name.replace("/", ".") + ".json")
+
+
+def read_state(run: Path, step: Step) -> dict:
+    path = _state_path(run, step)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _write_state(run: Path, step: Step, **state) -> None:
+    from alignloop.data.io import atomic_path
+
+    with atomic_path(_state_path(run, step)) as tmp:
+        Path(tmp).write_text(json.dumps({"stage": step.kind, "round": step.round, **state}, indent=1), encoding="utf-8")
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+# ---------------------------------------------------------------- running one stage
+
+def complete(step: Step) -> bool:
+    """Did the stage finish (a training stage told to stop early leaves a checkpoint and no model)?"""
+    from alignloop.train.checkpoint import has_checkpoint
+
+    if step.kind in RESUMABLE:
+        out = Path(step.configs[step.kind].out)
+        marker = "reward_config.json" if step.kind == "reward" else "alignloop_model.json"
+        return (out / marker).exists() and not has_checkpoint(out)
+    return all(p.exists() for p in step.outputs if p.suffix != ".yaml" and not p.name.endswith(".gold.jsonl"))
+
+
+def execute(step: Step, resume: bool, fp: str, recipe: Recipe, command: str) -> None:
+    """Run the stage's own run function(s) in this process."""
+    c = step.configs
+    if step.kind == "revise":
+        from alignloop.cai.cli import run_revise
+        run_revise(c["revise"])
+    elif step.kind == "sft":
+        from alignloop.train.sft import run_sft
+        run_sft(c["sft"].model_copy(update={"resume": resume}))
+    elif step.kind == "generate":
+        from alignloop.models.generation import run_generate
+        run_generate(c["generate"])
+    elif step.kind == "feedback" and "simulated" in c:
+        from alignloop.quality.cli import run_simulate
+        run_simulate(c["simulated"])
+    elif step.kind == "feedback" and "ai" in c:
+        from alignloop.cai.cli import run_label
+        run_label(c["ai"])
+    elif step.kind == "feedback":
+        human_feedback(step, fp, recipe, command)
+    elif step.kind == "quality":
+        from alignloop.quality.cli import run_consensus, run_report
+        if "report" in c:
+            run_report(c["report"])
+        run_consensus(c["consensus"])
+    elif step.kind == "reward":
+        from alignloop.train.reward import run_reward
+        if step.sources:  # rounds > 1 with reward_data: all: every round's labels so far
+            Path(c["reward"].data).write_text("".join(p.read_text(encoding="utf-8") for p in step.sources), encoding="utf-8")
+        run_reward(c["reward"].model_copy(update={"resume": resume}))
+    elif step.kind == "ppo":
+        from alignloop.train.ppo import run_ppo
+        run_ppo(c["ppo"].model_copy(update={"resume": resume}))
+    elif step.kind == "evaluate":
+        from alignloop.evaluate.evaluate import run_evaluate
+        run_evaluate(c["evaluate"])
+    else:
+        from alignloop.evaluate.report import run_report
+        run_report(c["report"])
+
+
+def human_feedback(step: Step, fp: str, recipe: Recipe, command: str) -> None:
+    """Create the campaign (once per fingerprint) and export it when every item has its raters;
+    until then raise Paused with where raters go."""
+    from alignloop.data.io import read_records, write_jsonl
+    from alignloop.data.records import BinaryFeedback, Comparison, Samples
+    from alignloop.feedback import reports, store
+
+    cfg = step.configs["human"]
+    name = f"{cfg.name or recipe.name + '/' + step.name}-{fp[:8]}"
+    engine, sessions = store.open_db(cfg.db)
+    try:
+        with sessions() as s:
+            try:
+                campaign = store.find_campaign(s, name)
+            except store.NotFound:
+                samples = read_records(cfg.samples, Samples)
+                gold = read_records(cfg.gold, BinaryFeedback if cfg.kind == "thumbs" else Comparison) if cfg.gold else []
+                text = cfg.instructions_file.read_text(encoding="utf-8") if cfg.instructions_file else cfg.instructions
+                campaign = store.create_campaign(s, name=name, kind=cfg.kind, samples=samples,
+                                                 raters_per_item=cfg.raters_per_item, instructions=text, gold=gold,
+                                                 gold_rate=cfg.gold_rate, seed=cfg.seed)
+            summary = next(x for x in reports.campaign_summaries(s) if x["id"] == campaign.id)
+            if summary["complete_items"] < summary["items"]:
+                db = cfg.db
+                raise Paused(
+                    f"waiting for {summary['expected'] - summary['judgments']} judgments: campaign {name!r} "
+                    f"({summary['items']} items, {summary['raters_per_item']} raters each; "
+                    f"{summary['complete_items']} items complete) in {db}\n"
+                    f"  add raters:   alignloop feedback add-rater NAME --db {db}   (prints a one-time login link)\n"
+                    f"  serve:        alignloop serve --db {db} --host 0.0.0.0 --port 8000\n"
+                    f"  progress:     alignloop feedback status --db {db}\n"
+                    f"  then go on:   {command}   (continues once the campaign is complete)")
+            records = reports.export_records(s, [campaign.id])
+    finally:
+        engine.dispose()
+    out = Path(step.outputs[0])
+    write_jsonl(out, records)
+    out.with_suffix(".config.yaml").write_text(yaml.safe_dump({**cfg.model_dump(mode="json"), "campaign": name}))
+    print(f"campaign {name!r} complete: wrote {len(records)} judgments to {out}")
+
+
+# ---------------------------------------------------------------- the run
+
+def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: bool = False,
+               overrides: list[str] = ()) -> RunResult:
+    from alignloop.data.io import atomic_path
+    from alignloop.progress import console
+
+    recipe, path = load_recipe(recipe_file, overrides)
+    run = Path(out) if out else Path("runs") / recipe.name
+    steps = plan(recipe, run, str(path))
+    command = f"alignloop run {path} --out {run}" + "".join(f" --set {o}" for o in overrides)
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = {**recipe.model_dump(mode="json", by_alias=True, exclude={"stages"}), "recipe": str(path),
+                "stages": [{"name": s.name, "stage": s.kind, "round": s.round,
+                            **{k: c.model_dump(mode="json") for k, c in s.configs.items()}} for s in steps]}
+    text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+    if not (run / "config.yaml").exists() or (run / "config.yaml").read_text(encoding="utf-8") != text:
+        with atomic_path(run / "config.yaml") as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+    ran, skipped, before = [], [], ""
+    for i, step in enumerate(steps, 1):
+        fp = fingerprint(step, before, run)
+        before = fp
+        state = read_state(run, step)
+        same = state.get("fingerprint") == fp
+        title = f"stage {i}/{len(steps)}: {step.name} — {DESCRIBE[step.kind]}"
+        if same and state.get("status") == "done" and complete(step) and not ran:
+            console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
+            skipped.append(step.name)
+            continue
+        console.rule(f"[bold]{title}")
+        carry_on = resume and same and state.get("status") == "running" and step.kind in RESUMABLE
+        if same and state.get("status") == "running" and not resume:
+            console.print(f"{step.name} was interrupted; it starts again (--resume continues from its checkpoint)")
+        if not carry_on:
+            _remove(step.outputs)
+        t0 = time.time()
+        _write_state(run, step, status="waiting" if "human" in step.configs else "running", fingerprint=fp)
+        try:
+            execute(step, carry_on and _has_checkpoint(step), fp, recipe, command)
+        except Paused as err:
+            console.print(f"[bold yellow]run paused at {step.name}[/bold yellow]: {err}", soft_wrap=True, highlight=False)
+            return RunResult("waiting", run, ran, skipped, str(err))
+        except KeyboardInterrupt:
+            console.print(f"\ninterrupted during {step.name}; continue with: {command} --resume", soft_wrap=True)
+            raise
+        if not complete(step):
+            msg = f"{step.name} stopped before finishing; continue with: {command} --resume"
+            console.print(msg, soft_wrap=True)
+            return RunResult("stopped", run, ran, skipped, msg)
+        _write_state(run, step, status="done", fingerprint=fp, seconds=round(time.time() - t0, 1))
+        ran.append(step.name)
+    summary(run, steps, ran, skipped)
+    return RunResult("done", run, ran, skipped)
+
+
+def _has_checkpoint(step: Step) -> bool:
+    from alignloop.train.checkpoint import has_checkpoint
+
+    return has_checkpoint(Path(step.configs[step.kind].out))
+
+
+def headline(run: Path, steps: list[Step]) -> dict:
+    """Gold reward of the PPO policy and of the SFT policy, KL, reward-model held-out accuracy."""
+    from alignloop.train.tracking import read_metrics
+
+    out: dict[str, Any] = {}
+    ev = next((s for s in steps if s.kind == "evaluate"), None)
+    if ev and (Path(ev.configs["evaluate"].out) / "eval.json").exists():
+        e = json.loads((Path(ev.configs["evaluate"].out) / "eval.json").read_text(encoding="utf-8"))
+        for role in ("policy", "baseline"):
+            if role in e:
+                out[f"gold_{role}"] = (e[role].get("gold") or {}).get("mean")
+                out[f"kl_{role}"] = e[role].get("kl_k1")
+                out[f"harmless_{role}"] = e[role]["harmlessness"]["rate"]
+        out["win_rate_gold"] = (e.get("win_rate") or {}).get("gold")
+    rw = [s for s in steps if s.kind == "reward"]
+    if rw and (Path(rw[-1].configs["reward"].out) / "metrics.jsonl").exists():
+        rows = read_metrics(rw[-1].configs["reward"].out)
+        for key in ("eval/accuracy", "eval/soft_agreement"):  # hard labels; soft labels: agreement with p > 0.5
+            values = [m[key] for m in rows if m.get(key) is not None]
+            if values:
+                out["reward_accuracy"], out["reward_accuracy_kind"] = values[-1], key
+                break
+    return out
+
+
+def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) -> None:
+    from alignloop.progress import console
+
+    h = headline(run, steps)
+    console.rule("[bold]done")
+    times = {s.name: read_state(run, s).get("seconds") for s in steps}
+    console.print(f"{len(ran)} stages ran, {len(skipped)} unchanged and skipped; stage seconds: "
+                  + ", ".join(f"{n} {t:.0f}" for n, t in times.items() if t is not None))
+    report = next((Path(s.configs["report"].out) for s in steps if s.kind == "report"), None)
+    if report:
+        console.print(f"report: {report}")
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    if "gold_policy" in h:
+        console.print(f"gold reward: PPO policy {f(h['gold_policy'])} vs SFT policy {f(h.get('gold_baseline'))}"
+                      + (f" (gold win rate {f(h['win_rate_gold'])})" if h.get("win_rate_gold") is not None else ""))
+        console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
+                      f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
+    if "reward_accuracy" in h:
+        kind = " (agreement with the soft labels' majority)" if h["reward_accuracy_kind"] == "eval/soft_agreement" else ""
+        console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}{kind}")
+
+
+# ---------------------------------------------------------------- the command
+
+@click.command("run", context_settings={"max_content_width": 110})
+@click.argument("recipe")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/RECIPE-NAME).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted stage from its last checkpoint.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value (YAML): rounds=2, model=PATH, reward.epochs=2, quality.consensus.method=majority.")
+def command(recipe: str, out: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Run a recipe (a YAML list of stages; shipped: quickstart, cai) into a run folder.
+
+    Finished stages whose config and inputs are unchanged are skipped; a changed stage re-runs
+    with every stage after it. Exit status 3: paused for human feedback; 4: a stage stopped early.
+    """
+    result = run_recipe(recipe, out, resume, list(overrides))
+    if result.status != "done":
+        sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
