@@ -77,8 +77,12 @@ def run_trl(data: Path, steps: int, out: Path) -> dict:
         def on_step_end(self, args, state, control, **kw):
             times.append(time.time() - self.t)
 
+    import torch
+
+    # TRL's defaults (bf16 autocast) except gradient checkpointing, which alignloop does not use either.
     args = RewardConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=1e-5,
                         max_length=256, logging_steps=1, save_strategy="no", report_to=[], bf16=True,
+                        gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(),
                         dataloader_num_workers=0, disable_tqdm=True)
     RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()]).train()
     steady = times[1:]
@@ -98,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer (the first is warm-up)")
     parser.add_argument("--trl-python", default=".venv-trl/bin/python", help="python of the TRL environment")
+    parser.add_argument("--only", choices=["alignloop-bf16", "trl"], help="run one trainer only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -110,6 +115,8 @@ def main() -> None:
     make_pairs(data, BATCH * (args.steps + 1))
     results = {}
     for kind, python in (("alignloop-bf16", sys.executable), ("trl", args.trl_python)):
+        if args.only and kind != args.only:
+            continue
         if not Path(python).exists():
             print(f"{kind}: {python} not found (see this script's docstring to make the TRL environment)")
             continue
