@@ -41,6 +41,7 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions):
     max_length: int = Field(384, ge=8, description="Longest tokenised prompt + response.")
     tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
     margin: float = Field(0.0, ge=0, description="Margin on hard pairs: -log s(r_w - r_l - margin).")
+    group_by_length: bool = Field(True, description="Batch comparisons of similar length together (less padding).")
     ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
     ensemble_mode: Literal["bootstrap", "init"] = Field(
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
@@ -143,7 +144,8 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar
     from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
-    from alignloop.train.common import epoch_order, global_batches, make_accelerator, make_optimizer, seed_everything
+    from alignloop.train.common import (epoch_order, global_batches, length_grouped_order, make_accelerator,
+                                        make_optimizer, seed_everything)
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -157,6 +159,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     global_batch, steps_per_epoch = global_batches(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.data)
     total_steps = steps_per_epoch * cfg.epochs
     counts = bootstrap_counts(len(train), cfg.ensemble, cfg.ensemble_mode, cfg.seed)  # (E, N)
+    lengths = [len(r["prompt"]) + max(len(x) for x in r["responses"]) for r in train]
     model = RewardNet(load_trainable(cfg, accelerator.device), cfg.ensemble).to(accelerator.device)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -174,7 +177,9 @@ def run_reward(cfg: RewardConfig) -> Path:
             t0 = time.time()
             # 1) the global batch; its total record weight per head normalises the loss (3).
             epoch, s = divmod(step, steps_per_epoch)
-            idx = epoch_order(len(train), cfg.seed, epoch)[s * global_batch: (s + 1) * global_batch]
+            order = (length_grouped_order(lengths, global_batch, cfg.seed, epoch) if cfg.group_by_length
+                     else epoch_order(len(train), cfg.seed, epoch))
+            idx = order[s * global_batch: (s + 1) * global_batch]
             whole = build_pair_batch([train[i]["tiers"] for i in idx], [train[i]["p"] for i in idx],
                                      [train[i]["weight"] for i in idx], cfg.tie_mode)
             head_weight = (counts[:, idx] * whole.effective_weight).sum(dim=1).clamp_min(1e-12)  # (E,)
