@@ -154,13 +154,15 @@ def run_ppo(cfg: PPOConfig) -> Path:
             sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100_003 + iteration * world + rank,
                                 batch_size=len(chats) * cfg.num_samples)
-            gens = generate(unwrapped.lm, tokenizer, chats, sampling, show_progress=False)
+            with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
+                gens = generate(unwrapped.lm, tokenizer, chats, sampling, show_progress=False)
             timing["time/generate_s"] = time.time() - t
 
             # 2) score (weighted reward sources), penalties, clip.
             t = time.time()
             seq_chats = [chats[p] for p in gens.prompt_index]
-            total, per_source = rewards.score_all(seq_chats, gens.texts)
+            with accelerator.autocast():
+                total, per_source = rewards.score_all(seq_chats, gens.texts)
             scores = torch.tensor(total, dtype=torch.float32, device=device)
             finished = torch.tensor(gens.finished, device=device)
             if cfg.missing_eos_penalty is not None:
@@ -174,7 +176,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
             batch = rollout_tensors(gens.prompt_ids, gens.response_ids, tokenizer.pad_token_id)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             mask = batch["response_mask"].float()
-            with torch.no_grad():
+            with torch.no_grad(), accelerator.autocast():
                 rollout = model(**batch, temperature=cfg.temperature)
                 old_logprobs, old_values = rollout["logprobs"], rollout["values"]
                 ref_logprobs = reference_logprobs(unwrapped, reference, batch, cfg.temperature)
