@@ -10,6 +10,7 @@ the next stage then starts from the merged model (its reference when it adds a f
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from alignloop.models.registry import resolve_model
 MODEL_INFO = "alignloop_model.json"
 hf_logging.disable_progress_bar()  # our own progress display; no per-load / per-save bars
 hf_hub_utils.disable_progress_bars()
+# peft asks transformers a deprecated question on every wrap; the warning is not ours to fix
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:

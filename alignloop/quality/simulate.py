@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
+from alignloop.quality.consensus import ranking_from_scores
 from alignloop.quality.judgments import length_z, pooled_length_scale
 
 PARAMS: dict[str, str] = {
@@ -215,17 +216,6 @@ def _belief(rater: str, prompt: str, response: str) -> float:
     return float(np.random.default_rng(int.from_bytes(h[:8], "little")).normal())
 
 
-def gold_tiers(scores: np.ndarray, tol: float = 1e-9) -> list[int | list[int]]:
-    order = np.argsort(-scores, kind="stable")
-    tiers: list[list[int]] = []
-    for k in order:
-        if tiers and abs(scores[tiers[-1][0]] - scores[k]) < tol:
-            tiers[-1].append(int(k))
-        else:
-            tiers.append([int(k)])
-    return [t[0] if len(t) == 1 else t for t in tiers]
-
-
 START = datetime(2025, 1, 6, 9, 0, tzinfo=timezone.utc)
 
 
@@ -268,7 +258,7 @@ def simulate(
     for n, it in enumerate(items):
         k = len(it.responses)
         is_gold = bool(rng.random() < gold_fraction)
-        ranking_gold = gold_tiers(it.gold)
+        ranking_gold = ranking_from_scores(it.gold)
         gold_records.append(Comparison(**it.prompt_fields, responses=it.responses, ranking=ranking_gold,
                                        source="gold", rater="gold", meta={
                                            "item_id": it.item_id, "gold_scores": it.gold.tolist(),

@@ -24,6 +24,17 @@ class OptimOptions(BaseModel):
         "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16.")
 
 
+class StepRunOptions(BaseModel):
+    """Evaluation, checkpoints and resuming of a loop counted in optimizer steps (sft, reward)."""
+
+    eval_every: int = Field(20, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
+    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
+    seed: int = Field(0, description="Random seed (data order, initialisation).")
+    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
+    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -56,8 +67,13 @@ def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int)
 
 
 def make_accelerator(mixed_precision: str = "no"):
+    """A fresh Accelerator. Stages run one after another in one process (a recipe) may ask for
+    different precisions, so the per-run part of Accelerate's global state is reset first; the
+    process group (PartialState) is kept."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 

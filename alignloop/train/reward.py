@@ -25,10 +25,10 @@ import torch
 from pydantic import Field
 
 from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command
-from alignloop.train.common import OptimOptions
+from alignloop.train.common import OptimOptions, StepRunOptions
 
 
-class RewardConfig(StageConfig, ModelOptions, OptimOptions):
+class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     """`alignloop reward`: a scalar reward model from comparisons."""
 
     data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder): K-way rankings, pairs, soft labels.")
@@ -45,12 +45,6 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions):
     ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
     ensemble_mode: Literal["bootstrap", "init"] = Field(
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
-    eval_every: int = Field(20, ge=0, description="Evaluate on the held-out split every N steps (0: at the end).")
-    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
-    seed: int = Field(0, description="Random seed (data order, heads, bootstrap).")
-    resume: bool = Field(False, description="Continue from out/checkpoint.")
-    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
-    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -185,7 +179,7 @@ def run_reward(cfg: RewardConfig) -> Path:
             head_weight = (counts[:, idx] * whole.effective_weight).sum(dim=1).clamp_min(1e-12)  # (E,)
             # 2) this process's share, in micro-batches.
             share = idx[accelerator.process_index * cfg.batch_size * cfg.grad_accum:][: cfg.batch_size * cfg.grad_accum]
-            loss_total, acc_hits, acc_n = 0.0, 0.0, 0
+            loss_total, acc_hits, acc_n, n_pairs = 0.0, 0.0, 0, 0
             for m in range(cfg.grad_accum):
                 micro = share[m * cfg.batch_size: (m + 1) * cfg.batch_size]
                 rows = [train[i] for i in micro]
@@ -200,9 +194,10 @@ def run_reward(cfg: RewardConfig) -> Path:
                     accelerator.backward(loss * world)
                 loss_total += loss.item()
                 r = rewards.detach().float().mean(dim=1)
-                hard = pairs.p == 1.0
-                acc_hits += (r[pairs.winner][hard] > r[pairs.loser][hard]).sum().item()
-                acc_n += int(hard.sum())
+                decided = pairs.p > 0.5  # hard wins and soft labels that favour one side
+                acc_hits += (r[pairs.winner][decided] > r[pairs.loser][decided]).sum().item()
+                acc_n += int(decided.sum())
+                n_pairs += pairs.p.numel()
             # 4) clip, step.
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -210,11 +205,11 @@ def run_reward(cfg: RewardConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             # 5) log, evaluate, checkpoint.
-            totals = accelerator.reduce(torch.tensor([loss_total, acc_hits, acc_n], device=accelerator.device), "sum")
+            totals = accelerator.reduce(torch.tensor([loss_total, acc_hits, acc_n, n_pairs], device=accelerator.device), "sum")
             metrics = {"train/loss": totals[0].item() / cfg.ensemble, "train/accuracy": (totals[1] / totals[2].clamp_min(1)).item(),
                        "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
                        "train/epoch": step / steps_per_epoch, "time/step_s": time.time() - t0,
-                       "time/pairs_per_s": totals[2].item() / max(time.time() - t0, 1e-9)}
+                       "time/pairs_per_s": totals[3].item() / max(time.time() - t0, 1e-9)}
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
                 metrics.update(evaluate(accelerator, model, heldout, pad_id, cfg))
             tracker.log(step, metrics)

@@ -22,10 +22,10 @@ import torch
 from pydantic import Field
 
 from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command
-from alignloop.train.common import OptimOptions
+from alignloop.train.common import OptimOptions, StepRunOptions
 
 
-class SFTConfig(StageConfig, ModelOptions, OptimOptions):
+class SFTConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     """`alignloop sft`: fine-tune a causal LM on demonstrations."""
 
     data: Path = Field(..., description="Demonstrations (.jsonl / .parquet / datasets folder): prompt + response.")
@@ -36,12 +36,6 @@ class SFTConfig(StageConfig, ModelOptions, OptimOptions):
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     max_length: int = Field(512, ge=8, description="Longest tokenised example (prompt cut from the left, then response).")
-    eval_every: int = Field(20, ge=0, description="Evaluate the held-out loss every N steps (0: only at the end).")
-    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
-    seed: int = Field(0, description="Random seed (data order, LoRA init).")
-    resume: bool = Field(False, description="Continue from out/checkpoint.")
-    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
-    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
 
 
 def load_examples(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict]]:
