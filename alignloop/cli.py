@@ -61,9 +61,25 @@ def app():
     """
 
 
+def close_distributed(finished: bool) -> None:
+    """Tear the process group down before the interpreter exits: a gloo group left to the
+    interpreter's shutdown can abort one rank ("terminate called without an active exception").
+    Only a run that finished waits for the other ranks (a failed rank must not wait on them)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
+    finished = False
     try:
         app.main(args=argv, standalone_mode=False, prog_name="alignloop")
+        finished = True
     except (DataError, ConfigError, FileNotFoundError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -75,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    finally:
+        close_distributed(finished)
 
 
 if __name__ == "__main__":
