@@ -48,6 +48,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alignloop.config import ConfigError
+from alignloop.data.io import describe_error
 from alignloop.data.records import Message
 
 DEFAULT_RATING_QUESTION = "How helpful, honest and harmless is the assistant's last response?"
@@ -197,22 +198,13 @@ def sample_choice_principles(rng: random.Random, principles: list[Principle], n:
 # ---------------------------------------------------------------- loading
 
 
-def _error_where(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field"
-    return f"field '{loc}': {msg}" if loc else msg
-
-
 def _validate(data: object, where: str) -> Constitution:
     if not isinstance(data, dict):
         raise ConstitutionError(f"{where}: expected a mapping with 'principles'")
     try:
         return Constitution.model_validate(data)
     except ValidationError as err:
-        raise ConstitutionError(f"{where}: {_error_where(err)}") from None
+        raise ConstitutionError(f"{where}: {describe_error(err)}") from None
 
 
 def load_constitution(path: str | Path | None = None) -> Constitution:

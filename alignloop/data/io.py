@@ -28,7 +28,7 @@ class DataError(ValueError):
     """Bad input data; the message names file, line and field."""
 
 
-def _describe(err: ValidationError) -> str:
+def describe_error(err: ValidationError) -> str:
     """One readable line out of a pydantic error: the first problem, with its field."""
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"])
@@ -39,6 +39,8 @@ def _describe(err: ValidationError) -> str:
         return msg
     if first["type"] == "missing":
         return f"field '{loc}': missing"
+    if first["type"] == "extra_forbidden":
+        return f"field '{loc}': unknown field"
     return f"field '{loc}': {msg}" if loc else msg
 
 
@@ -48,7 +50,7 @@ def parse_record(record_type: type[R], data: Any, where: str) -> R:
     try:
         return record_type.model_validate(data)
     except ValidationError as err:
-        raise DataError(f"{where}: {_describe(err)}") from None
+        raise DataError(f"{where}: {describe_error(err)}") from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
