@@ -117,3 +117,9 @@ def start_run(out: Path, cfg, accelerator, model, optimizer, scheduler, counter:
         Path(out).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(out) / "config.yaml")
     return tracker, state
+
+
+def drop_checkpoint(out: Path, keep: bool) -> None:
+    """After a finished run the checkpoint only costs disk (full fine-tuning: 3x the model)."""
+    if not keep:
+        shutil.rmtree(Path(out) / CHECKPOINT, ignore_errors=True)

@@ -106,7 +106,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     from alignloop.models.policy import PolicyWithValue, reference_logprobs, rollout_tensors
     from alignloop.models.reward_sources import CombinedReward
     from alignloop.progress import console, progress_bar
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
 
     out = Path(cfg.out)
@@ -298,10 +298,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
 
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
                   out / "value_head.safetensors")
-        if not cfg.keep_checkpoint:
-            import shutil
-
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        drop_checkpoint(out, cfg.keep_checkpoint)
         accelerator.print(f"policy saved to {out}")
     accelerator.wait_for_everyone()
     return out

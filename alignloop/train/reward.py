@@ -15,7 +15,6 @@ and the model is saved with that normalisation.
 
 from __future__ import annotations
 
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -137,7 +136,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop.models.loading import load_tokenizer, load_trainable
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import (epoch_order, global_batches, length_grouped_order, make_accelerator,
                                         make_optimizer, seed_everything)
 
@@ -233,8 +232,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     if accelerator.is_main_process:
         save_reward_model(net, tokenizer, out, base=cfg.model, mean=mean, std=std, max_length=cfg.max_length,
                           extra={"tie_mode": cfg.tie_mode, "ensemble_mode": cfg.ensemble_mode})
-        if not cfg.keep_checkpoint:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        drop_checkpoint(out, cfg.keep_checkpoint)
         final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if isinstance(v, float))
         accelerator.print(f"reward model saved to {out}; held-out: {shown}")

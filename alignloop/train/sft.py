@@ -13,7 +13,6 @@ The loop, per optimizer step s:
 
 from __future__ import annotations
 
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -91,7 +90,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     from alignloop.models.forward import ResponseNLL
     from alignloop.models.loading import load_tokenizer, load_trainable, save_model
     from alignloop.progress import progress_bar
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import epoch_order, global_batches, make_accelerator, make_optimizer, seed_everything
 
     out = Path(cfg.out)
@@ -160,8 +159,7 @@ def run_sft(cfg: SFTConfig) -> Path:
         return out
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model).lm, tokenizer, out, base=cfg.model)
-        if not cfg.keep_checkpoint:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        drop_checkpoint(out, cfg.keep_checkpoint)
         final = [m for m in _read(out) if m.get("eval/loss") is not None]
         if final:
             first, last = final[0]["eval/loss"], final[-1]["eval/loss"]
