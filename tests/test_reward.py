@@ -178,3 +178,57 @@ def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
     g_shared = torch.autograd.grad(shared.sum(), net.head.weight)[0]
     g_whole = torch.autograd.grad(whole.sum(), net.head.weight)[0]
     assert torch.allclose(g_shared, g_whole, atol=1e-5)
+
+
+def test_distinct_responses_scores_each_prompt_and_response_once():
+    from alignloop.train.reward import distinct_responses
+
+    rows = [{"prompt": [1, 2], "responses": [[5], [6]]},   # item A, pair (0, 1)
+            {"prompt": [3], "responses": [[5], [7]]},      # item B: same response text, other prompt
+            {"prompt": [1, 2], "responses": [[6], [8]]}]   # item A again, pair (1, 2)
+    prompts, responses, group, index = distinct_responses(rows)
+    assert prompts == [[1, 2], [3]]
+    assert responses == [[5], [6], [5], [7], [8]] and group == [0, 0, 1, 1, 0]
+    assert index == [0, 1, 2, 3, 1, 4]
+
+
+def test_deduplicated_forward_equals_one_forward_per_record(tiny_model_dir):
+    """The six pair records of a 4-way item, scored together (4 distinct responses, 1 prompt),
+    give the rewards and gradients of scoring each record on its own."""
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.models.reward_model import RewardNet, encode_group
+    from alignloop.train.reward import forward_records
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    net = RewardNet(load_causal_lm(str(tiny_model_dir)), num_heads=1)
+    chat = [{"role": "user", "content": "Tell me about the river."}]
+    answers = ["apple bread", "music", "the window paper stone", "cloud"]
+    rows = []
+    for i in range(4):
+        for j in range(i + 1, 4):
+            p, outs = encode_group(tok, chat, [answers[i], answers[j]], 256)
+            rows.append({"prompt": p, "responses": outs, "tiers": [[0], [1]], "p": 0.7, "weight": 1.0})
+    together, pairs = forward_records(net, rows, tok.pad_token_id, "cpu", "skip")
+    alone = torch.cat([forward_records(net, [r], tok.pad_token_id, "cpu", "skip")[0] for r in rows])
+    assert together.shape == (12, 1) and torch.allclose(together, alone, atol=1e-5)
+    g_together = torch.autograd.grad(together.sum(), net.head.weight)[0]
+    g_alone = torch.autograd.grad(alone.sum(), net.head.weight)[0]
+    assert torch.allclose(g_together, g_alone, atol=1e-4)
+
+
+def test_prompt_grouped_order_keeps_a_prompts_records_together():
+    from alignloop.train.common import epoch_order, length_grouped_order
+
+    keys = [i % 10 for i in range(60)]  # 10 prompts, 6 records each
+    lengths = [(7 * i) % 13 for i in range(60)]
+    order = length_grouped_order(lengths, 6, seed=3, epoch=1, megabatch=4, keys=keys)
+    assert sorted(order) == list(range(60))
+    batches = [order[s: s + 6] for s in range(0, 60, 6)]
+    assert all(len({keys[i] for i in b}) == 1 for b in batches)  # clusters of 6 fill batches of 6
+    # without keys: the permutation cut into megabatches, each sorted by length, batches shuffled
+    plain = length_grouped_order(lengths, 6, seed=3, epoch=1, megabatch=4)
+    perm = epoch_order(60, 3, 1)
+    mega = [i for s in range(0, 60, 24) for i in sorted(perm[s: s + 24], key=lambda j: -lengths[j])]
+    assert sorted(tuple(plain[s: s + 6]) for s in range(0, 60, 6)) == sorted(
+        tuple(mega[s: s + 6]) for s in range(0, 60, 6))

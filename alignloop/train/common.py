@@ -103,17 +103,31 @@ def global_batches(n_examples: int, batch_size: int, grad_accum: int, world: int
     return global_batch, n_examples // global_batch
 
 
-def length_grouped_order(lengths: list[int], batch: int, seed: int, epoch: int, megabatch: int = 16) -> list[int]:
+def length_grouped_order(lengths: list[int], batch: int, seed: int, epoch: int, megabatch: int = 16,
+                         keys: list | None = None) -> list[int]:
     """An epoch order whose consecutive `batch`-sized slices hold examples of similar length.
 
-    1) the epoch's random permutation; 2) cut into megabatches of `megabatch` batches, each
-    sorted by length (longest first); 3) the batches shuffled again. Still a pure function of
+    1) the epoch's random permutation; with `keys`, examples of equal key (the same prompt) are
+    then gathered into one cluster, placed where its first member fell, so a batch shares their
+    prompt; 2) cut into megabatches of about `megabatch` batches, the clusters of each sorted
+    by length (longest first); 3) the batches shuffled again. Still a pure function of
     (seed, epoch), so resuming needs only the step; padding waste drops to a few percent.
+    Pass all-equal `lengths` to cluster by key without sorting by length.
     """
     order = epoch_order(len(lengths), seed, epoch)
-    chunk = batch * megabatch
-    order = [i for s in range(0, len(order), chunk)
-             for i in sorted(order[s: s + chunk], key=lambda j: -lengths[j])]
+    clusters: dict = {}
+    for i in order:
+        clusters.setdefault(i if keys is None else ("key", keys[i]), []).append(i)
+    chunk, megabatches, current, size = batch * megabatch, [], [], 0
+    for members in clusters.values():
+        current.append(members)
+        size += len(members)
+        if size >= chunk:
+            megabatches.append(current)
+            current, size = [], 0
+    megabatches.append(current)
+    order = [i for mega in megabatches for members in sorted(mega, key=lambda c: -max(lengths[j] for j in c))
+             for i in members]
     batches = [order[s: s + batch] for s in range(0, len(order), batch)]
     g = torch.Generator().manual_seed(seed * 10_007 + epoch + 1)
     return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]

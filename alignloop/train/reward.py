@@ -3,8 +3,10 @@
 One comparison record (K responses ranked, ties allowed, or a soft label p for K = 2) is ONE
 example: its C(K,2) pairs are averaged (InstructGPT), see `algorithms.reward_losses`. The
 loop, per optimizer step s (the same shape as SFT):
-  1) the global batch is records order[s*G : (s+1)*G] of the epoch's permutation;
-  2) each process scores its records' responses in `grad_accum` micro-batches;
+  1) the global batch is records order[s*G : (s+1)*G] of the epoch's permutation (records of
+     one prompt kept together, similar lengths batched together);
+  2) each process scores its records' responses in `grad_accum` micro-batches, each distinct
+     prompt and response once;
   3) loss = sum over ensemble heads e of  sum_g c_eg loss_g / sum_g c_eg  over the WHOLE global
      batch (c_eg = record weight x bootstrap count of record g for head e), so gradient
      accumulation and several processes give the same gradient as one big batch;
@@ -41,6 +43,9 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
     margin: float = Field(0.0, ge=0, description="Margin on hard pairs: -log s(r_w - r_l - margin).")
     group_by_length: bool = Field(True, description="Batch comparisons of similar length together (less padding).")
+    group_by_prompt: bool = Field(
+        True, description="Batch the comparisons of one prompt together; a batch encodes each prompt and each distinct "
+                          "response once, so the C(K,2) pair records of one K-way item cost about one forward.")
     ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
     ensemble_mode: Literal["bootstrap", "init"] = Field(
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
@@ -79,15 +84,39 @@ def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor
                         for _ in range(members)])
 
 
+def distinct_responses(rows: list[dict]) -> tuple[list[list[int]], list[list[int]], list[int], list[int]]:
+    """The distinct prompts and (prompt, response) pairs of a batch of records.
+
+    Returns (prompts, responses, group, index): `responses[u]` continues `prompts[group[u]]`,
+    and the m-th response of the batch (records' responses concatenated in order) is
+    `responses[index[m]]`. Pair records cut from one K-way item repeat its prompt and
+    responses; scoring the distinct ones and gathering with `index` gives the same (M,) rewards.
+    """
+    prompt_slot: dict[tuple, int] = {}
+    response_slot: dict[tuple, int] = {}
+    prompts, responses, group, index = [], [], [], []
+    for r in rows:
+        g = prompt_slot.setdefault(tuple(r["prompt"]), len(prompt_slot))
+        if g == len(prompts):
+            prompts.append(r["prompt"])
+        for x in r["responses"]:
+            u = response_slot.setdefault((g, tuple(x)), len(response_slot))
+            if u == len(responses):
+                responses.append(x)
+                group.append(g)
+            index.append(u)
+    return prompts, responses, group, index
+
+
 def forward_records(model, rows: list[dict], pad_id: int, device, tie_mode: str, weights: torch.Tensor | None = None):
-    """Rewards (M, E) of the rows' responses (each prompt encoded once) and their PairBatch
-    (record weights x `weights` (G,))."""
+    """Rewards (M, E) of the rows' responses (each distinct prompt and response scored once) and
+    their PairBatch (record weights x `weights` (G,))."""
     from alignloop.algorithms.reward_losses import build_pair_batch
     from alignloop.models.reward_model import grouped_batch
 
-    responses = [x for r in rows for x in r["responses"]]
-    group = [g for g, r in enumerate(rows) for _ in r["responses"]]
-    rewards = model(**grouped_batch([r["prompt"] for r in rows], responses, group, pad_id, device))  # (M, E)
+    prompts, responses, group, index = distinct_responses(rows)
+    distinct = model(**grouped_batch(prompts, responses, group, pad_id, device))  # (U, E)
+    rewards = distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
     record_weight = [r["weight"] for r in rows] if weights is None else (
         torch.tensor([r["weight"] for r in rows]) * weights).tolist()
     pairs = build_pair_batch([r["tiers"] for r in rows], [r["p"] for r in rows], record_weight, tie_mode)
@@ -153,6 +182,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     total_steps = steps_per_epoch * cfg.epochs
     counts = bootstrap_counts(len(train), cfg.ensemble, cfg.ensemble_mode, cfg.seed)  # (E, N)
     lengths = [len(r["prompt"]) + max(len(x) for x in r["responses"]) for r in train]
+    prompt_keys = [tuple(r["prompt"]) for r in train]
     model = RewardNet(load_trainable(cfg, accelerator.device), cfg.ensemble).to(accelerator.device)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -170,8 +200,11 @@ def run_reward(cfg: RewardConfig) -> Path:
             t0 = time.time()
             # 1) the global batch; its total record weight per head normalises the loss (3).
             epoch, s = divmod(step, steps_per_epoch)
-            order = (length_grouped_order(lengths, global_batch, cfg.seed, epoch) if cfg.group_by_length
-                     else epoch_order(len(train), cfg.seed, epoch))
+            if cfg.group_by_length or cfg.group_by_prompt:
+                order = length_grouped_order(lengths if cfg.group_by_length else [0] * len(train), global_batch,
+                                             cfg.seed, epoch, keys=prompt_keys if cfg.group_by_prompt else None)
+            else:
+                order = epoch_order(len(train), cfg.seed, epoch)
             idx = order[s * global_batch: (s + 1) * global_batch]
             whole = build_pair_batch([train[i]["tiers"] for i in idx], [train[i]["p"] for i in idx],
                                      [train[i]["weight"] for i in idx], cfg.tie_mode)
