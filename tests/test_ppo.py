@@ -117,3 +117,28 @@ def test_two_processes_match_one(tiny_model_dir, prompts, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _final(one), _final(tmp_path / "two")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_lora_merged_matches_the_adapter_and_restores_the_weights(tiny_model_dir):
+    from alignloop.config import LoraOptions
+    from alignloop.models.loading import apply_lora
+    from alignloop.models.policy import lora_merged
+
+    torch.manual_seed(0)
+    opts = LoraOptions(lora_rank=4, lora_alpha=8.0, lora_targets=["q_proj", "v_proj", "up_proj"])
+    lm = apply_lora(loading.load_causal_lm(str(tiny_model_dir)), opts)
+    with torch.no_grad():  # LoRA's B starts at 0: give the adapters something to merge
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.randint(0, lm.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        adapter_logits = lm(input_ids=ids).logits
+        with lora_merged(lm):
+            merged_logits = lm(input_ids=ids).logits
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in lm.state_dict().items())
+    with torch.no_grad(), lm.disable_adapter():
+        base_logits = lm(input_ids=ids).logits
+    assert not torch.allclose(base_logits, adapter_logits, atol=1e-3)  # the adapters did matter

@@ -45,6 +45,9 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions):
     max_new_tokens: int = Field(32, ge=1, description="Most tokens per response.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (logits are divided by it for log-probs too).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1.0 keeps the policy's distribution exact).")
+    merge_lora_for_sampling: bool = Field(
+        True, description="Sample with the LoRA adapters merged into the weights (restored bit for bit after): about 2x "
+                          "faster sampling on CPU for one copy of the adapted weights.")
     ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Minibatches per PPO epoch (one optimizer step each).")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation within a minibatch).")
@@ -103,7 +106,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     from alignloop.data.records import PromptRecord
     from alignloop.models.generation import Sampling, generate
     from alignloop.models.loading import load_causal_lm, load_tokenizer, load_trainable, save_model
-    from alignloop.models.policy import PolicyWithValue, reference_logprobs, rollout_tensors
+    from alignloop.models.policy import PolicyWithValue, lora_merged, reference_logprobs, rollout_tensors
     from alignloop.models.reward_sources import CombinedReward
     from alignloop.progress import console, progress_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
@@ -154,7 +157,8 @@ def run_ppo(cfg: PPOConfig) -> Path:
             sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 100_003 + iteration * world + rank,
                                 batch_size=len(chats) * cfg.num_samples)
-            with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
+            merged = lora_merged(unwrapped.lm) if cfg.lora and cfg.merge_lora_for_sampling else nullcontext()
+            with accelerator.autocast(), merged:  # --mixed-precision covers sampling, scoring and the reference too
                 gens = generate(unwrapped.lm, tokenizer, chats, sampling, show_progress=False)
             timing["time/generate_s"] = time.time() - t
 
