@@ -29,12 +29,14 @@ class QuickstartConfig(StageConfig):
     out: Path = Field(Path("runs/quickstart"), description="Run folder (sft/, samples.jsonl, ..., report.html).")
     resume: bool = Field(False, description="Continue an interrupted stage from its last checkpoint.")
     model: str | None = Field(None, description="Base model instead of the recipe's (registry name, folder or HF id).")
+    seed: int | None = Field(None, description="Seed of every stage instead of the recipe's 0 (the README's seed spread uses 0, 1, 2).")
 
 
 def run_quickstart(cfg: QuickstartConfig):
     from alignloop.pipeline import EXIT_STOPPED, EXIT_WAITING, run_recipe
 
-    result = run_recipe("quickstart", cfg.out, cfg.resume, [f"model={cfg.model}"] if cfg.model else [])
+    sets = ([f"model={cfg.model}"] if cfg.model else []) + ([f"seed={cfg.seed}"] if cfg.seed is not None else [])
+    result = run_recipe("quickstart", cfg.out, cfg.resume, sets)
     if result.status != "done":
         sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)
     return result

@@ -304,3 +304,19 @@ def test_quickstart_command_runs_the_shipped_recipe(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["quickstart", "--out", str(tmp_path / "q")])
     assert exit_.value.code == 4
+
+
+def test_quickstart_passes_its_seed_and_model_to_the_recipe(monkeypatch, tmp_path):
+    import alignloop.pipeline as pipeline
+    from alignloop.quickstart import QuickstartConfig, run_quickstart
+
+    seen = {}
+
+    def fake_run(recipe, out, resume, overrides):
+        seen.update(recipe=recipe, overrides=overrides)
+        return type("Result", (), {"status": "done"})()
+
+    monkeypatch.setattr(pipeline, "run_recipe", fake_run)
+    run_quickstart(QuickstartConfig(out=tmp_path / "q", seed=2, model="m"))
+    assert seen == {"recipe": "quickstart", "overrides": ["model=m", "seed=2"]}
+    assert load_recipe("quickstart", ["seed=2"])[0].seed == 2
