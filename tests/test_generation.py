@@ -53,3 +53,26 @@ def test_stops_at_eos(tiny):
     for ids, done, text in zip(g.response_ids, g.finished, g.texts):
         assert done and len(ids) == 3 and ids[-1] == tok.eos_token_id
         assert "<|im_end|>" not in text
+
+
+def test_lm_head_sees_contiguous_inputs_only_while_generating(tiny):
+    """The prefill's strided last-position slice reaches the LM head contiguous (no (B, H, V)
+    weight copy); the hook is gone afterwards and greedy output is unchanged."""
+    model, tok = tiny
+    head = model.get_output_embeddings()
+    raw, seen = [], []
+    spies = [head.register_forward_pre_hook(lambda m, args: raw.append(args[0].is_contiguous())),
+             head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))]
+    greedy = Sampling(num_samples=2, temperature=0, max_new_tokens=4, batch_size=4)
+    try:
+        out = generate(model, tok, PROMPTS, greedy)
+    finally:
+        for spy in spies:
+            spy.remove()
+    assert raw[0] is False  # the prefill's slice, as transformers passes it
+    assert seen and all(seen)
+    assert not head._forward_pre_hooks  # removed after generate
+    ids = torch.tensor([out.prompt_ids[0] + out.response_ids[0][:-1]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(out.prompt_ids[0]) - 1:]
+    assert logits.argmax(-1).tolist()[: len(out.response_ids[0])] == out.response_ids[0][: logits.shape[0]]

@@ -190,7 +190,7 @@ def run_reward(cfg: RewardConfig) -> Path:
 
     tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "step", total_steps)
     step = state.get("step", 0)
-    if step == 0:
+    if step == 0 and cfg.eval_every:  # the start of the held-out curve (eval_every 0: only at the end)
         tracker.log(0, evaluate(accelerator, model, heldout, pad_id, cfg))
 
     stop = min(total_steps, cfg.stop_at_step or total_steps)
