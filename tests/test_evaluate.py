@@ -112,6 +112,21 @@ def test_kl_of_a_model_against_itself_is_zero_and_positive_otherwise(result):
     assert report["policy"]["kl_k3"] > 0.1  # different random weights: far from the reference
 
 
+def test_reference_reused_from_the_baseline_equals_a_separately_loaded_one(result, tiny_model_dir, other_model, tmp_path):
+    """The baseline is the reference in `result`, so its pass scored both runs under it; a copy
+    of the same weights in another folder is loaded on its own: the same KLs."""
+    import shutil
+
+    copy = tmp_path / "reference-copy"
+    shutil.copytree(tiny_model_dir, copy)
+    report = run_evaluate(EvaluateConfig(policy=str(other_model), baseline=str(tiny_model_dir), reference=str(copy),
+                                         reward=RULE, gold="tests.rules:count_e", out=tmp_path / "eval", limit=5,
+                                         num_samples=2, max_new_tokens=10, seed=3))
+    for role in ("policy", "baseline"):
+        for key in ("kl_k1", "kl_k3"):
+            assert report[role][key] == pytest.approx(result[0][role][key], abs=1e-6), (role, key)
+
+
 def test_scores_and_win_rate_agree_with_the_samples(result):
     """Recompute every figure from the written samples: the rule by hand, then the win rate."""
     report, out = result

@@ -4,7 +4,8 @@ For each model (policy, then baseline), in numbered steps:
   1) sample K responses per held-out prompt and per red-team prompt (same seed for both models,
      so prompt i's k-th responses are compared with each other);
   2) log-probs of the held-out responses under the model itself, then under the reference
-     (one shared reference; default: the PPO run's initial policy) -> KL k1 and k3 per response;
+     (one shared reference; default: the PPO run's initial policy; when it is one of the
+     compared models, as a PPO run's SFT baseline is, it is not loaded twice) -> KL k1 and k3;
   3) reward sources (mean and spread per source), the gold scorer, length, missing EOS;
   4) harmlessness on red-team prompts (refusal detector; the AI judge when --judge);
 then win rates of policy against baseline (reward, gold, AI judge both orders, people), the
@@ -64,6 +65,13 @@ def reference_for(policy: str) -> str | None:
         if data.get("policy") or data.get("model"):
             return str(data.get("policy") or data["model"])
     return model_info(policy).get("base") if Path(policy).is_dir() else None
+
+
+def same_model(a: str, b: str) -> bool:
+    """Two model names denote the same model: the same folder, or the same registry name / HF id."""
+    if Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
 
 
 def default_reward(policy: str) -> str | None:
@@ -160,24 +168,34 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                         seed=cfg.seed, batch_size=cfg.batch_size)
     roles = {"policy": cfg.policy, **({"baseline": cfg.baseline} if cfg.baseline else {})}
 
-    # 1) + 2a) per model: samples on held-out and red-team prompts, log-probs under the model.
+    # 1) + 2a) per model: samples on held-out and red-team prompts, log-probs under the model;
+    # when the model is the reference (the SFT baseline of a PPO run), every run's responses
+    # are scored under it while it is loaded.
     runs: dict[str, dict] = {}
+    ref_logp: dict[str, list] = {}
     for role, name in roles.items():
         lm, tok = load_causal_lm(name, cfg.dtype, device), load_tokenizer(name)
         gens = generate(lm, tok, chats, sampling)
         red = generate(lm, tok, red_chats, sampling) if red_chats else None
         runs[role] = {"gens": gens, "red": red, "vocab": tok.get_vocab(), "pad": tok.pad_token_id,
                       "logp": response_logprobs(lm, gens, tok.pad_token_id, cfg.temperature, cfg.batch_size)}
+        if reference is not None and same_model(name, reference):
+            for other, run in runs.items():
+                if run["vocab"] == runs[role]["vocab"]:
+                    ref_logp[other] = run["logp"] if other == role else response_logprobs(
+                        lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
         del lm
-    # 2b) the same responses under the reference -> KL(model || reference) per response.
-    if reference is not None:
+    # 2b) the responses not yet scored under the reference -> KL(model || reference) per response.
+    missing = [role for role in runs if role not in ref_logp]
+    if reference is not None and missing:
         ref_lm, ref_vocab = load_causal_lm(reference, cfg.dtype, device), load_tokenizer(reference).get_vocab()
-        for run in runs.values():
-            if run["vocab"] != ref_vocab:
-                continue  # KL needs one tokenizer; left out (None)
-            ref_logp = response_logprobs(ref_lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
-            run["k1"], run["k3"] = sequence_kl(run["logp"], ref_logp)
+        for role in missing:
+            run = runs[role]
+            if run["vocab"] == ref_vocab:  # KL needs one tokenizer; else left out (None)
+                ref_logp[role] = response_logprobs(ref_lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
         del ref_lm
+    for role, logp in ref_logp.items():
+        runs[role]["k1"], runs[role]["k3"] = sequence_kl(runs[role]["logp"], logp)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     # 3) reward sources and gold, on every model's held-out responses at once.
