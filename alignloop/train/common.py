@@ -117,7 +117,7 @@ def length_grouped_order(lengths: list[int], batch: int, seed: int, epoch: int, 
     order = epoch_order(len(lengths), seed, epoch)
     clusters: dict = {}
     for i in order:
-        clusters.setdefault(i if keys is None else ("key", keys[i]), []).append(i)
+        clusters.setdefault(i if keys is None else keys[i], []).append(i)
     chunk, megabatches, current, size = batch * megabatch, [], [], 0
     for members in clusters.values():
         current.append(members)
