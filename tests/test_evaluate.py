@@ -127,6 +127,19 @@ def test_reference_reused_from_the_baseline_equals_a_separately_loaded_one(resul
             assert report[role][key] == pytest.approx(result[0][role][key], abs=1e-6), (role, key)
 
 
+def test_a_sampling_copy_samples_the_same_and_keeps_the_kl_in_the_model_dtype(result, tiny_model_dir, other_model,
+                                                                              tmp_path):
+    kw = dict(policy=str(other_model), baseline=str(tiny_model_dir), reference=str(tiny_model_dir), reward=RULE,
+              gold="tests.rules:count_e", limit=5, num_samples=2, max_new_tokens=10, seed=3)
+    same = run_evaluate(EvaluateConfig(**kw, sampling_dtype="float32", out=tmp_path / "f32"))
+    assert json.dumps(same, sort_keys=True) == json.dumps(result[0], sort_keys=True)  # a float32 copy: identical
+    bf16 = run_evaluate(EvaluateConfig(**kw, sampling_dtype="bfloat16", out=tmp_path / "bf16"))
+    assert bf16["policy"]["responses"] == 10
+    assert bf16["baseline"]["kl_k1"] == pytest.approx(0.0, abs=1e-6)  # log-probs of both sides in float32
+    with pytest.raises(ValueError):
+        EvaluateConfig(**kw, sampling_dtype="bf16", out=tmp_path / "bad")
+
+
 def test_scores_and_win_rate_agree_with_the_samples(result):
     """Recompute every figure from the written samples: the rule by hand, then the win rate."""
     report, out = result

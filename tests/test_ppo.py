@@ -119,26 +119,47 @@ def test_two_processes_match_one(tiny_model_dir, prompts, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
-def test_lora_merged_matches_the_adapter_and_restores_the_weights(tiny_model_dir):
+def test_sampling_copy_follows_the_lora_policy_and_leaves_it_alone(tiny_model_dir):
     from alignloop.config import LoraOptions
     from alignloop.models.loading import apply_lora
-    from alignloop.models.policy import lora_merged
+    from alignloop.models.policy import SamplingCopy
 
     torch.manual_seed(0)
     opts = LoraOptions(lora_rank=4, lora_alpha=8.0, lora_targets=["q_proj", "v_proj", "up_proj"])
     lm = apply_lora(loading.load_causal_lm(str(tiny_model_dir)), opts)
+    lora_b = [p for name, p in lm.named_parameters() if "lora_B" in name]
     with torch.no_grad():  # LoRA's B starts at 0: give the adapters something to merge
-        for name, p in lm.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
+        for p in lora_b:
+            p.normal_(std=0.05)
     before = {k: v.clone() for k, v in lm.state_dict().items()}
     ids = torch.randint(0, lm.config.vocab_size, (2, 12))
+    copy = SamplingCopy(lm, torch.float32)
+    assert not any("lora" in name for name, _ in copy.model.named_parameters())
     with torch.no_grad():
+        assert torch.allclose(lm(input_ids=ids).logits, copy.model(input_ids=ids).logits, atol=1e-4)
+        with lm.disable_adapter():
+            base_logits = lm(input_ids=ids).logits
+        assert not torch.allclose(base_logits, copy.model(input_ids=ids).logits, atol=1e-3)  # the adapters did matter
+        for p in lora_b:  # an optimizer step: the copy is stale until refreshed
+            p.add_(torch.randn_like(p) * 0.05)
+        stale = copy.model(input_ids=ids).logits
+        fresh = copy.refresh()(input_ids=ids).logits
         adapter_logits = lm(input_ids=ids).logits
-        with lora_merged(lm):
-            merged_logits = lm(input_ids=ids).logits
-    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
-    assert all(torch.equal(v, before[k]) for k, v in lm.state_dict().items())
-    with torch.no_grad(), lm.disable_adapter():
-        base_logits = lm(input_ids=ids).logits
-    assert not torch.allclose(base_logits, adapter_logits, atol=1e-3)  # the adapters did matter
+    assert not torch.allclose(stale, adapter_logits, atol=1e-3)
+    assert torch.allclose(fresh, adapter_logits, atol=1e-4)
+    after = lm.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if "lora_B" not in k)  # only read
+
+
+def test_sampling_copy_of_a_fully_trained_policy_in_bf16(tiny_model_dir):
+    from alignloop.models.policy import SamplingCopy
+
+    lm = loading.load_causal_lm(str(tiny_model_dir)).requires_grad_(True)
+    copy = SamplingCopy(lm, torch.bfloat16)
+    assert {p.dtype for p in copy.model.parameters()} == {torch.bfloat16}
+    assert next(lm.parameters()).dtype == torch.float32
+    weight = lm.model.layers[0].mlp.up_proj.weight
+    with torch.no_grad():
+        weight.add_(1.0)
+        copied = copy.refresh().model.layers[0].mlp.up_proj.weight
+    assert torch.equal(copied, weight.to(torch.bfloat16))

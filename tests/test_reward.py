@@ -232,3 +232,18 @@ def test_prompt_grouped_order_keeps_a_prompts_records_together():
     mega = [i for s in range(0, 60, 24) for i in sorted(perm[s: s + 24], key=lambda j: -lengths[j])]
     assert sorted(tuple(plain[s: s + 6]) for s in range(0, 60, 6)) == sorted(
         tuple(mega[s: s + 6]) for s in range(0, 60, 6))
+
+
+def test_the_heldout_split_keeps_each_prompt_on_one_side():
+    from alignloop.data.records import Comparison
+    from alignloop.train.reward import split_by_prompt
+
+    records = [Comparison(prompt=p, responses=[f"{p}{k}a", f"{p}{k}b"], ranking=[0, 1])
+               for p, n in (("a", 6), ("b", 6), ("c", 3), ("d", 1), ("e", 6)) for k in range(n)]
+    train, held = split_by_prompt(records, 0.4, seed=3)
+    held_prompts, train_prompts = {r.prompt for r in held}, {r.prompt for r in train}
+    assert len(held_prompts) == 2 and not held_prompts & train_prompts  # int(5 x 0.4) prompts, all their records
+    assert len(train) + len(held) == len(records)
+    assert sorted(map(id, train + held)) == sorted(map(id, records))
+    assert split_by_prompt(records, 0.0, seed=3) == (records, [])
+    assert split_by_prompt(records, 0.4, seed=3) == (train, held)  # the seed fixes it

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -48,7 +49,10 @@ class EvaluateConfig(StageConfig):
     batch_size: int = Field(16, ge=1, description="Sequences generated / scored together.")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts (and N red-team prompts).")
     out: Path = Field(..., description="Output folder: eval.json, samples of each model, pairs.jsonl, config.yaml.")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16: the models' weights (log-probs for the KL).")
+    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype "
+                                                      "samples the responses (bfloat16 is about 2x faster on CPU); the KL "
+                                                      "log-probs still use --dtype.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 
@@ -149,7 +153,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from alignloop.data.records import PromptRecord
     from alignloop.evaluate.metrics import harmless_rate, human_win_rate, sequence_kl, soft_win_rate, summary, win_rate
     from alignloop.models.generation import Sampling, generate, pick_device
-    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
+    from alignloop.models.policy import SamplingCopy
     from alignloop.models.reward_sources import RuleReward, import_callable
     from alignloop.quality.gold import is_refusal
 
@@ -175,8 +180,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     ref_logp: dict[str, list] = {}
     for role, name in roles.items():
         lm, tok = load_causal_lm(name, cfg.dtype, device), load_tokenizer(name)
-        gens = generate(lm, tok, chats, sampling)
-        red = generate(lm, tok, red_chats, sampling) if red_chats else None
+        sampler = lm if cfg.sampling_dtype == "auto" else SamplingCopy(lm, resolve_dtype(cfg.sampling_dtype, device)).model
+        gens = generate(sampler, tok, chats, sampling)
+        red = generate(sampler, tok, red_chats, sampling) if red_chats else None
+        del sampler
         runs[role] = {"gens": gens, "red": red, "vocab": tok.get_vocab(), "pad": tok.pad_token_id,
                       "logp": response_logprobs(lm, gens, tok.pad_token_id, cfg.temperature, cfg.batch_size)}
         if reference is not None and same_model(name, reference):

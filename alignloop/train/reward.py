@@ -17,6 +17,7 @@ and the model is saved with that normalisation.
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,7 +36,7 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder): K-way rankings, pairs, soft labels.")
     out: Path = Field(..., description="Output folder: backbone (adapter or full), heads, normalisation, metrics.")
     heldout: Path | None = Field(None, description="Held-out comparisons; default: a split of --data.")
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --heldout is not given.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data's prompts held out, with all their comparisons, when --heldout is not given.")
     epochs: int = Field(1, ge=1, description="Passes over the training comparisons.")
     batch_size: int = Field(4, ge=1, description="Comparison records per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
@@ -68,11 +69,21 @@ def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dic
     if cfg.heldout is not None:
         heldout = read_records(cfg.heldout, Comparison)
     else:
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        n_held = int(len(train) * cfg.heldout_fraction)
-        heldout = [train[i] for i in perm[:n_held]]
-        train = [train[i] for i in sorted(perm[n_held:])]
+        train, heldout = split_by_prompt(train, cfg.heldout_fraction, cfg.seed)
     return encode(train), encode(heldout)
+
+
+def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a random `fraction` of the distinct prompts, with all their records,
+    is held out. The pair records cut from one K-way item share its responses, so a split by
+    record would hold out pairs whose responses the model trained on."""
+    prompts: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        prompts.setdefault(json.dumps(r.chat(), sort_keys=True), []).append(i)
+    groups = list(prompts.values())
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {i for g in perm[: int(len(groups) * fraction)] for i in groups[g]}
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
 def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor:
@@ -258,7 +269,8 @@ def run_reward(cfg: RewardConfig) -> Path:
     distinct: dict[tuple, set] = {}
     for r in train:
         distinct.setdefault(tuple(r["prompt"]), set()).update(tuple(x) for x in r["responses"])
-    raw = raw_rewards(net, [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()], pad_id)  # (N, E)
+    with accelerator.autocast():  # the precision it was trained in, and PPO scores in (--mixed-precision)
+        raw = raw_rewards(net, [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()], pad_id)  # (N, E)
     mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
     tracker.log(step, {"normalization/mean": sum(mean) / len(mean), "normalization/std": sum(std) / len(std)})
     tracker.close()
