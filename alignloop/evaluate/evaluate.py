@@ -50,9 +50,9 @@ class EvaluateConfig(StageConfig):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts (and N red-team prompts).")
     out: Path = Field(..., description="Output folder: eval.json, samples of each model, pairs.jsonl, config.yaml.")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16: the models' weights (log-probs for the KL).")
-    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype "
-                                                      "samples the responses (bfloat16 is about 2x faster on CPU); the KL "
-                                                      "log-probs still use --dtype.")
+    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype samples the "
+                            "responses (bfloat16 is about 2x faster on CPU); the KL log-probs still use --dtype.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 

@@ -47,7 +47,7 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1.0 keeps the policy's distribution exact).")
     sampling_copy: bool = Field(
         True, description="Sample from a copy of the policy refreshed every iteration, LoRA folded into its weights, "
-                          "in the --mixed-precision dtype: about 1.5x faster sampling on CPU for one more copy of the "
+                          "in the --mixed-precision dtype: about 1.4x faster sampling on CPU for one more copy of the "
                           "weights. Not used where weights are sharded (DeepSpeed ZeRO-3, FSDP).")
     ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Minibatches per PPO epoch (one optimizer step each).")
