@@ -14,9 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a peft wrapper (the model itself when not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(decoder stack, LM head) of a Hugging Face causal LM, peft-wrapped or not."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     return base.get_decoder(), base.get_output_embeddings()
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from alignloop.algorithms.ppo_losses import entropy_from_logits, logprobs_from_logits
-from alignloop.models.forward import backbone_and_head
+from alignloop.models.forward import backbone_and_head, unwrap_peft
 
 
 def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -84,8 +84,7 @@ def reference_logprobs(policy: PolicyWithValue, reference: nn.Module | None, bat
 
 def lora_layers(lm: nn.Module) -> dict[str, nn.Module]:
     """{qualified name in the plain model: peft LoRA layer} of a LoRA-wrapped LM ({} otherwise)."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return {name: m for name, m in base.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+    return {name: m for name, m in unwrap_peft(lm).named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
 
 
 class SamplingCopy:
@@ -106,10 +105,9 @@ class SamplingCopy:
         if self.layers:
             plain = plain.merge_and_unload()
         self.model = plain.to(dtype).requires_grad_(False).eval()
-        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         params = dict(self.model.named_parameters())
         # parameters trained outside LoRA (full fine-tuning: all of them)
-        self.pairs = [(p, params[name.replace(".base_layer", "")]) for name, p in base.named_parameters()
+        self.pairs = [(p, params[name.replace(".base_layer", "")]) for name, p in unwrap_peft(lm).named_parameters()
                       if p.requires_grad and "lora_" not in name and name.replace(".base_layer", "") in params]
         self.refresh()
 
