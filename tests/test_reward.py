@@ -86,17 +86,21 @@ def test_shuffled_labels_stay_near_chance(tiny_model_dir, data, tmp_path):
     assert 0.3 < final["eval/accuracy"] < 0.7, final
 
 
-def test_rewards_are_normalised_on_the_training_responses(trained, data):
-    rm = RewardModel.load(trained)
+def _scores_of_distinct_responses(rm, path) -> torch.Tensor:
     prompts, responses, seen = [], [], set()
-    for line in open(data["train"]):
+    for line in open(path):
         rec = json.loads(line)
         for r in rec.get("responses") or [rec["chosen"], rec["rejected"]]:
             if (rec["prompt"], r) not in seen:
                 seen.add((rec["prompt"], r))
                 prompts.append(rec["prompt"])
                 responses.append(r)
-    scores = torch.tensor(rm.score(prompts, responses))
+    return torch.tensor(rm.score(prompts, responses))
+
+
+def test_rewards_are_normalised_on_the_training_responses(trained, data):
+    rm = RewardModel.load(trained)
+    scores = _scores_of_distinct_responses(rm, data["train"])
     assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(correction=0).item() - 1) < 1e-3
     good = rm.score(["Write something about the river."] * 2, ["the stone apple cloud music", "the stone cloud music"])
     assert good[0] > good[1]
@@ -247,3 +251,39 @@ def test_the_heldout_split_keeps_each_prompt_on_one_side():
     assert sorted(map(id, train + held)) == sorted(map(id, records))
     assert split_by_prompt(records, 0.0, seed=3) == (records, [])
     assert split_by_prompt(records, 0.4, seed=3) == (train, held)  # the seed fixes it
+
+
+def test_mismatched_pairs_prefer_a_prompts_own_response():
+    from alignloop.config import ConfigError
+    from alignloop.data.records import Comparison
+    from alignloop.train.reward import mismatched_pairs
+
+    records = [Comparison(prompt="a", responses=["a1", "a2", "a3", "a4"], ranking=[0, 1, 2, 3]),  # 6 pairs, w 1
+               Comparison(prompt="b", responses=["b1", "b2"], p=0.8, weight=0.5),  # 1 pair each, w 0.5
+               Comparison(prompt="b", responses=["b2", "b3"], ranking=[1, 0], weight=0.5),
+               Comparison(prompt="c", responses=["c1", "c2", "c3"], ranking=[2, [0, 1]], weight=3.0)]  # 3 pairs
+    extra = mismatched_pairs(records, 2, seed=0)
+    assert [r.prompt for r in extra] == ["a", "a", "b", "b", "c", "c"]
+    own = {"a": {"a1", "a2", "a3", "a4"}, "b": {"b1", "b2", "b3"}, "c": {"c1", "c2", "c3"}}
+    for r in extra:
+        assert r.responses[0] in own[r.prompt]
+        assert r.responses[1][0] != r.prompt and r.responses[1] in own[r.responses[1][0]]
+        assert r.tiers() == [[0], [1]] and r.p is None and r.rater == "mismatched"
+    # one rated pair's weight: 1/6 for a; (0.5/1 + 0.5/1)/2 for b; 3/3 for c
+    assert [r.weight for r in extra] == pytest.approx([1 / 6, 1 / 6, 0.5, 0.5, 1.0, 1.0])
+    assert [r.responses for r in mismatched_pairs(records, 2, seed=0)] == [r.responses for r in extra]
+    assert [r.weight for r in mismatched_pairs(records, 1, seed=0, weight=3.0)] == pytest.approx([0.5, 1.5, 3.0])
+    assert mismatched_pairs(records, 0, seed=0) == []
+    with pytest.raises(ConfigError, match="at least 2 prompts"):
+        mismatched_pairs(records[:1], 1, seed=0)
+
+
+def test_mismatched_pairs_train_beside_the_rated_ones(tiny_model_dir, data, trained, tmp_path):
+    out = run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], tmp_path / "m", epochs=1, mismatched_pairs=2))
+    prompts = {json.loads(line)["prompt"] for line in open(data["train"])}
+    steps = [m["step"] for m in read_metrics(out) if "train/loss" in m]
+    assert steps[-1] == (150 + 2 * len(prompts)) // 8  # the extra records are trained on (a partial batch is dropped)
+    heldout_pairs = [[m["eval/pairs"] for m in read_metrics(run) if "eval/pairs" in m][-1] for run in (out, trained)]
+    assert heldout_pairs[0] == heldout_pairs[1]  # the held-out set is untouched
+    scores = _scores_of_distinct_responses(RewardModel.load(out), data["train"])  # normalised on the rated only
+    assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(correction=0).item() - 1) < 1e-3

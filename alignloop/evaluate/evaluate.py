@@ -5,7 +5,8 @@ For each model (policy, then baseline), in numbered steps:
      so prompt i's k-th responses are compared with each other);
   2) log-probs of the held-out responses under the model itself, then under the reference
      (one shared reference; default: the PPO run's initial policy; when it is one of the
-     compared models, as a PPO run's SFT baseline is, it is not loaded twice) -> KL k1 and k3;
+     compared models, as a PPO run's SFT baseline is, it is not loaded twice and its own KL is
+     0 without a forward) -> KL k1 and k3;
   3) reward sources (mean and spread per source), the gold scorer, length, missing EOS;
   4) harmlessness on red-team prompts (refusal detector; the AI judge when --judge);
 then win rates of policy against baseline (reward, gold, AI judge both orders, people), the
@@ -184,16 +185,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         gens = generate(sampler, tok, chats, sampling)
         red = generate(sampler, tok, red_chats, sampling) if red_chats else None
         del sampler
+        is_reference = reference is not None and same_model(name, reference)
         runs[role] = {"gens": gens, "red": red, "vocab": tok.get_vocab(), "pad": tok.pad_token_id,
-                      "logp": response_logprobs(lm, gens, tok.pad_token_id, cfg.temperature, cfg.batch_size)}
-        if reference is not None and same_model(name, reference):
+                      "logp": None if is_reference else response_logprobs(lm, gens, tok.pad_token_id,
+                                                                          cfg.temperature, cfg.batch_size)}
+        if is_reference:  # its KL to itself is 0 with no forward; the others' responses are scored under it
+            runs[role]["k1"] = runs[role]["k3"] = [0.0] * len(gens.response_ids)
             for other, run in runs.items():
-                if run["vocab"] == runs[role]["vocab"]:
-                    ref_logp[other] = run["logp"] if other == role else response_logprobs(
-                        lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
+                if "k1" not in run and run["vocab"] == runs[role]["vocab"]:
+                    ref_logp[other] = response_logprobs(lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
         del lm
     # 2b) the responses not yet scored under the reference -> KL(model || reference) per response.
-    missing = [role for role in runs if role not in ref_logp]
+    missing = [role for role in runs if role not in ref_logp and "k1" not in runs[role]]
     if reference is not None and missing:
         ref_lm, ref_vocab = load_causal_lm(reference, cfg.dtype, device), load_tokenizer(reference).get_vocab()
         for role in missing:

@@ -11,8 +11,9 @@ loop, per optimizer step s (the same shape as SFT):
      batch (c_eg = record weight x bootstrap count of record g for head e), so gradient
      accumulation and several processes give the same gradient as one big batch;
   4) clip, optimizer and LR-schedule step; 5) log, evaluate, checkpoint.
-At the end, rewards are normalised to mean 0 / std 1 over the training responses (per head)
-and the model is saved with that normalisation.
+With `mismatched_pairs`, each training prompt also gets pairs ranking its own response above
+one written for another prompt. At the end, rewards are normalised to mean 0 / std 1 over the
+rated training responses (per head) and the model is saved with that normalisation.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
     ensemble_mode: Literal["bootstrap", "init"] = Field(
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
+    mismatched_pairs: int = Field(
+        0, ge=0, description="Per training prompt, this many extra pairs that prefer one of its responses over a "
+                             "response written for another prompt (off-topic by construction), each weighing as much "
+                             "as one rated pair of that prompt: teaches relevance, which the rankings of a few "
+                             "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")
+    mismatched_weight: float = Field(
+        1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -70,7 +78,8 @@ def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dic
         heldout = read_records(cfg.heldout, Comparison)
     else:
         train, heldout = split_by_prompt(train, cfg.heldout_fraction, cfg.seed)
-    return encode(train), encode(heldout)
+    extra = mismatched_pairs(train, cfg.mismatched_pairs, cfg.seed, cfg.mismatched_weight) if cfg.mismatched_pairs else []
+    return encode(train) + [dict(row, mismatched=True) for row in encode(extra)], encode(heldout)
 
 
 def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -84,6 +93,38 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     held = {i for g in perm[: int(len(groups) * fraction)] for i in groups[g]}
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
+def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 1.0) -> list:
+    """Comparisons that prefer a prompt's own response over one sampled for another prompt.
+
+    For each distinct prompt (in order of first appearance), `per_prompt` times: one of its
+    distinct responses (uniform) is ranked above a response of another prompt (prompt and
+    response uniform), a hard pair. Its weight is one rated pair's share of that prompt: the
+    mean over the prompt's records of weight / C(K, 2), as the ranking loss averages a
+    K-way record's C(K, 2) pairs (`algorithms.reward_losses.ranking_loss`). Deterministic in `seed`.
+    """
+    by_prompt: dict[str, dict] = {}
+    for r in records:
+        g = by_prompt.setdefault(json.dumps(r.chat(), sort_keys=True), {"record": r, "responses": {}, "pair_weights": []})
+        g["responses"].update(dict.fromkeys(r.responses))
+        g["pair_weights"].append(r.weight / (len(r.responses) * (len(r.responses) - 1) / 2))
+    groups = list(by_prompt.values())
+    if per_prompt and len(groups) < 2:
+        raise ConfigError(f"mismatched_pairs needs comparisons of at least 2 prompts, got {len(groups)}")
+    rng = torch.Generator().manual_seed(seed + 104729)
+    pick = lambda n: int(torch.randint(n, (1,), generator=rng))  # noqa: E731
+    out = []
+    for i, g in enumerate(groups):
+        own = list(g["responses"])
+        pair_weight = weight * sum(g["pair_weights"]) / len(g["pair_weights"])
+        for _ in range(per_prompt):
+            j = pick(len(groups) - 1)
+            other = list(groups[j + (j >= i)]["responses"])  # any prompt but i
+            out.append(g["record"].model_copy(update={
+                "responses": [own[pick(len(own))], other[pick(len(other))]], "ranking": [0, 1], "p": None,
+                "rater": "mismatched", "weight": pair_weight, "id": None, "meta": {}}))
+    return out
 
 
 def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor:
@@ -268,7 +309,8 @@ def run_reward(cfg: RewardConfig) -> Path:
     net = accelerator.unwrap_model(model)
     distinct: dict[tuple, set] = {}
     for r in train:
-        distinct.setdefault(tuple(r["prompt"]), set()).update(tuple(x) for x in r["responses"])
+        if not r.get("mismatched"):  # the rated responses only
+            distinct.setdefault(tuple(r["prompt"]), set()).update(tuple(x) for x in r["responses"])
     with accelerator.autocast():  # the precision it was trained in, and PPO scores in (--mixed-precision)
         raw = raw_rewards(net, [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()], pad_id)  # (N, E)
     mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
