@@ -287,3 +287,17 @@ def test_mismatched_pairs_train_beside_the_rated_ones(tiny_model_dir, data, trai
     assert heldout_pairs[0] == heldout_pairs[1]  # the held-out set is untouched
     scores = _scores_of_distinct_responses(RewardModel.load(out), data["train"])  # normalised on the rated only
     assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(correction=0).item() - 1) < 1e-3
+
+
+def test_normalization_groups_are_the_rated_responses_of_a_prompt_subset():
+    from alignloop.train.reward import normalization_groups
+
+    rows = [{"prompt": [1], "responses": [[10], [11]]}, {"prompt": [2], "responses": [[20], [21]]},
+            {"prompt": [1], "responses": [[11], [12]]}, {"prompt": [1], "responses": [[11], [99]], "mismatched": True},
+            {"prompt": [3], "responses": [[30], [31]]}]
+    assert normalization_groups(rows, None, seed=0) == [([1], [[10], [11], [12]]), ([2], [[20], [21]]), ([3], [[30], [31]])]
+    two = normalization_groups(rows, 2, seed=0)
+    assert len(two) == 2 and all(g in normalization_groups(rows, None, seed=0) for g in two)
+    assert [p for p, _ in two] == sorted(p for p, _ in two)  # kept in order
+    assert normalization_groups(rows, 2, seed=0) == two
+    assert normalization_groups(rows, 3, seed=5) == normalization_groups(rows, None, seed=0)

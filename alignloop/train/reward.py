@@ -13,7 +13,8 @@ loop, per optimizer step s (the same shape as SFT):
   4) clip, optimizer and LR-schedule step; 5) log, evaluate, checkpoint.
 With `mismatched_pairs`, each training prompt also gets pairs ranking its own response above
 one written for another prompt. At the end, rewards are normalised to mean 0 / std 1 over the
-rated training responses (per head) and the model is saved with that normalisation.
+rated training responses (per head; of a random subset of the prompts with
+`normalization_prompts`) and the model is saved with that normalisation.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
                              "response written for another prompt (off-topic by construction), each weighing as much "
                              "as one rated pair of that prompt: teaches relevance, which the rankings of a few "
                              "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")
+    normalization_prompts: int | None = Field(
+        None, ge=2, description="Normalise the rewards on the rated responses of at most this many training prompts, "
+                                "a random subset (none: all of them).")
     mismatched_weight: float = Field(
         1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
 
@@ -125,6 +129,20 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
                 "responses": [own[pick(len(own))], other[pick(len(other))]], "ranking": [0, 1], "p": None,
                 "rater": "mismatched", "weight": pair_weight, "id": None, "meta": {}}))
     return out
+
+
+def normalization_groups(rows: list[dict], max_prompts: int | None, seed: int) -> list[tuple[list[int], list[list[int]]]]:
+    """(prompt, distinct rated responses) of the training rows, in order of first appearance; of
+    at most `max_prompts` prompts, a random subset (deterministic in `seed`) kept in that order."""
+    distinct: dict[tuple, dict] = {}
+    for r in rows:
+        if not r.get("mismatched"):  # the rated responses only
+            distinct.setdefault(tuple(r["prompt"]), {}).update(dict.fromkeys(tuple(x) for x in r["responses"]))
+    groups = [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()]
+    if max_prompts is not None and len(groups) > max_prompts:
+        keep = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 15485863))[:max_prompts]
+        groups = [groups[i] for i in sorted(keep.tolist())]
+    return groups
 
 
 def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor:
@@ -305,14 +323,11 @@ def run_reward(cfg: RewardConfig) -> Path:
         tracker.close()
         accelerator.print(f"stopped at step {step}/{total_steps}; continue with --resume")
         return out
-    # Normalise: mean 0 / std 1 of each head over the (distinct) training responses.
+    # Normalise: mean 0 / std 1 of each head over the (distinct) rated training responses.
     net = accelerator.unwrap_model(model)
-    distinct: dict[tuple, set] = {}
-    for r in train:
-        if not r.get("mismatched"):  # the rated responses only
-            distinct.setdefault(tuple(r["prompt"]), set()).update(tuple(x) for x in r["responses"])
+    groups = normalization_groups(train, cfg.normalization_prompts, cfg.seed)
     with accelerator.autocast():  # the precision it was trained in, and PPO scores in (--mixed-precision)
-        raw = raw_rewards(net, [(list(p), [list(x) for x in rs]) for p, rs in distinct.items()], pad_id)  # (N, E)
+        raw = raw_rewards(net, groups, pad_id)  # (N, E)
     mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
     tracker.log(step, {"normalization/mean": sum(mean) / len(mean), "normalization/std": sum(std) / len(std)})
     tracker.close()
