@@ -54,14 +54,14 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
     mismatched_pairs: int = Field(
         0, ge=0, description="Per training prompt, this many extra pairs that prefer one of its responses over a "
-                             "response written for another prompt (off-topic by construction), each weighing as much "
-                             "as one rated pair of that prompt: teaches relevance, which the rankings of a few "
+                             "response written for another prompt (off-topic by construction), each weighing "
+                             "--mismatched-weight rated pairs of that prompt: teaches relevance, which the rankings of a few "
                              "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")
+    mismatched_weight: float = Field(
+        1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
     normalization_prompts: int | None = Field(
         None, ge=2, description="Normalise the rewards on the rated responses of at most this many training prompts, "
                                 "a random subset (none: all of them).")
-    mismatched_weight: float = Field(
-        1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
