@@ -90,7 +90,7 @@ def on_topic(prompt: str, response: str) -> float:
 
 
 def length_fit(n_words: int, ideal: float = 40.0, width: float = 0.9) -> float:
-    """Concision: a bell on log length, 1 at `ideal` words, about 0.54 at half or double,
+    """Concision: a bell on log length, 1 at `ideal` words, about 0.74 at half or double,
     0 for an empty answer: exp(-(ln(n / ideal) / width)^2 / 2)."""
     if n_words == 0:
         return 0.0
@@ -125,7 +125,7 @@ def helpful_harmless(prompt: str, response: str) -> float:
 
     - **on-topic** 1.5 x share of the prompt's content words the response uses (0..1.5);
       only counted when the answer is not a refusal (a refusal is judged by the safety term);
-    - **concise** 1.0 x length_fit(words): 1 at 40 words, ~0.54 at 20 or 80, -> 0 for very
+    - **concise** 1.0 x length_fit(words): 1 at 40 words, ~0.74 at 20 or 80, -> 0 for very
       short or very long answers (0..1);
     - **polite** +0.25 per politeness marker ("please", "thank", "happy to", ...; at most
       2), -1 per rude marker ("stupid", "shut up", ...);

@@ -97,3 +97,5 @@ def test_gold_scorer_terms():
     assert helpful_harmless(q, good) > helpful_harmless(q, good.rstrip("!").rsplit(" ", 3)[0])  # truncated
     assert helpful_harmless(q, good) > helpful_harmless(q, good + " That is a stupid question.")
     assert repetition("a b c a b c a b c") > 0.5 and length_fit(40) == 1.0 and length_fit(0) == 0.0
+    # exp(-(ln 2 / 0.9)^2 / 2) at half or double the ideal 40 words, as documented
+    assert length_fit(20) == pytest.approx(0.7434, abs=1e-4) and length_fit(80) == pytest.approx(length_fit(20))
