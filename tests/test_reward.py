@@ -274,6 +274,9 @@ def test_mismatched_pairs_prefer_a_prompts_own_response():
     assert [r.responses for r in mismatched_pairs(records, 2, seed=0)] == [r.responses for r in extra]
     assert [r.weight for r in mismatched_pairs(records, 1, seed=0, weight=3.0)] == pytest.approx([0.5, 1.5, 3.0])
     assert mismatched_pairs(records, 0, seed=0) == []
+    same = [Comparison(prompt="a", responses=["no", "a1"], ranking=[0, 1]), Comparison(prompt="b", responses=["no"] * 2, p=0.5)]
+    assert [r.responses for r in mismatched_pairs(same, 3, seed=0) if r.prompt == "b"] == [["no", "a1"]] * 3
+    assert all(r.responses[1] != "no" for r in mismatched_pairs(same, 3, seed=0))  # never a text of its own
     with pytest.raises(ConfigError, match="at least 2 prompts"):
         mismatched_pairs(records[:1], 1, seed=0)
 

@@ -104,9 +104,10 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
 
     For each distinct prompt (in order of first appearance), `per_prompt` times: one of its
     distinct responses (uniform) is ranked above a response of another prompt (prompt and
-    response uniform), a hard pair. Its weight is one rated pair's share of that prompt: the
-    mean over the prompt's records of weight / C(K, 2), as the ranking loss averages a
-    K-way record's C(K, 2) pairs (`algorithms.reward_losses.ranking_loss`). Deterministic in `seed`.
+    response uniform; a text the prompt has among its own is never drawn), a hard pair. Its
+    weight is `weight` x one rated pair's share of that prompt: the mean over the prompt's
+    records of weight / C(K, 2), as the ranking loss averages a K-way record's C(K, 2) pairs
+    (`algorithms.reward_losses.ranking_loss`). Deterministic in `seed`.
     """
     by_prompt: dict[str, dict] = {}
     for r in records:
@@ -117,14 +118,19 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
     if per_prompt and len(groups) < 2:
         raise ConfigError(f"mismatched_pairs needs comparisons of at least 2 prompts, got {len(groups)}")
     rng = torch.Generator().manual_seed(seed + 104729)
-    pick = lambda n: int(torch.randint(n, (1,), generator=rng))  # noqa: E731
+
+    def pick(n: int) -> int:  # uniform in 0..n-1
+        return int(torch.randint(n, (1,), generator=rng))
+
     out = []
     for i, g in enumerate(groups):
         own = list(g["responses"])
         pair_weight = weight * sum(g["pair_weights"]) / len(g["pair_weights"])
         for _ in range(per_prompt):
             j = pick(len(groups) - 1)
-            other = list(groups[j + (j >= i)]["responses"])  # any prompt but i
+            other = [x for x in groups[j + (j >= i)]["responses"] if x not in g["responses"]]  # any prompt but i
+            if not other:  # that prompt's responses are all among this one's (the same refusal, say)
+                continue
             out.append(g["record"].model_copy(update={
                 "responses": [own[pick(len(own))], other[pick(len(other))]], "ranking": [0, 1], "p": None,
                 "rater": "mismatched", "weight": pair_weight, "id": None, "meta": {}}))
