@@ -13,19 +13,14 @@ disagree. alignment = 1 / 2 = 0.5; soft_alignment = mean AI probability of the h
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 
 from alignloop.data.records import Comparison
 
 
-def _prompt_key(record: Comparison) -> str:
-    return json.dumps(record.chat(), sort_keys=True, ensure_ascii=False)
-
-
 def _pair_key(record: Comparison, a: str, b: str) -> tuple[str, frozenset[str]]:
-    return _prompt_key(record), frozenset((a, b))
+    return record.chat_key(), frozenset((a, b))
 
 
 def human_votes(human: list[Comparison]) -> dict[tuple[str, frozenset[str]], dict[str, float]]:

@@ -15,6 +15,8 @@ torch: the web app and the quality tools read these records too.
 
 from __future__ import annotations
 
+import json
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -68,6 +70,10 @@ class PromptRecord(Record):
                 msgs = msgs[:-1]
             return msgs
         return [{"role": "user", "content": self.prompt}]
+
+    def chat_key(self) -> str:
+        """The prompt as one string (its chat as JSON, keys sorted): equal for records of one prompt."""
+        return json.dumps(self.chat(), sort_keys=True, ensure_ascii=False)
 
     def prompt_text(self) -> str:
         """The last user turn, for display and for scorers that read plain text."""

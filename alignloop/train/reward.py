@@ -19,7 +19,6 @@ rated training responses (per head; of a random subset of the prompts with
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -92,7 +91,7 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
     record would hold out pairs whose responses the model trained on."""
     prompts: dict[str, list[int]] = {}
     for i, r in enumerate(records):
-        prompts.setdefault(json.dumps(r.chat(), sort_keys=True), []).append(i)
+        prompts.setdefault(r.chat_key(), []).append(i)
     groups = list(prompts.values())
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     held = {i for g in perm[: int(len(groups) * fraction)] for i in groups[g]}
@@ -111,7 +110,7 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
     """
     by_prompt: dict[str, dict] = {}
     for r in records:
-        g = by_prompt.setdefault(json.dumps(r.chat(), sort_keys=True), {"record": r, "responses": {}, "pair_weights": []})
+        g = by_prompt.setdefault(r.chat_key(), {"record": r, "responses": {}, "pair_weights": []})
         g["responses"].update(dict.fromkeys(r.responses))
         g["pair_weights"].append(r.weight / (len(r.responses) * (len(r.responses) - 1) / 2))
     groups = list(by_prompt.values())
