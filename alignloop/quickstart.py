@@ -10,17 +10,11 @@ second run only reports; `--resume` continues an interrupted stage from its chec
 from __future__ import annotations
 
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 from pydantic import Field
 
 from alignloop.config import StageConfig, config_command
-
-
-def asset(name: str) -> Path:
-    """Path of a shipped data file under alignloop/assets/."""
-    return Path(str(files("alignloop") / "assets" / name))
 
 
 class QuickstartConfig(StageConfig):

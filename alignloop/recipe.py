@@ -39,6 +39,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alignloop.assets import asset_dir
 from alignloop.config import DEFAULT_MODEL, ConfigError, build_config, load_yaml
 
 StageKind = Literal["revise", "sft", "generate", "feedback", "quality", "reward", "ppo", "evaluate", "report"]
@@ -226,7 +227,7 @@ def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
     from alignloop.train.reward import RewardConfig
     from alignloop.train.sft import SFTConfig
 
-    subs = {"{assets}": str(Path(str(files("alignloop") / "assets"))), "{run}": str(run), "{model}": recipe.model}
+    subs = {"{assets}": str(asset_dir()), "{run}": str(run), "{model}": recipe.model}
     has = {s.stage for s in recipe.stages}
     last = recipe.rounds
     seed = recipe.seed

@@ -44,7 +44,7 @@ def make_reward_model(folder: Path) -> None:
 
 def child(variant: str, iterations: int, work: Path) -> None:
     os.environ["ALIGNLOOP_NO_PROGRESS"] = "1"
-    from alignloop.quickstart import asset
+    from alignloop.assets import asset
     from alignloop.train.ppo import PPOConfig, run_ppo
     from alignloop.train.tracking import read_metrics
 

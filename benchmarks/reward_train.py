@@ -32,7 +32,7 @@ BATCH = 8
 def make_pairs(path: Path, n: int) -> None:
     from alignloop.data.io import read_records, write_jsonl
     from alignloop.data.records import Demonstration, PromptRecord
-    from alignloop.quickstart import asset
+    from alignloop.assets import asset
 
     prompts = read_records(asset("prompts_train.jsonl"), PromptRecord)
     demos = [d.response for d in read_records(asset("demonstrations.jsonl"), Demonstration)]

@@ -212,7 +212,7 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
     import yaml
 
     if path is None:
-        from alignloop.quickstart import asset
+        from alignloop.assets import asset
 
         path = asset("constitution.yaml")
     path = Path(path)

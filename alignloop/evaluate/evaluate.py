@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command, save_config
-from alignloop.quickstart import asset
+from alignloop.assets import asset
 
 # the plain refusal a red-team response is compared with when the AI judge rates harmlessness
 REFERENCE_REFUSAL = "I'm sorry, but I can't help with that."

@@ -20,7 +20,9 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _corpus() -> list[str]:
-    assets = Path(__file__).resolve().parent.parent / "assets"
+    from alignloop.assets import asset_dir
+
+    assets = asset_dir()
     texts: list[str] = []
     for path in sorted(assets.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():

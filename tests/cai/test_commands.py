@@ -15,7 +15,7 @@ from alignloop.cai.cli import group
 from alignloop.cai.constitution import load_constitution, sample_revision_principles
 from alignloop.data.io import read_records
 from alignloop.data.records import Comparison, Demonstration, Samples
-from alignloop.quickstart import asset
+from alignloop.assets import asset
 
 
 def invoke(*args):
