@@ -160,7 +160,7 @@ def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
     from alignloop.data.chat import tokenize_example
     from alignloop.models.loading import load_causal_lm, load_tokenizer
     from alignloop.models.reward_model import RewardNet, encode_group, grouped_batch
-    from alignloop.train.common import right_pad
+    from alignloop.data.padding import right_pad
 
     tok = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], pad_id: in
     """(N, keep, M) next-token log-probabilities (over the whole vocabulary) of `token_ids`
     at the last `keep` positions of each sequence. Batched with left padding; sequences are
     sorted by length so a batch holds similar lengths; the LM head runs on `keep` positions."""
-    from alignloop.models.generation import left_pad
+    from alignloop.data.padding import left_pad
 
     device = next(model.parameters()).device
     out = torch.empty(len(seqs), keep, len(token_ids))

@@ -109,7 +109,7 @@ def response_logprobs(lm, gens, pad_id: int, temperature: float, batch_size: int
 def score_sources(specs: str, chats: list, texts: list[str], device: str) -> dict[str, dict[str, list[float]]]:
     """Per source (and "total", the weighted sum): {"scores": [...]} and, for an ensemble
     reward model, the members' spread per response ({"spread": [...]})."""
-    from alignloop.models.reward_sources import CombinedReward, RewardModelSource
+    from alignloop.rewards import CombinedReward, RewardModelSource
 
     combined = CombinedReward(specs, device=device)
     out: dict[str, dict[str, list[float]]] = {}
@@ -156,7 +156,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from alignloop.models.generation import Sampling, generate, pick_device
     from alignloop.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
     from alignloop.models.policy import SamplingCopy
-    from alignloop.models.reward_sources import RuleReward, import_callable
+    from alignloop.rewards import RuleReward, import_callable
     from alignloop.quality.gold import is_refusal
 
     out = Path(cfg.out)

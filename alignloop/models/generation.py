@@ -17,6 +17,7 @@ import torch
 from transformers import GenerationConfig
 
 from alignloop.data.chat import encode_prompt
+from alignloop.data.padding import left_pad
 from alignloop.progress import progress_bar
 
 
@@ -58,17 +59,6 @@ def eos_ids(model, tokenizer) -> list[int]:
     gen_eos = model.generation_config.eos_token_id
     ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     return sorted(i for i in ids if i is not None)
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) input ids and attention mask, padded on the left."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[row, width - len(s):] = 1
-    return ids, mask
 
 
 def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:

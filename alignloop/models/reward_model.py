@@ -94,8 +94,7 @@ def encode_group(tokenizer, chat: list[dict[str, str]], responses: list[str], ma
 def grouped_batch(prompts: list[list[int]], responses: list[list[int]], group: list[int], pad_id: int,
                   device) -> dict[str, torch.Tensor]:
     """The shared-prompt inputs of `RewardNet.forward`: prompts left-padded, responses right-padded."""
-    from alignloop.models.generation import left_pad
-    from alignloop.train.common import right_pad
+    from alignloop.data.padding import left_pad, right_pad
 
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     ids = right_pad(responses, pad_id)

@@ -77,15 +77,6 @@ def make_accelerator(mixed_precision: str = "no"):
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
-def right_pad(rows: list[list[int]], pad: int) -> torch.Tensor:
-    """(B, T) tensor of the rows padded on the right with `pad`."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 10_007 + epoch)

@@ -124,7 +124,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     from alignloop.models.generation import Sampling, generate
     from alignloop.models.loading import load_causal_lm, load_tokenizer, load_trainable, save_model
     from alignloop.models.policy import PolicyWithValue, SamplingCopy, reference_logprobs, rollout_tensors
-    from alignloop.models.reward_sources import CombinedReward
+    from alignloop.rewards import CombinedReward
     from alignloop.progress import console, progress_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything

@@ -62,7 +62,7 @@ def load_examples(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict]]:
 
 
 def make_batch(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
-    from alignloop.train.common import right_pad
+    from alignloop.data.padding import right_pad
 
     ids = right_pad([r["input_ids"] for r in rows], pad_id)
     mask = right_pad([[1] * len(r["input_ids"]) for r in rows], 0)

@@ -1,5 +1,8 @@
 """Reward sources for PPO and evaluation, combined with weights ("balance the feedback").
 
+This module sits above models/ and cai/ (it wraps a reward model or an AI judge behind one
+interface) and below train/ and evaluate/, which score with it.
+
 A source is anything with a `name` and `score(prompts, responses) -> list[float]`, where a
 prompt is a chat (list of {"role", "content"}) and a response is text. Specs, comma-separated,
 each optionally weighted with `WEIGHT*`:
