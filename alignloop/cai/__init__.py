@@ -5,6 +5,5 @@ prompts.py       the chat layouts of critique, revision, (A)/(B) labels and 1..1
 revise.py        SL-CAI: response -> critique -> revision, n steps, a principle per step
 judge.py         RL-CAI: soft labels from the judge's (A)/(B) probabilities, both orders, CoT
 direct.py        d-RLAIF: a 1..10 rating judge, a reward source for PPO (no reward model)
-agreement.py     AI-labeler alignment with human labels (no torch)
 cli.py           `alignloop cai revise | label | score | import`
 """

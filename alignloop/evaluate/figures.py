@@ -1,23 +1,14 @@
 """The report's matplotlib figures, each returned as a base64 PNG (embedded as a data: URI).
 
 Inputs are plain data: metrics rows as written by `Tracker` ({"step", metric: value, ...}),
-and the dicts of eval.json. PNG encoding is shared with the feedback-quality report.
+and the dicts of eval.json. PNG encoding is shared with the feedback-quality report (report_html.py).
 """
 
 from __future__ import annotations
 
-from alignloop.quality.report import _png as png
+from alignloop.report_html import png, pyplot
 
 Series = tuple[list[float], list[float]]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def short(source: str) -> str:
@@ -43,7 +34,7 @@ def curves(rows: list[dict], panels: list[tuple[str, list[str], str]], ncols: in
     filled = [p for p in filled if p[1]]
     if not filled:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     ncols = min(ncols, len(filled))
@@ -71,7 +62,7 @@ def win_rates(wins: dict) -> str | None:
     judges = [k for k in ("reward", "gold", "judge", "human") if wins.get(k) is not None]
     if not judges:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(judges), 3.0))
     vals = [wins[k] for k in judges]
     ax.bar([{"reward": "reward model", "judge": "AI judge"}.get(k, k) for k in judges], vals,
@@ -92,7 +83,7 @@ def proxy_gold_kl(points: list[dict], ppo_rows: list[dict] | None = None, gold_k
     pts = [p for p in points if p.get("kl") is not None and (p.get("proxy") is not None or p.get("gold") is not None)]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
     if ppo_rows:
         kl = series(ppo_rows, "objective/kl")

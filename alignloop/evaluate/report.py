@@ -25,7 +25,7 @@ from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
 from alignloop.evaluate import figures
-from alignloop.quality.report import _fmt as fmt, _table as table
+from alignloop.report_html import fmt, table
 
 SECTIONS = [("sft", "SFT"), ("quality", "Feedback quality"), ("reward", "Reward model"), ("ppo", "PPO"),
             ("eval", "Evaluation"), ("samples", "Samples before and after")]
@@ -93,7 +93,7 @@ def section_sft(folder: Path | None) -> str:
 
 
 def section_quality(path: Path | None) -> str:
-    from alignloop.quality.report import EXPLAIN, _plots
+    from alignloop.quality.report import EXPLAIN, plots
 
     if path is not None and path.is_dir():
         path = path / "report.json"
@@ -115,7 +115,7 @@ def section_quality(path: Path | None) -> str:
     if rows:
         parts.append(table(["rater", "gold accuracy", "gold pairs", "screening", "weight"], rows))
     parts.append("<div class=grid>" + "".join(_img(b64, key, html.escape(EXPLAIN[key]))
-                                              for key, b64 in _plots(a).items()) + "</div>")
+                                              for key, b64 in plots(a).items()) + "</div>")
     return "".join(parts)
 
 

@@ -4,9 +4,7 @@ headline figures for the web app's admin page (`summary_for_admin`)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from datetime import datetime, timezone
@@ -15,14 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from alignloop.cai.agreement import ai_human_alignment
 from alignloop.data.io import atomic_path
 from alignloop.data.records import Comparison
 from alignloop.quality.agreement import agreement_summary, agreement_with_consensus
+from alignloop.quality.ai_alignment import ai_human_alignment
 from alignloop.quality.bias import detect_biases
 from alignloop.quality.calibration import rater_weights, screening
 from alignloop.quality.consensus import consensus
 from alignloop.quality.judgments import Judgment, Judgments, load_judgments
+from alignloop.report_html import fmt, png, pyplot, table
 
 
 def analyse(
@@ -152,21 +151,10 @@ def _clean(x: Any) -> Any:
 
 # --- plots -------------------------------------------------------------------------------------
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _plots(a: dict[str, Any]) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plots(a: dict[str, Any]) -> dict[str, str]:
+    """The report's figures of an analysis (`analyse`), key -> base64 PNG; `EXPLAIN[key]` says
+    how to read each (the run report shows them too)."""
+    plt = pyplot()
     figs: dict[str, str] = {}
     m = a["agreement"].get("matrix")
     if m and m["raters"]:
@@ -183,7 +171,7 @@ def _plots(a: dict[str, Any]) -> dict[str, str]:
                             color="white" if vals[y, x] < 0.6 else "black")
         fig.colorbar(im, ax=ax, label="pairwise agreement")
         ax.set_title("Agreement between raters (share of shared pairs voted alike)")
-        figs["agreement_matrix"] = _png(fig)
+        figs["agreement_matrix"] = png(fig)
     cal = {r: c for r, c in a["calibration"].items() if c["n_gold_pairs"] > 0}
     if cal:
         names = sorted(cal)
@@ -201,7 +189,7 @@ def _plots(a: dict[str, Any]) -> dict[str, str]:
         ax.set_title("Gold accuracy per rater (green pass, red below, grey too few gold)")
         ax.legend(fontsize=7, loc="lower right")
         ax.tick_params(axis="x", rotation=45)
-        figs["gold_accuracy"] = _png(fig)
+        figs["gold_accuracy"] = png(fig)
     findings = a["biases"]["findings"]
     for det, key, ylabel, ref in (("position", "first_win_rate", "first-shown win rate", 0.5),
                                   ("length", None, "length effect (log-odds / sd)", 0.0)):
@@ -218,7 +206,7 @@ def _plots(a: dict[str, Any]) -> dict[str, str]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{det.capitalize()} bias (red = detected after Holm correction)")
         ax.tick_params(axis="x", rotation=45)
-        figs[f"{det}_bias"] = _png(fig)
+        figs[f"{det}_bias"] = png(fig)
     sessions = {r: s for r, s in a["biases"]["drift_sessions"].items() if len(s) >= 2}
     if sessions:
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
@@ -229,27 +217,11 @@ def _plots(a: dict[str, Any]) -> dict[str, str]:
         ax.set_ylim(0, 1.05)
         ax.set_title("Drift: agreement with the leave-one-out consensus by session")
         ax.legend(fontsize=7)
-        figs["drift"] = _png(fig)
+        figs["drift"] = png(fig)
     return figs
 
 
 # --- HTML ---------------------------------------------------------------------------------------
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "&ndash;"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
-    if isinstance(v, list) and len(v) == 2:
-        return f"[{_fmt(v[0])}, {_fmt(v[1])}]"
-    return html.escape(str(v))
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
 
 EXPLAIN = {
     "agreement_matrix": "Each cell: the share of response pairs, judged by both raters, that they ordered the same "
@@ -277,19 +249,19 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
              f"{inp['ranking_judgments']} ranking and {inp['thumbs_judgments']} thumbs judgments on {inp['items']} "
              f"items by {len(inp['raters'])} raters; {inp['gold_items']} gold items; campaigns: "
              f"{html.escape(', '.join(inp['campaigns']))}.</p>"]
-    parts.append("<h2>Agreement</h2>" + _table(
+    parts.append("<h2>Agreement</h2>" + table(
         ["pairwise agreement", "95% CI", "Krippendorff's alpha", "95% CI", "mean Kendall's W", "items", "raters"],
         [[ov.get("pairwise_agreement"), ov.get("pairwise_agreement_ci"), ov.get("krippendorff_alpha"),
           ov.get("krippendorff_alpha_ci"), ov.get("kendall_w_mean"), ov.get("n_items"), ov.get("n_raters")]]))
     parts.append("<p class=note>Alpha: 1 perfect, 0 chance; &ge; 0.8 reliable, &ge; 0.667 tentative.</p>")
     for c, b in a["agreement"].get("campaigns", {}).items():
-        parts.append(f"<h3>Campaign {html.escape(c)}</h3>" + _table(
+        parts.append(f"<h3>Campaign {html.escape(c)}</h3>" + table(
             ["pairwise agreement", "95% CI", "alpha", "items"],
             [[b["pairwise_agreement"], b["pairwise_agreement_ci"], b["krippendorff_alpha"], b["n_items"]]]))
     found = [f for f in a["biases"]["findings"] if f["detected"]]
     parts.append(f"<h2>Findings</h2><p>{len(found)} detected of {a['biases']['n_tests']} tests "
                  f"(Holm-corrected, family-wise alpha = {a['biases']['alpha']}).</p>")
-    parts.append(_table(["detector", "scope", "effect", "meaning", "z", "p", "p (Holm)", "n", "detected"],
+    parts.append(table(["detector", "scope", "effect", "meaning", "z", "p", "p (Holm)", "n", "detected"],
                         [[f["detector"], f["scope"], f["effect"], f.get("effect_name", ""), f["z"], f["p"],
                           f["p_adjusted"], f["n"], "YES" if f["detected"] else ""] for f in a["biases"]["findings"]]))
     rater_rows = []
@@ -302,7 +274,7 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
                            cal.get("accuracy"), cal.get("n_gold_pairs"), cal.get("status"), cal.get("weight"),
                            ", ".join(f"{k} {v:.2f}" for k, v in cons.get("raters", {}).get(r, {}).items()),
                            _profile(a["simulated_profiles"].get(r))])
-    parts.append("<h2>Raters</h2>" + _table(
+    parts.append("<h2>Raters</h2>" + table(
         ["rater", "agreement with others", "95% CI", f"agreement with consensus ({cons.get('method', '')})",
          "gold accuracy", "gold pairs", "screening", "weight", "consensus model", "simulated profile"], rater_rows))
     if "ai_human_alignment" in a:
@@ -323,13 +295,13 @@ def _ai_html(s: dict[str, Any]) -> str:
     return ("<h2>AI-labeler alignment</h2><p class=note>How often the AI judge (" + judges + ") prefers the "
             "response the human majority preferred, on the pairs both labeled (RLAIF's AI-labeler alignment; "
             "chance 0.5). Soft alignment: the mean AI probability of the human choice. The AI labels are not "
-            "counted as a rater anywhere else in this report.</p>" + _table(
+            "counted as a rater anywhere else in this report.</p>" + table(
                 ["alignment", "95% CI", "soft alignment", "matched pairs", "agree", "disagree", "human ties",
                  "AI ties", "AI pairs no person labeled", "AI records", "human records"],
                 [[s["alignment"], s["ci95"], s["soft_alignment"], s["matched"], s["agree"], s["disagree"],
                   s["human_ties"], s["ai_ties"], s["ai_unmatched"], s["ai_records"], s["human_records"]]])
             + "<p>Position-flip rate (how often the judge flips with order: its preference changes sides when "
-            f"the responses are shown the other way round): {_fmt(s['flip_rate'])} of {s['flip_n']} labels.</p>")
+            f"the responses are shown the other way round): {fmt(s['flip_rate'])} of {s['flip_n']} labels.</p>")
 
 
 def write_report(a: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -337,7 +309,7 @@ def write_report(a: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = _clean(a)
-    figs = _plots(clean)
+    figs = plots(clean)
     paths = {"html": out_dir / "report.html", "json": out_dir / "report.json"}
     with atomic_path(paths["json"]) as tmp:
         tmp.write_text(json.dumps(clean, indent=1, allow_nan=False), encoding="utf-8")

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 
-from alignloop.cai import agreement
-from alignloop.cai.agreement import ai_human_alignment
+from alignloop.quality import ai_alignment
+from alignloop.quality.ai_alignment import ai_human_alignment
 from alignloop.data.records import Comparison
 
 
@@ -48,7 +48,7 @@ def test_k_way_rankings_ties_and_unlabeled():
 
 
 def test_module_does_not_import_torch():
-    tree = ast.parse(inspect.getsource(agreement))
+    tree = ast.parse(inspect.getsource(ai_alignment))
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
              for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "torch" not in names
