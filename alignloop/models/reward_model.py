@@ -67,13 +67,13 @@ class RewardNet(nn.Module):
             # 3) run the responses after it, positions continuing from the prompt's length.
             prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
             cache = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                             use_cache=True).past_key_values
+                             use_cache=True).cache
             cache.reorder_cache(group)
             full_mask = torch.cat([prompt_mask[group], attention_mask], dim=1)  # (B, P + R)
             offsets = torch.arange(input_ids.shape[1], device=input_ids.device)
             positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + offsets  # (B, R)
             hidden = backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True).last_hidden_state  # (B, R, H)
+                              cache=cache, use_cache=True).last_hidden_state  # (B, R, H)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = hidden[rows, last_token_index(attention_mask)]  # (B, H)
         return self.head(last.to(self.head.weight.dtype))  # (B, E)
