@@ -16,6 +16,8 @@ they are written here from the equations.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -69,10 +71,11 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Normalise the real entries of `x` to mean 0 and variance 1 (over the whole batch).
 
-    whiten(x) = (x - mu) / sqrt(var + eps),  mu and var from `masked_mean` / `masked_var`
+    whiten(x) = (x - mu) / sqrt(var + eps),  mu and var as in `masked_mean` / `masked_var`
     (unbiased) over the real entries. With `shift_mean=False` the mean is added back,
     (x - mu) / sqrt(var + eps) + mu: only the scale changes. PPO uses `shift_mean=True` for
     advantages and `shift_mean=False` for whitening rewards, as TRL does (shifting rewards would
@@ -81,11 +84,19 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     Args:
         x: `(B, T)` (any shape works).
         mask: same shape; 1 = real entry.
+        all_reduce: with several processes, a function that sums a tensor over all of them
+            (e.g. `lambda t: accelerator.reduce(t, "sum")`): mu and var are then those of every
+            process's real entries together, so each process whitens its share exactly as one
+            process would whiten the whole batch. Two sums: (count, sum x), then
+            sum (x - mu)^2. None: this batch alone.
     Returns:
         Same shape as `x`; padded entries are 0.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    total = all_reduce or (lambda t: t)
+    n = total(masked_sum(torch.ones_like(x), mask))  # the real entries of all processes
+    mean = total(masked_sum(x, mask)) / n.clamp_min(1)
+    var = total(masked_sum((x - mean) ** 2, mask)) / n.clamp_min(1)
+    var = torch.where(n > 1, var * n / (n - 1).clamp_min(1), torch.zeros_like(var))  # Bessel, as masked_var
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from alignloop.algorithms.masked import last_index, masked_mean, masked_sum, masked_var, masked_whiten, zero_padded
@@ -79,3 +80,48 @@ def test_gradient_flows_to_real_entries_only():
     masked_mean(x, M).backward()
     # d mean / d x_i = 1/5 on the 5 real entries, 0 elsewhere
     assert torch.allclose(x.grad, M.float() / 5)
+
+
+def _whiten_my_half(rank: int, world: int, init_file: str, x: torch.Tensor, mask: torch.Tensor, out: str) -> None:
+    """One of `world` gloo processes: whiten rows rank::world with statistics summed over all."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+    def all_reduce(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    try:
+        mine = slice(rank, None, world)
+        torch.save({"adv": masked_whiten(x[mine], mask[mine], all_reduce=all_reduce),
+                    "rewards": masked_whiten(x[mine], mask[mine], shift_mean=False, all_reduce=all_reduce)},
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.numerics
+def test_whiten_over_two_processes_equals_one(tmp_path):
+    """Two gloo processes, each whitening half the rows with all-reduced statistics, give what
+    one process gives on the whole batch (float64: the sums differ only in rounding order)."""
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 9, generator=g, dtype=torch.float64) * 3 + 5
+    mask = (torch.arange(9) < torch.tensor([9, 1, 4, 0, 7, 3])[:, None]).to(torch.float64)  # uneven halves
+    procs = mp.start_processes(_whiten_my_half, args=(2, str(tmp_path / "init"), x, mask, str(tmp_path / "out")),
+                               nprocs=2, join=False, start_method="fork")  # fork: no second import of torch
+    if not procs.join(timeout=120):
+        for p in procs.processes:
+            p.kill()
+        pytest.fail("the two processes did not finish in 120 s")
+    parts = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    for key, shift in (("adv", True), ("rewards", False)):
+        together = torch.empty_like(x)
+        together[0::2], together[1::2] = parts[0][key], parts[1][key]
+        assert torch.allclose(together, masked_whiten(x, mask, shift_mean=shift), rtol=1e-12, atol=1e-12), key
+    # each half on its own would NOT be whitened like the batch: the test can fail
+    assert not torch.allclose(torch.cat([masked_whiten(x[0::2], mask[0::2]), masked_whiten(x[1::2], mask[1::2])]),
+                              torch.cat([masked_whiten(x, mask)[0::2], masked_whiten(x, mask)[1::2]]), atol=1e-3)
