@@ -34,6 +34,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quality": ("alignloop.quality.cli", "group", "Feedback quality: agreement, calibration, bias, consensus labels."),
 }
 
+# commands that one package's group shows from another package, attached here (the top layer)
+# so that neither package imports the other's command line
+ATTACHED: dict[str, list[tuple[str, str]]] = {
+    "feedback": [("alignloop.quality.cli", "simulate_command"), ("alignloop.quality.cli", "plan_command")],
+}
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
@@ -43,7 +49,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        for module, attr in ATTACHED.get(name, []):
+            command.add_command(getattr(importlib.import_module(module), attr))
+        return command
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]

@@ -16,7 +16,6 @@ import click
 from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
-from alignloop.quality.cli import plan_command, simulate_command
 
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
@@ -180,8 +179,6 @@ group.add_command(config_command(FeedbackStatusConfig, run_status, "status",
                                  "Progress per campaign and per rater."))
 group.add_command(config_command(FeedbackExportConfig, run_export, "export",
                                  "Write the judgments as comparisons JSONL (source: human)."))
-group.add_command(simulate_command)
-group.add_command(plan_command)
 
 serve_command = config_command(ServeConfig, run_serve, "serve",
                                "Run the feedback web app (rater pages, admin pages, JSON API).")
