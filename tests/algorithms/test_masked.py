@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -113,10 +114,12 @@ def test_whiten_over_two_processes_equals_one(tmp_path):
     mask = (torch.arange(9) < torch.tensor([9, 1, 4, 0, 7, 3])[:, None]).to(torch.float64)  # uneven halves
     procs = mp.start_processes(_whiten_my_half, args=(2, str(tmp_path / "init"), x, mask, str(tmp_path / "out")),
                                nprocs=2, join=False, start_method="fork")  # fork: no second import of torch
-    if not procs.join(timeout=120):
-        for p in procs.processes:
-            p.kill()
-        pytest.fail("the two processes did not finish in 120 s")
+    deadline = time.monotonic() + 120
+    while not procs.join(timeout=5):  # False until every process has ended (it raises if one failed)
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the two processes did not finish in 120 s")
     parts = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
     for key, shift in (("adv", True), ("rewards", False)):
         together = torch.empty_like(x)
