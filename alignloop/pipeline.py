@@ -319,6 +319,7 @@ def headline(run: Path, steps: list[Step]) -> dict:
                 out[f"kl_{role}"] = e[role].get("kl_k1")
                 out[f"harmless_{role}"] = e[role]["harmlessness"]["rate"]
         out["win_rate_gold"] = (e.get("win_rate") or {}).get("gold")
+        out["gold_gain"] = (e.get("win_rate") or {}).get("gold_gain")
     rw = [s for s in steps if s.kind == "reward"]
     if rw and (Path(rw[-1].configs["reward"].out) / "metrics.jsonl").exists():
         rows = read_metrics(rw[-1].configs["reward"].out)
@@ -348,6 +349,10 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
     if "gold_policy" in h:
         console.print(f"gold reward: PPO policy {f(h['gold_policy'])} vs SFT policy {f(h.get('gold_baseline'))}"
                       + (f" (gold win rate {f(h['win_rate_gold'])})" if h.get("win_rate_gold") is not None else ""))
+        if h.get("gold_gain") and h["gold_gain"]["se"] is not None:
+            from alignloop.evaluate.evaluate import gain_line
+
+            console.print(gain_line(h["gold_gain"]))
         console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
                       f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
     if "reward_accuracy" in h:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignloop.evaluate.evaluate import EvaluateConfig, reference_for, run_evaluate
-from alignloop.evaluate.metrics import human_win_rate, sequence_kl, soft_win_rate, summary, win_rate
+from alignloop.evaluate.metrics import human_win_rate, paired_gain, sequence_kl, soft_win_rate, summary, win_rate
 from alignloop.models.tiny import build_tiny_model
 
 RULE = "rule:tests.rules:count_e"
@@ -26,6 +26,22 @@ def test_win_rate_by_hand():
     with pytest.raises(ValueError):
         win_rate([1.0], [1.0, 2.0])
     assert soft_win_rate([0.9, 0.6, 0.3]) == pytest.approx(0.6)
+
+
+def test_paired_gain_by_hand():
+    """Per-prompt mean differences d = [1.5, 0.5, -0.5]: gain 0.5, std (ddof 1) 1.0, se 1/sqrt(3)."""
+    a = [2.0, 3.0, 1.0, 1.0, 0.0, 1.0]
+    b = [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    g = paired_gain(a, b, [0, 0, 1, 1, 2, 2])
+    assert g["gain"] == pytest.approx(0.5) and g["prompts"] == 3
+    assert g["se"] == pytest.approx(1 / math.sqrt(3)) and g["z"] == pytest.approx(0.5 * math.sqrt(3))
+    # pairing: a shared per-prompt offset (an easy prompt) changes nothing
+    shifted = paired_gain([x + 10 * p for x, p in zip(a, [0, 0, 1, 1, 2, 2])],
+                          [y + 10 * p for y, p in zip(b, [0, 0, 1, 1, 2, 2])], [0, 0, 1, 1, 2, 2])
+    assert shifted["gain"] == pytest.approx(g["gain"]) and shifted["se"] == pytest.approx(g["se"])
+    assert paired_gain([1.0], [0.0], [0])["se"] is None  # one prompt: no standard error
+    with pytest.raises(ValueError):
+        paired_gain([1.0, 2.0], [1.0], [0, 1])
 
 
 def test_summary_and_kl_by_hand():
@@ -154,6 +170,10 @@ def test_scores_and_win_rate_agree_with_the_samples(result):
         assert report[role]["gold"]["mean"] == pytest.approx(sum(scores[role]) / len(texts))
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores["policy"], scores["baseline"]))
     assert report["win_rate"]["reward"] == pytest.approx(wins / len(scores["policy"]))
+    per_prompt = [(sum(p["rewards"]["gold"]) - sum(b["rewards"]["gold"])) / len(p["responses"])
+                  for p, b in zip(rows["policy"], rows["baseline"])]
+    assert report["win_rate"]["gold_gain"]["gain"] == pytest.approx(sum(per_prompt) / len(per_prompt))
+    assert report["win_rate"]["gold_gain"]["prompts"] == len(rows["policy"])
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     assert [p["responses"][0] for p in pairs] == [t for r in rows["policy"] for t in r["responses"]]
     assert [p["responses"][1] for p in pairs] == [t for r in rows["baseline"] for t in r["responses"]]

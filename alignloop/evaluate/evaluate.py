@@ -152,7 +152,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     from alignloop.data.io import atomic_path, read_records, write_jsonl
     from alignloop.data.records import PromptRecord
-    from alignloop.evaluate.metrics import harmless_rate, human_win_rate, sequence_kl, soft_win_rate, summary, win_rate
+    from alignloop.evaluate.metrics import (harmless_rate, human_win_rate, paired_gain, sequence_kl, soft_win_rate,
+                                            summary, win_rate)
     from alignloop.models.generation import Sampling, generate, pick_device
     from alignloop.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
     from alignloop.models.policy import SamplingCopy
@@ -252,7 +253,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.baseline:
         pol, base = runs["policy"], runs["baseline"]
         wins = {"n": n, "reward": win_rate(pol["scores"]["total"], base["scores"]["total"]) if scores else None,
-                "gold": win_rate(pol["gold"], base["gold"]) if gold else None, "judge": None, "human": None}
+                "gold": win_rate(pol["gold"], base["gold"]) if gold else None, "judge": None, "human": None,
+                "gold_gain": paired_gain(pol["gold"], base["gold"], pol["gens"].prompt_index) if gold else None}
         if cfg.judge:
             labels = judge_labels(cfg, list(zip(seq_chats, pol["gens"].texts, base["gens"].texts)), device)
             wins["judge"] = soft_win_rate([lab.p for lab in labels])
@@ -344,6 +346,14 @@ def print_table(report: dict) -> None:
         console.print("win rate of the policy against the baseline: " + ", ".join(
             f"{k} {w[k]:.3f}" for k in ("reward", "gold", "judge", "human") if w.get(k) is not None)
             + f" ({w['n']} pairs; ties count 1/2)")
+        if w.get("gold_gain") and w["gold_gain"]["se"] is not None:
+            console.print(gain_line(w["gold_gain"]))
+
+
+def gain_line(g: dict) -> str:
+    """'gold gain +0.261 ± 0.070 (3.7 paired standard errors over 45 prompts)'."""
+    z = f"{g['z']:.1f}" if g["z"] is not None else "-"
+    return f"gold gain {g['gain']:+.3f} ± {g['se']:.3f} ({z} paired standard errors over {g['prompts']} prompts)"
 
 
 command = config_command(EvaluateConfig, run_evaluate, "evaluate",

@@ -2,6 +2,7 @@
 
     summary(x)                 {"mean", "std", "n"} of a list of scores (std: population, ddof 0)
     win_rate(a, b)             share of items where a[i] > b[i], a tie counting 1/2
+    paired_gain(a, b, prompt)  mean of a - b over prompts, with its paired standard error
     soft_win_rate(p)           mean of P(a better) (AI judge soft labels, both orders averaged)
     sequence_kl(logp, ref)     per-response KL estimates k1 and k3, summed over the response tokens
     human_win_rate(...)        the policy's share of wins in people's judgments of the eval pairs
@@ -40,6 +41,30 @@ def win_rate(a: list[float], b: list[float]) -> float | None:
     if not a:
         return None
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+
+
+def paired_gain(a: list[float], b: list[float], prompt_index: list[int]) -> dict:
+    """Gain of model a over model b, both sampled on the same prompts, with its standard error.
+
+    Per prompt p the difference of the two models' mean scores, d_p = mean_i a_i - mean_i b_i
+    over that prompt's samples; gain = mean_p d_p and se = std(d, ddof 1) / sqrt(P). Pairing by
+    prompt removes the prompt-to-prompt variation both models share (some prompts are easy), so
+    se measures only how much the models differ from prompt to prompt. `z` is gain / se.
+
+    >>> paired_gain([2.0, 3.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [0, 0, 1, 1])
+    {'gain': 1.0, 'se': 0.5, 'z': 2.0, 'prompts': 2}
+    """
+    if not (len(a) == len(b) == len(prompt_index)):
+        raise ValueError(f"paired_gain: {len(a)} and {len(b)} scores for {len(prompt_index)} prompt indices")
+    groups: dict[int, list[float]] = {}
+    for x, y, p in zip(a, b, prompt_index):
+        groups.setdefault(p, []).append(x - y)
+    d = [sum(v) / len(v) for v in groups.values()]
+    if len(d) < 2:
+        return {"gain": d[0] if d else None, "se": None, "z": None, "prompts": len(d)}
+    gain = sum(d) / len(d)
+    se = math.sqrt(sum((x - gain) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return {"gain": gain, "se": se, "z": gain / se if se > 0 else None, "prompts": len(d)}
 
 
 def soft_win_rate(p: list[float]) -> float | None:
