@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export; simulate, plan."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
     "quality": ("alignloop.quality.cli", "group", "Feedback quality: agreement, calibration, bias, consensus labels."),
+    "data": ("alignloop.data.cli", "group", "Data files in any format (TRL, HH-RLHF, ratings, datasets): inspect, convert."),
+    "export": ("alignloop.export", "group", "Plain Hugging Face folders of a policy (causal LM) or a reward model."),
 }
 
 # commands that one package's group shows from another package, attached here (the top layer)

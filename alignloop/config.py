@@ -167,6 +167,31 @@ def save_config(config: BaseModel, path: str | Path) -> None:
         Path(tmp).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
+def input_params() -> list[click.Parameter]:
+    """--input-format, --split, --columns: how a command reads its input files (data/io.py)."""
+    from alignloop.data.formats import FORMATS
+
+    return [
+        click.Option(["--input-format", "input_format"], type=click.Choice(list(FORMATS)), default=None,
+                     help="Read every input file as this format (default: recognised from each row's fields)."),
+        click.Option(["--split", "split"], default=None,
+                     help="Split of a Hugging Face hub id or DatasetDict folder given without ':SPLIT' [default: train]."),
+        click.Option(["--columns", "columns"], default=None, metavar="FIELD=COLUMN,...",
+                     help="Input column names for alignloop's fields, e.g. prompt=question,chosen=better,rejected=worse."),
+    ]
+
+
+def input_options(input_format: str | None = None, split: str | None = None, columns: str | None = None):
+    """The InputOptions of those three options (a bad --columns is a ConfigError)."""
+    from alignloop.data.formats import FormatError, parse_columns
+    from alignloop.data.io import InputOptions
+
+    try:
+        return InputOptions(format=input_format, split=split, columns=parse_columns(columns))
+    except FormatError as err:
+        raise ConfigError(str(err)) from None
+
+
 def config_command(
     cls: type[C],
     run: typing.Callable[[C], Any],
@@ -177,12 +202,21 @@ def config_command(
 ) -> click.Command:
     """A click command whose options are the fields of `cls` plus `--config FILE`."""
 
-    def callback(config: str | None = None, **values: Any) -> Any:
-        extra = {p.name: values.pop(p.name) for p in (extra_params or [])}
-        cfg = resolve_config(cls, config, values)
-        return run(cfg, **extra) if extra else run(cfg)
+    # a command with an input file or folder also gets --input-format, --split, --columns
+    takes_files = any(isinstance(_click_type(f.annotation)[0], click.Path) and n != "out"
+                      for n, f in cls.model_fields.items())
+    inputs = input_params() if takes_files else []
 
-    params = _options_for(cls, positional) + list(extra_params or [])
+    def callback(config: str | None = None, **values: Any) -> Any:
+        from alignloop.data.io import reading
+
+        extra = {p.name: values.pop(p.name) for p in (extra_params or [])}
+        options = input_options(**{p.name: values.pop(p.name) for p in inputs})
+        cfg = resolve_config(cls, config, values)
+        with reading(options):
+            return run(cfg, **extra) if extra else run(cfg)
+
+    params = _options_for(cls, positional) + list(extra_params or []) + inputs
     params.append(click.Option(["--config", "config"], type=click.Path(dir_okay=False), default=None,
                                help="YAML file of options; command-line options override it."))
     return click.Command(name, callback=callback, params=params, help=help,

@@ -1,6 +1,8 @@
-"""Read and write records: JSON Lines, Parquet, or a saved Hugging Face `datasets` folder.
+"""Read and write records: JSON Lines, Parquet, a saved Hugging Face `datasets` folder or a hub id.
 
-Reading validates every record and stops at the first bad one with a `DataError` whose
+Each row is first recognised and converted from the ecosystem's formats (TRL, HH-RLHF,
+ratings, ...: data/formats.py; `InputOptions` forces a format, picks a split, renames
+columns), then validated. Reading stops at the first bad record with a `DataError` whose
 message names the file, the line (the row for Parquet / datasets) and the field:
 
     prompts.jsonl:7: field 'prompt': missing (give 'prompt' or 'messages')
@@ -16,12 +18,41 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from alignloop.data import hf
+from alignloop.data.formats import FormatError, convert, detect, hint, rename_columns
+
 R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How input files are read: `format` forces one (data/formats.py FORMATS; None recognises
+    each row), `split` is the split of a DatasetDict folder or hub id without ':SPLIT' (default
+    train), `columns` maps alignloop field -> the dataset's column name."""
+
+    format: str | None = None
+    split: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+_input_options: ContextVar[InputOptions] = ContextVar("input_options", default=InputOptions())
+
+
+@contextmanager
+def reading(options: InputOptions):
+    """Every read inside the block uses `options` (the commands' --input-format / --split / --columns)."""
+    token = _input_options.set(options)
+    try:
+        yield
+    finally:
+        _input_options.reset(token)
 
 
 class DataError(ValueError):
@@ -44,13 +75,14 @@ def describe_error(err: ValidationError) -> str:
     return f"field '{loc}': {msg}" if loc else msg
 
 
-def parse_record(record_type: type[R], data: Any, where: str) -> R:
+def parse_record(record_type: type[R], data: Any, where: str, note: str = "") -> R:
+    """`data` validated as `record_type`; `note` (what the row was read as) ends an error."""
     if not isinstance(data, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
     try:
         return record_type.model_validate(data)
     except ValidationError as err:
-        raise DataError(f"{where}: {describe_error(err)}") from None
+        raise DataError(f"{where}: {describe_error(err)}{note}") from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -68,35 +100,70 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
 
 
-def _iter_table(path: Path) -> Iterator[tuple[int, Any]]:
-    if path.is_dir():
-        import datasets  # only when a saved dataset folder is read
+def iter_rows(path: str | Path, options: InputOptions | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, raw row with --columns renamed) of a .jsonl / .parquet file, a saved `datasets`
+    folder or a hub id (each optionally NAME:SPLIT); `where` is 'file:line' or 'file: row N'."""
+    opts = options or _input_options.get()
+    name, split = hf.split_spec(str(path))
+    split = split or opts.split
+    path = Path(name)
+    try:
+        if path.is_dir():
+            rows, label = enumerate(hf.iter_dataset(hf.load_folder(path, split)), start=1), f"{path}: row"
+        elif path.suffix == ".parquet" and path.exists():
+            import pyarrow.parquet as pq
 
-        rows = datasets.load_from_disk(str(path))
-        if isinstance(rows, datasets.DatasetDict):
-            raise DataError(f"{path}: a DatasetDict; point at one split's folder")
-        iterator = iter(rows)
-    else:
-        import pyarrow.parquet as pq
-
-        iterator = iter(pq.read_table(path).to_pylist())
-    for i, row in enumerate(iterator, start=1):
-        yield i, {k: v for k, v in row.items() if v is not None}
-
-
-def iter_records(path: str | Path, record_type: type[R]) -> Iterator[R]:
-    """Validated records from a .jsonl / .parquet file or a saved `datasets` folder."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    kind = "row" if path.is_dir() or path.suffix == ".parquet" else "line"
-    rows = _iter_table(path) if kind == "row" else _iter_jsonl(path)
-    for n, data in rows:
-        yield parse_record(record_type, data, f"{path}:{n}" if kind == "line" else f"{path}: row {n}")
+            rows, label = enumerate(hf.iter_dataset(pq.read_table(path).to_pylist()), start=1), f"{path}: row"
+        elif path.exists():
+            rows, label = _iter_jsonl(path), f"{path}:"
+        elif hf.is_hub_id(name):
+            rows, label = enumerate(hf.iter_dataset(hf.load_hub(name, split)), start=1), f"{name}[{split or 'train'}]: row"
+        else:
+            raise DataError(f"{path}: no such file")
+    except hf.DatasetSourceError as err:
+        raise DataError(str(err)) from None
+    for n, row in rows:
+        where = f"{label}{n}" if label.endswith(":") else f"{label} {n}"
+        if isinstance(row, dict) and opts.columns:
+            try:
+                row = rename_columns(row, opts.columns)
+            except FormatError as err:
+                raise DataError(f"{where}: {err}") from None
+        yield where, row
 
 
-def read_records(path: str | Path, record_type: type[R]) -> list[R]:
-    records = list(iter_records(path, record_type))
+def current_input_options() -> InputOptions:
+    """The options of the enclosing `reading` block (defaults outside one)."""
+    return _input_options.get()
+
+
+def convert_row(where: str, row: Any, forced: str | None = None) -> tuple[str, Any]:
+    """(format, alignloop-shaped row): `row` read as `forced` or as the format its fields show."""
+    if not isinstance(row, dict):
+        return "alignloop", row
+    fmt = forced or detect(row)
+    try:
+        return fmt, convert(fmt, row)
+    except FormatError as err:
+        raise DataError(f"{where}: {err}{hint(fmt, row)}") from None
+
+
+def iter_converted(path: str | Path, options: InputOptions | None = None) -> Iterator[tuple[str, str, Any]]:
+    """(where, format, alignloop-shaped row) of every row (see `iter_rows` and `convert_row`)."""
+    opts = options or _input_options.get()
+    for where, row in iter_rows(path, opts):
+        yield where, *convert_row(where, row, opts.format)
+
+
+def iter_records(path: str | Path, record_type: type[R], options: InputOptions | None = None) -> Iterator[R]:
+    """Validated records from a .jsonl / .parquet file, a saved `datasets` folder or a hub id,
+    in alignloop's format or one of the ecosystem's (data/formats.py)."""
+    for where, fmt, data in iter_converted(path, options):
+        yield parse_record(record_type, data, where, hint(fmt, data))
+
+
+def read_records(path: str | Path, record_type: type[R], options: InputOptions | None = None) -> list[R]:
+    records = list(iter_records(path, record_type, options))
     if not records:
         raise DataError(f"{Path(path)}: no records")
     return records

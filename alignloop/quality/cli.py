@@ -16,7 +16,8 @@ import click
 from pydantic import Field
 
 from alignloop.config import StageConfig, config_command, save_config
-from alignloop.data.io import DataError, _iter_jsonl, parse_record, read_records, write_jsonl
+from alignloop.data.formats import hint, record_kind
+from alignloop.data.io import DataError, iter_converted, parse_record, read_records, write_jsonl
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
 
 DEFAULT_GOLD = "alignloop.quality.gold:helpful_harmless"
@@ -24,15 +25,12 @@ DEFAULT_PANEL = "careful:noise=0.2, hasty:noise=1.0, lefty:position_bias=0.3, ve
 
 
 def read_judgments(path: str | Path) -> list[Comparison | BinaryFeedback]:
-    """Comparison and BinaryFeedback records from one JSONL file (a record with `response`
-    and `label` is thumbs, anything else a comparison)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    """Comparison and BinaryFeedback records from one file, in any format data/io.py reads (a
+    record with `response` and `label` is thumbs, anything else a comparison)."""
     out: list[Comparison | BinaryFeedback] = []
-    for n, data in _iter_jsonl(path):
-        kind = BinaryFeedback if isinstance(data, dict) and "label" in data and "response" in data else Comparison
-        out.append(parse_record(kind, data, f"{path}:{n}"))
+    for where, fmt, data in iter_converted(path):
+        kind = BinaryFeedback if isinstance(data, dict) and record_kind(data) == "binary" else Comparison
+        out.append(parse_record(kind, data, where, hint(fmt, data)))
     if not out:
         raise DataError(f"{path}: no records")
     return out

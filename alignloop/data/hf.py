@@ -1,0 +1,106 @@
+"""Hugging Face `datasets` as inputs and outputs (no torch here).
+
+Every command that reads a file also reads (data/io.py):
+
+    runs/ds                  a `save_to_disk` folder; of a DatasetDict, the split --split (default train)
+    runs/ds:test             the same, split `test`
+    data.parquet             a Parquet file
+    Anthropic/hh-rlhf        a hub id, `datasets.load_dataset(id, split=...)` (needs a network or the
+    Anthropic/hh-rlhf:test   local hub cache); the split after ':' or --split, default train
+
+`write_table` writes rows as JSON Lines, Parquet or a `datasets` folder, by the path's suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
+
+
+class DatasetSourceError(ValueError):
+    """A dataset that cannot be opened (a missing split, a DatasetDict without one)."""
+
+
+def split_spec(name: str) -> tuple[str, str | None]:
+    """'ID:test' -> ('ID', 'test'); a name without a ':split' suffix -> (name, None)."""
+    head, sep, tail = name.rpartition(":")
+    if sep and head and tail and "/" not in tail and not Path(name).exists():
+        return head, tail
+    return name, None
+
+
+def is_hub_id(name: str) -> bool:
+    """'owner/name' or 'name' that is no local path and no file name."""
+    return bool(HUB_ID.match(name)) and not name.endswith(FILE_SUFFIXES) and not name.startswith(".")
+
+
+def _pick_split(dataset, label: str, split: str | None):
+    import datasets
+
+    if not isinstance(dataset, datasets.DatasetDict):
+        if split is not None:
+            raise DatasetSourceError(f"{label}: a single dataset, not a DatasetDict; drop the split '{split}'")
+        return dataset
+    want = split or "train"
+    if want not in dataset:
+        raise DatasetSourceError(f"{label}: no split '{want}' (splits: {', '.join(dataset)}; give one with "
+                                 f"--split or {label}:SPLIT)")
+    return dataset[want]
+
+
+def load_folder(path: Path, split: str | None):
+    """A `save_to_disk` folder (a Dataset, or one split of a DatasetDict)."""
+    import datasets
+
+    return _pick_split(datasets.load_from_disk(str(path)), str(path), split)
+
+
+def load_hub(name: str, split: str | None):
+    """A dataset from the Hugging Face hub (or its local cache): `datasets.load_dataset(name, split)`."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split or "train")
+    except Exception as err:  # offline, unknown id, no such split: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DatasetSourceError(f"{name}: no such file or folder, and not loadable as a Hugging Face hub dataset "
+                                 f"({type(err).__name__}: {first})") from None
+
+
+def iter_dataset(rows) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield {k: v for k, v in row.items() if v is not None}
+
+
+def write_table(path: str | Path, rows: Iterable[dict]) -> int:
+    """Rows as .jsonl or .parquet (by suffix), else a `datasets` folder (save_to_disk); atomic."""
+    from alignloop.data.io import write_records
+
+    path = Path(path)
+    if path.suffix in (".jsonl", ".parquet"):
+        return write_records(path, rows)
+    import datasets
+
+    if path.exists() and not (path / "state.json").exists():
+        raise DatasetSourceError(f"{path}: exists and is no `datasets` folder; give a new folder (or a .jsonl / "
+                                 ".parquet file)")
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(rows)
