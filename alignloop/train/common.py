@@ -14,8 +14,10 @@ from pydantic import BaseModel, Field
 class OptimOptions(BaseModel):
     """Optimiser and schedule options shared by the training stages."""
 
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or sgd (plain: each step is -lr x gradient; what tests of exact invariants use).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW).")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of the steps spent warming the LR up linearly from 0.")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="LR decay after warm-up: cosine (to 10% of the peak), linear (to 0) or constant.")
@@ -58,8 +60,10 @@ def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    # fused: one kernel per step over all parameters instead of one per tensor and op
-    optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay, fused=True)
+    if opts.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+    else:  # fused: one kernel per step over all parameters instead of one per tensor and op
+        optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay, fused=True)
     warmup = int(round(opts.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, opts.schedule))
