@@ -1,8 +1,11 @@
 """Load tokenizers and causal LMs (dtype, LoRA adapters) and save trained ones.
 
 A model folder written by alignloop is either a full Hugging Face model folder or a peft
-adapter folder; both carry `alignloop_model.json` naming the base model as it was given (a
-registry name stays a name, so the folder works on another machine). Loading an adapter
+adapter folder; both carry `alignloop_model.json` naming the base model: a registry name or a
+Hugging Face id as given (also in the adapter's `adapter_config.json`, never the local cache
+path it resolved to), a folder by its path relative to the saved folder (a run folder moved
+or copied as a whole still finds it), with the absolute path it resolved to as `base_path`, a
+hint used only when the name no longer leads anywhere. Loading an adapter
 folder loads its base, applies the adapter and, by default, merges it into the weights:
 the next stage then starts from the merged model (its reference when it adds a fresh LoRA).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from huggingface_hub import utils as hf_hub_utils
 from transformers.utils import logging as hf_logging
 
 from alignloop.config import LoraOptions, ModelOptions
-from alignloop.models.registry import resolve_model
+from alignloop.data.hf import HUB_ID
+from alignloop.models.registry import BUNDLED, alignloop_home, resolve_model
 
 MODEL_INFO = "alignloop_model.json"
 hf_logging.disable_progress_bar()  # our own progress display; no per-load / per-save bars
@@ -47,9 +52,48 @@ def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def pick_device(device: str = "auto") -> str:
+    """'auto' is cuda when a GPU is there, else cpu; anything else (cpu, cuda, cuda:N) as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def model_info(name: str) -> dict:
+    """A saved folder's alignloop_model.json, its `base` made loadable from here (`locate_base`)."""
     path = Path(name) / MODEL_INFO
-    return json.loads(path.read_text()) if path.exists() else {}
+    info = json.loads(path.read_text()) if path.exists() else {}
+    if info.get("base"):
+        info["base"] = locate_base(Path(name), info)
+    return info
+
+
+def recorded_base(base: str, out: Path) -> dict[str, str | None]:
+    """How a folder saved to `out` names its base (see the module docstring): {base, base_path}."""
+    path = Path(base).expanduser()
+    if not path.exists():
+        resolved = resolve_model(base)  # a registry name (cached when it was loaded) or a hub id
+        return {"base": base, "base_path": resolved if Path(resolved).exists() else None}
+    absolute = path.resolve()
+    cached = {Path(alignloop_home() / "models" / name).resolve(): name for name in BUNDLED}
+    if absolute in cached:  # the registry's own cache folder: its name travels, the path does not
+        return {"base": cached[absolute], "base_path": str(absolute)}
+    return {"base": os.path.relpath(absolute, Path(out).resolve()), "base_path": str(absolute)}
+
+
+def locate_base(folder: Path, info: dict) -> str:
+    """The recorded base as a name `resolve_model` loads: a folder relative to `folder`, a
+    registry name or hub id as it is, else the `base_path` hint when that exists."""
+    base = info["base"]
+    if Path(base).is_absolute():  # folders saved before bases were recorded relative
+        return base
+    beside = folder / base
+    if beside.exists():
+        return str(beside)
+    if base in BUNDLED or HUB_ID.match(base):  # a name: resolve_model finds it
+        return base
+    hint = info.get("base_path")
+    return hint if hint and Path(hint).exists() else str(beside)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -116,9 +160,13 @@ def save_model(model, tokenizer, out: str | Path, base: str, extra: dict | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     is_adapter = hasattr(model, "peft_config")
-    if Path(base).exists():  # a folder: keep it findable from anywhere
-        base = str(Path(base).resolve())
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    info = {"base": base if is_adapter else None, "adapter": is_adapter, **(extra or {})}
+    recorded = recorded_base(base, out) if is_adapter else {"base": None}
+    if is_adapter:  # peft wrote the cache path it loaded from; a name travels (a folder: its absolute path)
+        adapter_config = json.loads((out / "adapter_config.json").read_text())
+        a_folder = Path(base).expanduser().exists() and recorded["base"] not in BUNDLED
+        adapter_config["base_model_name_or_path"] = recorded["base_path"] if a_folder else recorded["base"]
+        (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+    info = {**recorded, "adapter": is_adapter, **(extra or {})}
     (out / MODEL_INFO).write_text(json.dumps(info, indent=2))

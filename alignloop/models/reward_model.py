@@ -133,13 +133,13 @@ def raw_rewards(net: RewardNet, groups: list[tuple[list[int], list[list[int]]]],
 def save_reward_model(net: RewardNet, tokenizer, out: Path, base: str, mean: list[float], std: list[float],
                       max_length: int, extra: dict | None = None) -> None:
     """The backbone (adapter or full model, via save_model), the heads and the normalisation."""
-    from alignloop.models.loading import save_model
+    from alignloop.models.loading import recorded_base, save_model
 
     out = Path(out)
     save_model(net.lm, tokenizer, out, base=base)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.head.state_dict().items()}, out / HEAD_FILE)
     config = {"num_heads": net.head.out_features, "mean": mean, "std": std, "max_length": max_length,
-              "base": base, **(extra or {})}
+              **recorded_base(base, out), **(extra or {})}
     (out / REWARD_CONFIG).write_text(json.dumps(config, indent=2))
 
 
@@ -186,49 +186,3 @@ class RewardModel:
         mean, spread, _ = self.score_ensemble(prompts, responses, batch_size)
         return (mean - k * spread).tolist()
 
-
-# ---------------------------------------------------------------- alignloop score
-
-from pydantic import Field  # noqa: E402
-
-from alignloop.config import StageConfig, config_command  # noqa: E402
-
-
-class ScoreConfig(StageConfig):
-    """`alignloop score`: add reward-model scores to a samples file."""
-
-    reward: Path = Field(..., description="Reward model folder (from `alignloop reward`).")
-    data: Path = Field(..., description="Samples file (prompt + responses), e.g. from `alignloop generate`.")
-    out: Path = Field(..., description="Output samples file with `rewards` added.")
-    name: str = Field("reward", description="Key under `rewards` for the scores (ensembles add NAME_spread).")
-    batch_size: int = Field(16, ge=1, description="Responses scored together.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-
-
-def run_score(cfg: ScoreConfig) -> Path:
-    from alignloop.data.io import read_records, write_records
-    from alignloop.data.records import Samples
-    from alignloop.models.generation import pick_device
-
-    records = read_records(cfg.data, Samples)
-    rm = RewardModel.load(cfg.reward, pick_device(cfg.device))
-    prompts = [r.chat() for r in records for _ in r.responses]
-    responses = [x for r in records for x in r.responses]
-    mean, spread, _ = rm.score_ensemble(prompts, responses, cfg.batch_size)
-    offset, out = 0, []
-    for r in records:
-        k = len(r.responses)
-        rewards = dict(r.rewards or {})
-        rewards[cfg.name] = [round(x, 6) for x in mean[offset: offset + k].tolist()]
-        if rm.config["num_heads"] > 1:
-            rewards[f"{cfg.name}_spread"] = [round(x, 6) for x in spread[offset: offset + k].tolist()]
-        out.append(r.model_copy(update={"rewards": rewards}))
-        offset += k
-    write_records(cfg.out, out)
-    print(f"scored {len(responses)} responses of {len(records)} prompts: mean {mean.mean():.3f}, "
-          f"std {mean.std():.3f}; wrote {cfg.out}")
-    return Path(cfg.out)
-
-
-command = config_command(ScoreConfig, run_score, "score",
-                         help="Score the responses of a samples file with a reward model (adds `rewards`).")
