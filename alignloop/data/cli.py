@@ -48,9 +48,9 @@ def run_inspect(cfg: InspectConfig) -> dict:
 
 
 def run_convert(cfg: ConvertConfig) -> int:
-    from alignloop.data.formats import FormatError, hint, record_kind, to_trl
-    from alignloop.data.hf import DatasetSourceError, write_table
-    from alignloop.data.io import DataError, iter_converted, parse_record, record_dict
+    from alignloop.data.formats import hint, record_kind
+    from alignloop.data.hf import write_as
+    from alignloop.data.io import DataError, iter_converted, parse_record
     from alignloop.data.records import RECORD_TYPES
 
     records, formats = [], {}
@@ -60,12 +60,7 @@ def run_convert(cfg: ConvertConfig) -> int:
         formats[fmt] = formats.get(fmt, 0) + 1
     if not records:
         raise DataError(f"{cfg.path}: no records")
-    try:
-        rows, summary = to_trl(records) if cfg.to == "trl" else (
-            [record_dict(r) for r in records], f"{len(records)} records")
-        n = write_table(cfg.out, rows)
-    except (FormatError, DatasetSourceError) as err:
-        raise DataError(f"{cfg.path}: {err}") from None
+    n, summary = write_as(cfg.out, records, cfg.to)
     read_as = ", ".join(f"{f} ({c})" for f, c in formats.items())
     click.echo(f"read {cfg.path} as {read_as}: {summary}; wrote {n} rows to {cfg.out}")
     return n

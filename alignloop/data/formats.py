@@ -58,6 +58,11 @@ def messages(value: Any, field: str) -> list[dict[str, str]]:
     return out
 
 
+def as_chat(prompt: Row) -> list[dict[str, str]]:
+    """The prompt fields {prompt} | {messages} as messages."""
+    return prompt.get("messages") or [{"role": "user", "content": prompt["prompt"]}]
+
+
 def prompt_fields(value: Any, field: str = "prompt") -> Row:
     """{"prompt": str} or {"messages": [...]} from a TRL prompt (a string or a message list)."""
     if isinstance(value, str):
@@ -159,7 +164,7 @@ def from_alignloop(row: Row) -> Row:
 
 def from_trl(row: Row) -> Row:
     prompt = prompt_fields(row["prompt"])
-    chat = prompt.get("messages")
+    chat = as_chat(prompt)
     pair = [completion_text(row["chosen"], "chosen", chat), completion_text(row["rejected"], "rejected", chat)]
     return {**prompt, **label_of(row, pair), **carried(row, ("prompt", "chosen", "rejected", "messages"))}
 
@@ -188,7 +193,7 @@ def from_kto(row: Row) -> Row:
     if not isinstance(label, bool) and label not in (0, 1):
         raise FormatError(f"field 'label': {label!r} is not a boolean")
     prompt = prompt_fields(row["prompt"])
-    return {**prompt, "response": completion_text(row["completion"], "completion", prompt.get("messages")),
+    return {**prompt, "response": completion_text(row["completion"], "completion", as_chat(prompt)),
             "label": int(label), **carried(row, ("prompt", "completion", "label"))}
 
 
@@ -250,7 +255,7 @@ def from_sft(row: Row) -> Row:
         if "prompt" not in row:
             raise FormatError("field 'prompt': missing (a completion needs its prompt)")
         prompt = prompt_fields(row["prompt"])
-        return {**prompt, "response": completion_text(row["completion"], "completion", prompt.get("messages")),
+        return {**prompt, "response": completion_text(row["completion"], "completion", as_chat(prompt)),
                 **carried(row, used)}
     if not isinstance(row.get("text"), str):
         raise FormatError("field 'text': missing (give 'messages', 'prompt' + 'completion' or 'text')")
@@ -426,7 +431,8 @@ def to_trl(records: list) -> tuple[list[Row], str]:
                         else {"prompt": prompt, "completion": r.response, **extra})
         elif isinstance(r, PromptRecord):
             rows.append({"prompt": prompt, **extra})
-    kind = next(iter(kinds), "records")
+    kind = {"Comparison": "comparison", "BinaryFeedback": "binary feedback", "Demonstration": "demonstration",
+            "PromptRecord": "prompt"}.get(next(iter(kinds), ""), "no")
     note = f"; {ties} tied pairs left out (TRL pairs have no ties)" if ties else ""
     return _uniform(rows), f"{len(records)} {kind} records -> {len(rows)} TRL rows" \
                            f"{' (conversational)' if conv else ''}{note}"

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from alignloop.config import StageConfig, config_command, save_config
 from alignloop.data.formats import hint, record_kind
+from alignloop.data.hf import write_as
 from alignloop.data.io import DataError, iter_converted, parse_record, read_records, write_jsonl
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
 
@@ -137,7 +138,10 @@ def _f(v) -> str:
 class ConsensusConfig(_Input):
     """`alignloop quality consensus`."""
 
-    out: Path = Field(..., description="Output JSONL of consensus comparisons.")
+    out: Path = Field(..., description="Output of consensus comparisons: .jsonl, .parquet or a `datasets` folder.")
+    format: Literal["alignloop", "trl"] = Field(
+        "alignloop", description="alignloop comparisons, or TRL preference pairs (chosen, rejected; soft label p and "
+                                 "weight in extra columns).")
     method: Literal["majority", "dawid-skene", "noisy-bt", "raw"] = Field(
         "dawid-skene", description="majority | dawid-skene | noisy-bt | raw (the votes, weighted by screening).")
     form: Literal["pairs", "ranking"] = Field(
@@ -165,10 +169,10 @@ def run_consensus(cfg: ConsensusConfig) -> list:
             acc = accuracy_vs_gold(cons.pairs, gold_pairs_from_records(read_records(cfg.gold_file, Comparison), ordinary))
             click.echo(f"accuracy against gold on {acc['n_pairs']} non-gold pairs: {acc['accuracy']:.3f} "
                        f"(log loss {acc['log_loss']:.3f})")
-    n = write_jsonl(cfg.out, out)
+    n, _ = write_as(cfg.out, out, cfg.format)
     save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))
     dropped = sorted(r for r, w in weights.items() if w == 0)
-    click.echo(f"wrote {n} consensus records ({cfg.method}) to {cfg.out}"
+    click.echo(f"wrote {n} consensus {'TRL rows' if cfg.format == 'trl' else 'records'} ({cfg.method}) to {cfg.out}"
                + (f"; excluded raters: {', '.join(dropped)}" if dropped else ""))
     return out
 
