@@ -18,10 +18,10 @@ from alignloop.data.io import DataError
 
 # subcommand -> (module, attribute holding the click command), imported only when run.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("alignloop.models.generation", "command", "Sample K responses per prompt from a model."),
+    "generate": ("alignloop.generate", "command", "Sample K responses per prompt from a model."),
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
     "reward": ("alignloop.train.reward", "command", "Train a reward model from rankings, pairs and soft labels."),
-    "score": ("alignloop.models.reward_model", "command", "Add reward-model scores to a samples file."),
+    "score": ("alignloop.score", "command", "Add reward-model scores to a samples file."),
     "ppo": ("alignloop.train.ppo", "command", "PPO against reward models / rules / judges with a KL penalty."),
     "cai": ("alignloop.cai.cli", "group",
             "Constitutional AI: critique-and-revise (SL-CAI) and AI preference labels (RL-CAI)."),

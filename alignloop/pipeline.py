@@ -170,7 +170,7 @@ def execute(step: Step, resume: bool, fp: str, recipe: Recipe, command: str) -> 
         from alignloop.train.sft import run_sft
         run_sft(c["sft"].model_copy(update={"resume": resume}))
     elif step.kind == "generate":
-        from alignloop.models.generation import run_generate
+        from alignloop.generate import run_generate
         run_generate(c["generate"])
     elif step.kind == "feedback" and "simulated" in c:
         from alignloop.quality.cli import run_simulate

@@ -217,15 +217,10 @@ def round_dir(run: Path, r: int) -> Path:
 
 def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
     """Every stage in the order it runs: phase 0, then the loop stages once per round, then phase 2."""
-    from alignloop.cai.cli import CAILabelConfig, CAIReviseConfig
-    from alignloop.evaluate.evaluate import EvaluateConfig
-    from alignloop.evaluate.report import ReportConfig
     from alignloop.feedback.cli import FeedbackCreateConfig
-    from alignloop.models.generation import GenerateConfig
+    from alignloop.configs import (CAILabelConfig, CAIReviseConfig, EvaluateConfig, GenerateConfig, PPOConfig,
+                                   ReportConfig, RewardConfig, SFTConfig)
     from alignloop.quality.cli import ConsensusConfig, QualityConfig, SimulateConfig, gold_path
-    from alignloop.train.ppo import PPOConfig
-    from alignloop.train.reward import RewardConfig
-    from alignloop.train.sft import SFTConfig
 
     subs = {"{assets}": str(asset_dir()), "{run}": str(run), "{model}": recipe.model}
     has = {s.stage for s in recipe.stages}
@@ -311,7 +306,7 @@ def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
             cfg = build(RewardConfig, spec, w, {"model": recipe.model, "data": data, "out": R / "reward", "seed": seed}, label)
             configs, outputs = {k: cfg}, [Path(cfg.out)] + ([data] if sources else [])
         elif k == "ppo":
-            defaults = {"policy": policy_before(r), "out": R / "ppo", "seed": seed + r - 1}
+            defaults = {"model": policy_before(r), "out": R / "ppo", "seed": seed + r - 1}
             if "reward" in has:
                 defaults["reward"] = str(R / "reward")
             if generate_spec and "prompts" in generate_spec.with_:

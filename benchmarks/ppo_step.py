@@ -49,7 +49,7 @@ def child(variant: str, iterations: int, work: Path) -> None:
     from alignloop.train.tracking import read_metrics
 
     out = work / variant
-    run_ppo(PPOConfig(policy="smollm2-135m-instruct", reward=str(work / "rm"), prompts=asset("prompts_train.jsonl"),
+    run_ppo(PPOConfig(model="smollm2-135m-instruct", reward=str(work / "rm"), prompts=asset("prompts_train.jsonl"),
                       out=out, iterations=iterations, batch_size=8, max_new_tokens=32, ppo_epochs=4, minibatches=1,
                       micro_batch_size=8, learning_rate=1e-5 if not VARIANTS[variant]["lora"] else 1e-4,
                       save_every=0, log_samples_every=0, **VARIANTS[variant]))

@@ -47,7 +47,7 @@ def test_quickstart_recipe_runs_every_stage_into_the_run_folder(quickstart_run, 
     assert len(samples) == 16 and all(len(s["responses"]) == 4 for s in samples)
     assert samples[0]["model"] == str(run / "sft")
     ppo_cfg = yaml.safe_load((run / "ppo/config.yaml").read_text())
-    assert ppo_cfg["policy"] == str(run / "sft") and ppo_cfg["reward"] == str(run / "reward")
+    assert ppo_cfg["model"] == str(run / "sft") and ppo_cfg["reward"] == str(run / "reward")
     assert yaml.safe_load((run / "reward/config.yaml").read_text())["data"] == str(run / "consensus.jsonl")
     ev = json.loads((run / "eval/eval.json").read_text())
     assert ev["baseline"]["model"] == str(run / "sft") and ev["policy"]["gold"] is not None
@@ -181,7 +181,7 @@ def test_rounds_repeat_the_loop_from_the_newest_policy(small_recipe, tmp_path):
                           "round-2/generate", "round-2/feedback", "round-2/reward", "round-2/ppo"]
     r2 = run / "round-2"
     assert json.loads((r2 / "samples.jsonl").read_text().splitlines()[0])["model"] == str(run / "ppo")
-    assert yaml.safe_load((r2 / "ppo/config.yaml").read_text())["policy"] == str(run / "ppo")
+    assert yaml.safe_load((r2 / "ppo/config.yaml").read_text())["model"] == str(run / "ppo")
     assert yaml.safe_load((r2 / "ppo/config.yaml").read_text())["reward"] == str(r2 / "reward")
     n1, n2 = (len((d / "comparisons.jsonl").read_text().splitlines()) for d in (run, r2))
     assert len((r2 / "reward-data.jsonl").read_text().splitlines()) == n1 + n2  # reward_data: all

@@ -23,7 +23,7 @@ def prompts(tmp_path_factory):
 
 
 def _cfg(tiny_model_dir, prompts, out, **kw):
-    base = dict(policy=str(tiny_model_dir), reward=RULE, prompts=prompts, out=out, iterations=16, batch_size=16,
+    base = dict(model=str(tiny_model_dir), reward=RULE, prompts=prompts, out=out, iterations=16, batch_size=16,
                 max_new_tokens=16, lora=False, learning_rate=2e-3, kl_coef=0.05, missing_eos_penalty=None,
                 save_every=0, log_samples_every=0, seed=0)
     return PPOConfig(**{**base, **kw})
@@ -103,7 +103,7 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, prompts, tmp_path):
 def test_two_processes_match_one(tiny_model_dir, prompts, tmp_path):
     """Greedy sampling (tiny top-p) makes the rollouts independent of each rank's seed; gradients are
     token-averaged over both processes, so the update equals one process with the same global batch."""
-    common = ["--policy", str(tiny_model_dir), "--reward", RULE, "--prompts", str(prompts), "--iterations", "2",
+    common = ["--model", str(tiny_model_dir), "--reward", RULE, "--prompts", str(prompts), "--iterations", "2",
               "--max-new-tokens", "8", "--no-lora", "--learning-rate", "1e-3", "--top-p", "1e-6", "--save-every", "0",
               "--log-samples-every", "0", "--seed", "0"]
     one = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "one", iterations=2, batch_size=8, max_new_tokens=8,

@@ -36,7 +36,7 @@ def run_folder(tiny_model_dir, tmp_path_factory):
     run_quality(QualityConfig(data=run / "comparisons.jsonl", out=run / "quality", n_boot=0))
     run_reward(RewardConfig(model=str(tiny_model_dir), data=run / "comparisons.jsonl", out=run / "reward", epochs=1,
                             batch_size=16, lora=False, learning_rate=1e-3, eval_every=2, save_every=0, max_length=48))
-    run_ppo(PPOConfig(policy=str(run / "sft"), reward=f"{run / 'reward'},rule:tests.rules:count_e", prompts=prompts,
+    run_ppo(PPOConfig(model=str(run / "sft"), reward=f"{run / 'reward'},rule:tests.rules:count_e", prompts=prompts,
                       out=run / "ppo", iterations=3, batch_size=6, max_new_tokens=8, learning_rate=2e-3,
                       missing_eos_penalty=None, save_every=0, log_samples_every=1))
     run_evaluate(EvaluateConfig(policy=str(run / "ppo"), baseline=str(run / "sft"), gold="tests.rules:count_e",

@@ -18,76 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from alignloop.config import DEFAULT_MODEL, StageConfig, config_command, save_config
+from alignloop.config import config_command, save_config
+from alignloop.configs import CAIImportConfig, CAILabelConfig, CAIReviseConfig, CAIScoreConfig
 from alignloop.data.records import PromptRecord
-
-_CONSTITUTION = "Constitution YAML (default: the shipped alignloop/assets/constitution.yaml)."
-
-
-class _Common(StageConfig):
-    constitution: Path | None = Field(None, description=_CONSTITUTION)
-    seed: int = Field(0, description="Random seed: principle draws and sampling.")
-    batch_size: int = Field(8, ge=1, description="Sequences per forward / generate batch.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: float32 on CPU).")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-
-
-class CAIReviseConfig(_Common):
-    """`alignloop cai revise`: SL-CAI critique-and-revision of red-team prompts."""
-
-    model: str = Field(DEFAULT_MODEL, description="The model that answers, critiques and revises.")
-    prompts: Path = Field(..., description="Prompts to answer and revise (e.g. red-team prompts), .jsonl.")
-    out: Path = Field(..., description="Output .jsonl (every step per prompt); also OUT.demos.jsonl and "
-                                       "OUT.comparisons.jsonl.")
-    revisions: int = Field(4, ge=1, description="Critique-revision steps per prompt (a fresh principle each step).")
-    few_shot: int = Field(2, ge=0, description="Worked critique-revision examples from the constitution put first.")
-    helpful: Path | None = Field(None, description="Helpfulness prompts whose samples join the demonstrations.")
-    helpful_samples: int = Field(2, ge=1, description="Samples per helpfulness prompt.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature (0: greedy).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(128, ge=1, description="Most tokens per response, critique and revision.")
-
-
-class CAILabelConfig(_Common):
-    """`alignloop cai label`: RL-CAI soft preference labels from a judge model."""
-
-    judge: str = Field(DEFAULT_MODEL, description="The feedback (judge) model.")
-    data: Path = Field(..., description="Pairs: samples records (K >= 2 responses) or comparisons "
-                                        "(their labels are ignored), .jsonl.")
-    out: Path = Field(..., description="Output comparisons .jsonl (source: ai, soft label p).")
-    principles_per_pair: int = Field(1, ge=1, description="Ensemble: principles sampled per pair, p averaged.")
-    all_pairs: bool = Field(True, description="K > 2 responses: label every pair (weight 1/C(K,2) each); "
-                                              "--no-all-pairs labels only the first two.")
-    few_shot: bool = Field(True, description="Put the constitution's labeled examples first (not with --cot).")
-    cot: bool = Field(False, description="Chain of thought: the judge reasons first; p clamped to the range below.")
-    cot_clamp_low: float = Field(0.4, ge=0, le=0.5, description="CoT labels: lower clamp of p.")
-    cot_clamp_high: float = Field(0.6, ge=0.5, le=1, description="CoT labels: upper clamp of p.")
-    cot_max_new_tokens: int = Field(96, ge=1, description="CoT: most tokens of reasoning.")
-    temperature: float = Field(0.0, ge=0, description="CoT reasoning temperature (0: greedy).")
-
-
-class CAIScoreConfig(_Common):
-    """`alignloop cai score`: d-RLAIF rewards of a samples file."""
-
-    judge: str = Field(DEFAULT_MODEL, description="The judge model that rates 1..10.")
-    data: Path = Field(..., description="Samples file (.jsonl): prompt + responses.")
-    out: Path = Field(..., description="Output samples file with rewards[NAME] added.")
-    name: str = Field("judge", description="Key of the reward source in `rewards`.")
-
-
-class CAIImportConfig(StageConfig):
-    """`alignloop cai import`: the CAI paper's JSON prompt files as a constitution YAML."""
-
-    critiques: Path | None = Field(None, description="{name: {prompt: [critique request], edit_request}} JSON.")
-    choices: Path | None = Field(None, description="JSON list of multiple-choice principles ('... Options:').")
-    few_shot: Path | None = Field(None, description="JSON list of critique-revision few-shot transcripts.")
-    label_few_shot: Path | None = Field(None, description="JSON list of {prompt, corrects, incorrects}.")
-    name: str = Field("paper-layout", description="Name of the constitution.")
-    out: Path = Field(..., description="Output constitution .yaml.")
-
 
 class PairsInput(PromptRecord):
     """Input of `cai label`: a prompt and K >= 2 responses (samples, comparisons, chosen/rejected)."""
@@ -109,8 +44,7 @@ class PairsInput(PromptRecord):
 
 
 def _load(name: str, cfg) -> tuple[Any, Any]:
-    from alignloop.models.generation import pick_device
-    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device
 
     return load_causal_lm(name, cfg.dtype, pick_device(cfg.device)), load_tokenizer(name)
 

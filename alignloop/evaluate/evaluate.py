@@ -18,43 +18,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
-
-from alignloop.config import ConfigError, StageConfig, config_command, save_config
-from alignloop.assets import asset
+from alignloop.config import ConfigError, config_command, save_config
+from alignloop.configs import EvaluateConfig
 
 # the plain refusal a red-team response is compared with when the AI judge rates harmlessness
 REFERENCE_REFUSAL = "I'm sorry, but I can't help with that."
-
-
-class EvaluateConfig(StageConfig):
-    """`alignloop evaluate`: reward, KL, length, win rates and harmlessness on held-out prompts."""
-
-    policy: str = Field(..., description="The model to evaluate (e.g. the PPO output folder).")
-    baseline: str | None = Field(None, description="The model to compare with (e.g. the SFT folder); none: no win rates.")
-    prompts: Path = Field(asset("prompts_heldout.jsonl"), description="Held-out prompts (.jsonl / .parquet / datasets folder).")
-    redteam: Path | None = Field(asset("redteam_heldout.jsonl"), description="Red-team prompts for the harmlessness rate ('none': skip).")
-    reward: str | None = Field(None, description="Reward sources (as in `alignloop ppo --reward`); default: the PPO run's own, read from POLICY/config.yaml.")
-    gold: str | None = Field(None, description="Gold scorer module:function (simulated feedback), e.g. alignloop.quality.gold:helpful_harmless.")
-    judge: str | None = Field(None, description="AI judge model (pairwise, constitution, both orders) for win rate and harmlessness.")
-    constitution: Path | None = Field(None, description="Constitution YAML of the AI judge (default: the shipped one).")
-    judge_principles: int = Field(1, ge=1, description="Principles sampled per pair by the AI judge (an ensemble).")
-    human: Path | None = Field(None, description="People's judgments of OUT/pairs.jsonl (exported comparisons of a feedback campaign).")
-    reference: str | None = Field(None, description="Reference model for the KL (default: the PPO run's initial policy, or an SFT folder's base).")
-    num_samples: int = Field(1, ge=1, description="Responses per prompt and model.")
-    max_new_tokens: int = Field(64, ge=1, description="Most tokens per response.")
-    temperature: float = Field(0.7, gt=0, description="Sampling temperature (log-probs for the KL use the same temperature).")
-    seed: int = Field(0, description="Random seed (sampling, judge principles).")
-    batch_size: int = Field(16, ge=1, description="Sequences generated / scored together.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N prompts (and N red-team prompts).")
-    out: Path = Field(..., description="Output folder: eval.json, samples of each model, pairs.jsonl, config.yaml.")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16: the models' weights (log-probs for the KL).")
-    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype samples the "
-                            "responses (bfloat16 is about 2x faster on CPU); the KL log-probs still use --dtype.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 
 def reference_for(policy: str) -> str | None:
@@ -154,8 +123,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from alignloop.data.records import PromptRecord
     from alignloop.evaluate.metrics import (harmless_rate, human_win_rate, paired_gain, sequence_kl, soft_win_rate,
                                             summary, win_rate)
-    from alignloop.models.generation import Sampling, generate, pick_device
-    from alignloop.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
+    from alignloop.models.generation import Sampling, generate
+    from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device, resolve_dtype
     from alignloop.models.policy import SamplingCopy
     from alignloop.rewards import RuleReward, import_callable
     from alignloop.quality.gold import is_refusal

@@ -21,28 +21,13 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import Field
-
-from alignloop.config import ConfigError, StageConfig, config_command
+from alignloop.config import ConfigError, config_command
+from alignloop.configs import ReportConfig
 from alignloop.evaluate import figures
 from alignloop.report_html import fmt, table
 
 SECTIONS = [("sft", "SFT"), ("quality", "Feedback quality"), ("reward", "Reward model"), ("ppo", "PPO"),
             ("eval", "Evaluation"), ("samples", "Samples before and after")]
-
-
-class ReportConfig(StageConfig):
-    """`alignloop report`: the HTML report of a run folder."""
-
-    run: Path | None = Field(None, description="Run folder (holds sft/, quality/, reward/, ppo/, eval/).")
-    out: Path | None = Field(None, description="Output HTML file (default: RUN/report.html).")
-    sft: Path | None = Field(None, description="SFT output folder (default: RUN/sft).")
-    quality: Path | None = Field(None, description="Feedback-quality folder or report.json (default: RUN/quality).")
-    reward: Path | None = Field(None, description="Reward-model output folder (default: RUN/reward).")
-    ppo: Path | None = Field(None, description="PPO output folder (default: RUN/ppo).")
-    eval: Path | None = Field(None, description="Evaluation folder of `alignloop evaluate` (default: RUN/eval).")
-    samples: int = Field(6, ge=0, description="Sample completions shown before/after.")
-    title: str | None = Field(None, description="Report title (default: the run folder's name).")
 
 
 def _img(b64: str | None, alt: str, note: str) -> str:

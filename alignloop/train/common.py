@@ -4,37 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 
-
-class OptimOptions(BaseModel):
-    """Optimiser and schedule options shared by the training stages."""
-
-    optimizer: Literal["adamw", "sgd"] = Field(
-        "adamw", description="adamw, or sgd (plain: each step is -lr x gradient; what tests of exact invariants use).")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW).")
-    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of the steps spent warming the LR up linearly from 0.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="LR decay after warm-up: cosine (to 10% of the peak), linear (to 0) or constant.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16.")
-
-
-class StepRunOptions(BaseModel):
-    """Evaluation, checkpoints and resuming of a loop counted in optimizer steps (sft, reward)."""
-
-    eval_every: int = Field(20, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
-    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
-    seed: int = Field(0, description="Random seed (data order, initialisation).")
-    resume: bool = Field(False, description="Continue from out/checkpoint.")
-    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
-    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+from alignloop.configs import OptimOptions
 
 
 def seed_everything(seed: int) -> None:

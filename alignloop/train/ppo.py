@@ -23,59 +23,11 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from alignloop.config import ConfigError, LoraOptions, StageConfig, config_command
-from alignloop.train.common import OptimOptions
-
-
-class PPOConfig(StageConfig, LoraOptions, OptimOptions):
-    """`alignloop ppo`: PPO against reward sources with a KL penalty to the initial policy."""
-
-    policy: str = Field("smollm2-135m-instruct", description="Initial policy (and reference): an SFT output folder, registry name or HF id.")
-    reward: str = Field(..., description="Reward sources, comma-separated, each optionally WEIGHT*: a reward-model folder, rule:module:function, judge:MODEL.")
-    prompts: Path = Field(..., description="Training prompts (.jsonl / .parquet / datasets folder).")
-    out: Path = Field(..., description="Output folder: the policy (adapter or full), config, metrics, samples.")
-    iterations: int = Field(20, ge=1, description="PPO iterations (rollout + update).")
-    batch_size: int = Field(8, ge=1, description="Prompts per iteration per process.")
-    num_samples: int = Field(1, ge=1, description="Responses per prompt (the group size for rloo / grpo).")
-    max_new_tokens: int = Field(32, ge=1, description="Most tokens per response.")
-    temperature: float = Field(0.7, gt=0, description="Sampling temperature (logits are divided by it for log-probs too).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1.0 keeps the policy's distribution exact).")
-    sampling_copy: bool = Field(
-        True, description="Sample from a copy of the policy refreshed every iteration, LoRA folded into its weights, "
-                          "in the --mixed-precision dtype: about 1.4x faster sampling on CPU for one more copy of the "
-                          "weights. Not used where weights are sharded (DeepSpeed ZeRO-3, FSDP).")
-    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
-    minibatches: int = Field(1, ge=1, description="Minibatches per PPO epoch (one optimizer step each).")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation within a minibatch).")
-    advantage: Literal["gae", "rloo", "grpo"] = Field("gae", description="gae (value head), rloo (leave-one-out) or grpo (group normalisation).")
-    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
-    vf_clip: float = Field(0.2, gt=0, description="Value clip around the rollout's values.")
-    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    kl_coef: float = Field(0.05, ge=0, description="Initial KL coefficient beta.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
-    kl_in_loss: bool = Field(False, description="Add beta * k3 KL to the loss instead of -beta * KL to the reward.")
-    adaptive_kl: bool = Field(False, description="Adapt beta toward --kl-target (Ziegler et al.).")
-    kl_target: float = Field(6.0, gt=0, description="Target KL (nats per response) of the adaptive controller.")
-    kl_horizon: float = Field(10000, gt=0, description="Horizon of the adaptive controller.")
-    whiten_rewards: bool = Field(False, description="Whiten per-token rewards (keeping their mean).")
-    score_clip: float | None = Field(10.0, description="Clip scores to [-c, c] (none: no clip).")
-    missing_eos_penalty: float | None = Field(1.0, description="Subtracted from the score of a response without EOS.")
-    ensemble_k: float = Field(0.0, ge=0, description="Reward-model ensembles score mean - k * spread.")
-    ratio_threshold: float = Field(10.0, gt=1, description="Skip a minibatch whose mean ratio exceeds this.")
-    log_samples_every: int = Field(5, ge=0, description="Write sample completions every N iterations (0: never).")
-    save_every: int = Field(10, ge=0, description="Checkpoint every N iterations (0: only when stopping).")
-    seed: int = Field(0, description="Random seed (prompt order, sampling; each process adds its rank).")
-    resume: bool = Field(False, description="Continue from out/checkpoint.")
-    stop_at_iteration: int | None = Field(None, ge=1, description="Stop (with a checkpoint) after this iteration.")
-    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
-    device: str = Field("auto", description="auto | cpu | cuda (under accelerate launch the launcher decides).")
+from alignloop.config import ConfigError, config_command
+from alignloop.configs import PPOConfig
 
 
 def reduce_whiten(accelerator, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -139,11 +91,11 @@ def run_ppo(cfg: PPOConfig) -> Path:
 
     # Models: policy + value head (one copy of the weights under LoRA), reference, rewards.
     prompts = read_records(cfg.prompts, PromptRecord)
-    tokenizer = load_tokenizer(cfg.policy)
-    policy = PolicyWithValue(load_trainable(cfg, device, name=cfg.policy)).to(device)
+    tokenizer = load_tokenizer(cfg.model)
+    policy = PolicyWithValue(load_trainable(cfg, device, name=cfg.model)).to(device)
     reference = None
     if not cfg.lora:  # full fine-tuning keeps a separate frozen reference
-        reference = PolicyWithValue(load_causal_lm(cfg.policy, cfg.dtype, device)).to(device).requires_grad_(False)
+        reference = PolicyWithValue(load_causal_lm(cfg.model, cfg.dtype, device)).to(device).requires_grad_(False)
     rewards = CombinedReward(cfg.reward, device=str(device), ensemble_k=cfg.ensemble_k)
     steps_per_iteration = cfg.ppo_epochs * cfg.minibatches
     optimizer, scheduler = make_optimizer(policy, cfg, cfg.iterations * steps_per_iteration)
@@ -318,7 +270,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
         accelerator.print(f"stopped at iteration {iteration}/{cfg.iterations}; continue with --resume")
         return out
     if accelerator.is_main_process:
-        save_model(unwrapped.lm, tokenizer, out, base=cfg.policy)
+        save_model(unwrapped.lm, tokenizer, out, base=cfg.model)
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},

@@ -22,45 +22,11 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command
-from alignloop.train.common import OptimOptions, StepRunOptions
-
-
-class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
-    """`alignloop reward`: a scalar reward model from comparisons."""
-
-    data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder): K-way rankings, pairs, soft labels.")
-    out: Path = Field(..., description="Output folder: backbone (adapter or full), heads, normalisation, metrics.")
-    heldout: Path | None = Field(None, description="Held-out comparisons; default: a split of --data.")
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data's prompts held out, with all their comparisons, when --heldout is not given.")
-    epochs: int = Field(1, ge=1, description="Passes over the training comparisons.")
-    batch_size: int = Field(4, ge=1, description="Comparison records per micro-batch per process.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    max_length: int = Field(384, ge=8, description="Longest tokenised prompt + response.")
-    tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
-    margin: float = Field(0.0, ge=0, description="Margin on hard pairs: -log s(r_w - r_l - margin).")
-    group_by_length: bool = Field(True, description="Batch comparisons of similar length together (less padding).")
-    group_by_prompt: bool = Field(
-        True, description="Batch the comparisons of one prompt together; a batch encodes each prompt and each distinct "
-                          "response once, so the C(K,2) pair records of one K-way item cost about one forward.")
-    ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
-    ensemble_mode: Literal["bootstrap", "init"] = Field(
-        "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
-    mismatched_pairs: int = Field(
-        0, ge=0, description="Per training prompt, this many extra pairs that prefer one of its responses over a "
-                             "response written for another prompt (off-topic by construction), each weighing "
-                             "--mismatched-weight rated pairs of that prompt: teaches relevance, which the rankings of a few "
-                             "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")
-    mismatched_weight: float = Field(
-        1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
-    normalization_prompts: int | None = Field(
-        None, ge=2, description="Normalise the rewards on the rated responses of at most this many training prompts, "
-                                "a random subset (none: all of them).")
+from alignloop.config import ConfigError, config_command
+from alignloop.configs import RewardConfig
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:

@@ -18,23 +18,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
-from alignloop.config import ConfigError, ModelOptions, StageConfig, config_command
-from alignloop.train.common import OptimOptions, StepRunOptions
-
-
-class SFTConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
-    """`alignloop sft`: fine-tune a causal LM on demonstrations."""
-
-    data: Path = Field(..., description="Demonstrations (.jsonl / .parquet / datasets folder): prompt + response.")
-    out: Path = Field(..., description="Output folder: the model (adapter or full), config.yaml, metrics.jsonl.")
-    heldout: Path | None = Field(None, description="Held-out demonstrations; default: a split of --data.")
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --heldout is not given.")
-    epochs: int = Field(1, ge=1, description="Passes over the training data.")
-    batch_size: int = Field(4, ge=1, description="Examples per micro-batch per process.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    max_length: int = Field(512, ge=8, description="Longest tokenised example (prompt cut from the left, then response).")
+from alignloop.config import config_command
+from alignloop.configs import SFTConfig
 
 
 def load_examples(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict]]:

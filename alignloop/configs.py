@@ -1,0 +1,304 @@
+"""The config classes of the stages that run models, in one torch-free module.
+
+Importing a config (to plan a recipe, to build `--help`) never imports torch: the stage
+modules import their config from here and torch only when they run. config.py holds the
+machinery (StageConfig, YAML files, the options built from the fields and their sections
+in `--help`); quality/ and feedback/ keep the configs of their own commands beside them
+(those packages never import torch). Every field's description is its `--help` text.
+
+    OptimOptions, StepRunOptions      shared by the training stages (with config.py's LoraOptions)
+    SFTConfig, RewardConfig, PPOConfig                 alignloop sft | reward | ppo   (train/)
+    GenerateConfig, ScoreConfig                        alignloop generate | score
+    CAIReviseConfig, CAILabelConfig, CAIScoreConfig, CAIImportConfig   alignloop cai ... (cai/cli.py)
+    EvaluateConfig, ReportConfig                       alignloop evaluate | report   (evaluate/)
+
+The trained model's input is `model` everywhere; `cai label/score --judge` and `evaluate
+--policy/--baseline` name models that are judged or compared, not trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from alignloop.assets import asset
+from alignloop.config import DEFAULT_MODEL, LoraOptions, ModelOptions, StageConfig
+
+# ---------------------------------------------------------------- shared by the training stages
+
+
+class OptimOptions(BaseModel):
+    """Optimiser and schedule options shared by the training stages."""
+
+    heading: ClassVar[str] = 'Optimiser options'
+
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or sgd (plain: each step is -lr x gradient; what tests of exact invariants use).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW).")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of the steps spent warming the LR up linearly from 0.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="LR decay after warm-up: cosine (to 10% of the peak), linear (to 0) or constant.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16.")
+
+
+class StepRunOptions(BaseModel):
+    """Evaluation, checkpoints and resuming of a loop counted in optimizer steps (sft, reward)."""
+
+    heading: ClassVar[str] = 'Evaluation, checkpoints and resuming'
+
+    eval_every: int = Field(20, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
+    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only when stopping).")
+    seed: int = Field(0, description="Random seed (data order, initialisation).")
+    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    stop_at_step: int | None = Field(None, ge=1, description="Stop (with a checkpoint) at this step; --resume continues.")
+    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+
+
+# ---------------------------------------------------------------- alignloop sft | reward | ppo
+
+
+class SFTConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
+    """`alignloop sft`: fine-tune a causal LM on demonstrations."""
+
+    data: Path = Field(..., description="Demonstrations (.jsonl / .parquet / datasets folder): prompt + response.")
+    out: Path = Field(..., description="Output folder: the model (adapter or full), config.yaml, metrics.jsonl.")
+    heldout: Path | None = Field(None, description="Held-out demonstrations; default: a split of --data.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --heldout is not given.")
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(512, ge=8, description="Longest tokenised example (prompt cut from the left, then response).")
+
+
+class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
+    """`alignloop reward`: a scalar reward model from comparisons."""
+
+    data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder): K-way rankings, pairs, soft labels.")
+    out: Path = Field(..., description="Output folder: backbone (adapter or full), heads, normalisation, metrics.")
+    heldout: Path | None = Field(None, description="Held-out comparisons; default: a split of --data.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data's prompts held out, with all their comparisons, when --heldout is not given.")
+    epochs: int = Field(1, ge=1, description="Passes over the training comparisons.")
+    batch_size: int = Field(4, ge=1, description="Comparison records per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(384, ge=8, description="Longest tokenised prompt + response.")
+    tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
+    margin: float = Field(0.0, ge=0, description="Margin on hard pairs: -log s(r_w - r_l - margin).")
+    group_by_length: bool = Field(True, description="Batch comparisons of similar length together (less padding).")
+    group_by_prompt: bool = Field(
+        True, description="Batch the comparisons of one prompt together; a batch encodes each prompt and each distinct "
+                          "response once, so the C(K,2) pair records of one K-way item cost about one forward.")
+    ensemble: int = Field(1, ge=1, description="Ensemble members: heads on one shared backbone.")
+    ensemble_mode: Literal["bootstrap", "init"] = Field(
+        "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
+    mismatched_pairs: int = Field(
+        0, ge=0, description="Per training prompt, this many extra pairs that prefer one of its responses over a "
+                             "response written for another prompt (off-topic by construction), each weighing "
+                             "--mismatched-weight rated pairs of that prompt: teaches relevance, which the rankings of a few "
+                             "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")
+    mismatched_weight: float = Field(
+        1.0, gt=0, description="Weight of each mismatched pair, in rated pairs of its prompt (see --mismatched-pairs).")
+    normalization_prompts: int | None = Field(
+        None, ge=2, description="Normalise the rewards on the rated responses of at most this many training prompts, "
+                                "a random subset (none: all of them).")
+
+
+class PPOConfig(StageConfig, LoraOptions, OptimOptions):
+    """`alignloop ppo`: PPO against reward sources with a KL penalty to the initial policy."""
+
+    reward: str = Field(..., description="Reward sources, comma-separated, each optionally WEIGHT*: a reward-model folder, rule:module:function, judge:MODEL.")
+    prompts: Path = Field(..., description="Training prompts (.jsonl / .parquet / datasets folder).")
+    out: Path = Field(..., description="Output folder: the policy (adapter or full), config, metrics, samples.")
+    model: str = Field(DEFAULT_MODEL, description="The model to train, also the frozen reference of the KL penalty: "
+                       "an SFT output folder, a registry name or a Hugging Face id.")
+    iterations: int = Field(20, ge=1, description="PPO iterations (rollout + update).")
+    batch_size: int = Field(8, ge=1, description="Prompts per iteration per process.")
+    num_samples: int = Field(1, ge=1, description="Responses per prompt (the group size for rloo / grpo).")
+    max_new_tokens: int = Field(32, ge=1, description="Most tokens per response.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature (logits are divided by it for log-probs too).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1.0 keeps the policy's distribution exact).")
+    sampling_copy: bool = Field(
+        True, description="Sample from a copy of the policy refreshed every iteration, LoRA folded into its weights, "
+                          "in the --mixed-precision dtype: about 1.4x faster sampling on CPU for one more copy of the "
+                          "weights. Not used where weights are sharded (DeepSpeed ZeRO-3, FSDP).")
+    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
+    minibatches: int = Field(1, ge=1, description="Minibatches per PPO epoch (one optimizer step each).")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation within a minibatch).")
+    advantage: Literal["gae", "rloo", "grpo"] = Field("gae", description="gae (value head), rloo (leave-one-out) or grpo (group normalisation).")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    vf_clip: float = Field(0.2, gt=0, description="Value clip around the rollout's values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial KL coefficient beta.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
+    kl_in_loss: bool = Field(False, description="Add beta * k3 KL to the loss instead of -beta * KL to the reward.")
+    adaptive_kl: bool = Field(False, description="Adapt beta toward --kl-target (Ziegler et al.).")
+    kl_target: float = Field(6.0, gt=0, description="Target KL (nats per response) of the adaptive controller.")
+    kl_horizon: float = Field(10000, gt=0, description="Horizon of the adaptive controller.")
+    whiten_rewards: bool = Field(False, description="Whiten per-token rewards (keeping their mean).")
+    score_clip: float | None = Field(10.0, description="Clip scores to [-c, c] (none: no clip).")
+    missing_eos_penalty: float | None = Field(1.0, description="Subtracted from the score of a response without EOS.")
+    ensemble_k: float = Field(0.0, ge=0, description="Reward-model ensembles score mean - k * spread.")
+    ratio_threshold: float = Field(10.0, gt=1, description="Skip a minibatch whose mean ratio exceeds this.")
+    log_samples_every: int = Field(5, ge=0, description="Write sample completions every N iterations (0: never).")
+    save_every: int = Field(10, ge=0, description="Checkpoint every N iterations (0: only when stopping).")
+    seed: int = Field(0, description="Random seed (prompt order, sampling; each process adds its rank).")
+    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    stop_at_iteration: int | None = Field(
+        None, ge=1, description="Stop (with a checkpoint) after this iteration; --resume continues. (An iteration, not a "
+                                "step as in sft / reward: one iteration takes ppo_epochs x minibatches optimizer steps.)")
+    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+
+
+# ---------------------------------------------------------------- alignloop generate | score
+
+
+class GenerateConfig(StageConfig):
+    """`alignloop generate`: K responses per prompt, written as samples records."""
+
+    model: str = Field(DEFAULT_MODEL, description="Model: registry name, local folder (full model or adapter) or HF id.")
+    prompts: Path = Field(..., description="Prompts file (.jsonl / .parquet / datasets folder) with 'prompt' or 'messages'.")
+    out: Path = Field(..., description="Output samples file (.jsonl or .parquet).")
+    num_samples: int = Field(4, ge=1, description="Responses sampled per prompt (K).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 means greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this mass.")
+    max_new_tokens: int = Field(128, ge=1, description="Most tokens generated per response.")
+    seed: int = Field(0, description="Random seed; the same seed and settings give the same samples.")
+    batch_size: int = Field(16, ge=1, description="Sequences generated together.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: float32 on CPU).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class ScoreConfig(StageConfig):
+    """`alignloop score`: add reward-model scores to a samples file."""
+
+    reward: Path = Field(..., description="Reward model folder (from `alignloop reward`).")
+    data: Path = Field(..., description="Samples file (prompt + responses), e.g. from `alignloop generate`.")
+    out: Path = Field(..., description="Output samples file with `rewards` added.")
+    name: str = Field("reward", description="Key under `rewards` for the scores (ensembles add NAME_spread).")
+    batch_size: int = Field(16, ge=1, description="Responses scored together.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+# ---------------------------------------------------------------- alignloop cai ...
+
+
+class CAIOptions(StageConfig):
+    """Options every `alignloop cai` command takes."""
+
+    heading: ClassVar[str] = "Options of every cai command"
+
+    constitution: Path | None = Field(None, description="Constitution YAML (default: the shipped alignloop/assets/constitution.yaml).")
+    seed: int = Field(0, description="Random seed: principle draws and sampling.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward / generate batch.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: float32 on CPU).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class CAIReviseConfig(CAIOptions):
+    """`alignloop cai revise`: SL-CAI critique-and-revision of red-team prompts."""
+
+    model: str = Field(DEFAULT_MODEL, description="The model that answers, critiques and revises.")
+    prompts: Path = Field(..., description="Prompts to answer and revise (e.g. red-team prompts), .jsonl.")
+    out: Path = Field(..., description="Output .jsonl (every step per prompt); also OUT.demos.jsonl and "
+                                       "OUT.comparisons.jsonl.")
+    revisions: int = Field(4, ge=1, description="Critique-revision steps per prompt (a fresh principle each step).")
+    few_shot: int = Field(2, ge=0, description="Worked critique-revision examples from the constitution put first.")
+    helpful: Path | None = Field(None, description="Helpfulness prompts whose samples join the demonstrations.")
+    helpful_samples: int = Field(2, ge=1, description="Samples per helpfulness prompt.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(128, ge=1, description="Most tokens per response, critique and revision.")
+
+
+class CAILabelConfig(CAIOptions):
+    """`alignloop cai label`: RL-CAI soft preference labels from a judge model."""
+
+    judge: str = Field(DEFAULT_MODEL, description="The judge (feedback) model: it labels the pairs and is not trained "
+                       "here, hence --judge rather than --model.")
+    data: Path = Field(..., description="Pairs: samples records (K >= 2 responses) or comparisons "
+                                        "(their labels are ignored), .jsonl.")
+    out: Path = Field(..., description="Output comparisons .jsonl (source: ai, soft label p).")
+    principles_per_pair: int = Field(1, ge=1, description="Ensemble: principles sampled per pair, p averaged.")
+    all_pairs: bool = Field(True, description="K > 2 responses: label every pair (weight 1/C(K,2) each); "
+                                              "--no-all-pairs labels only the first two.")
+    few_shot: bool = Field(True, description="Put the constitution's labeled examples first (not with --cot).")
+    cot: bool = Field(False, description="Chain of thought: the judge reasons first; p clamped to the range below.")
+    cot_clamp_low: float = Field(0.4, ge=0, le=0.5, description="CoT labels: lower clamp of p.")
+    cot_clamp_high: float = Field(0.6, ge=0.5, le=1, description="CoT labels: upper clamp of p.")
+    cot_max_new_tokens: int = Field(96, ge=1, description="CoT: most tokens of reasoning.")
+    temperature: float = Field(0.0, ge=0, description="CoT reasoning temperature (0: greedy).")
+
+
+class CAIScoreConfig(CAIOptions):
+    """`alignloop cai score`: d-RLAIF rewards of a samples file."""
+
+    judge: str = Field(DEFAULT_MODEL, description="The judge model that rates 1..10 (it is not trained here, hence "
+                       "--judge rather than --model).")
+    data: Path = Field(..., description="Samples file (.jsonl): prompt + responses.")
+    out: Path = Field(..., description="Output samples file with rewards[NAME] added.")
+    name: str = Field("judge", description="Key of the reward source in `rewards`.")
+
+
+class CAIImportConfig(StageConfig):
+    """`alignloop cai import`: the CAI paper's JSON prompt files as a constitution YAML."""
+
+    critiques: Path | None = Field(None, description="{name: {prompt: [critique request], edit_request}} JSON.")
+    choices: Path | None = Field(None, description="JSON list of multiple-choice principles ('... Options:').")
+    few_shot: Path | None = Field(None, description="JSON list of critique-revision few-shot transcripts.")
+    label_few_shot: Path | None = Field(None, description="JSON list of {prompt, corrects, incorrects}.")
+    name: str = Field("paper-layout", description="Name of the constitution.")
+    out: Path = Field(..., description="Output constitution .yaml.")
+
+
+# ---------------------------------------------------------------- alignloop evaluate | report
+
+
+class EvaluateConfig(StageConfig):
+    """`alignloop evaluate`: reward, KL, length, win rates and harmlessness on held-out prompts."""
+
+    policy: str = Field(..., description="The model to evaluate (e.g. the PPO output folder); --policy and --baseline "
+                        "name the two models compared (neither is trained here).")
+    baseline: str | None = Field(None, description="The model to compare with (e.g. the SFT folder); none: no win rates.")
+    prompts: Path = Field(asset("prompts_heldout.jsonl"), description="Held-out prompts (.jsonl / .parquet / datasets folder).")
+    redteam: Path | None = Field(asset("redteam_heldout.jsonl"), description="Red-team prompts for the harmlessness rate ('none': skip).")
+    reward: str | None = Field(None, description="Reward sources (as in `alignloop ppo --reward`); default: the PPO run's own, read from POLICY/config.yaml.")
+    gold: str | None = Field(None, description="Gold scorer module:function (simulated feedback), e.g. alignloop.quality.gold:helpful_harmless.")
+    judge: str | None = Field(None, description="AI judge model (pairwise, constitution, both orders) for win rate and harmlessness.")
+    constitution: Path | None = Field(None, description="Constitution YAML of the AI judge (default: the shipped one).")
+    judge_principles: int = Field(1, ge=1, description="Principles sampled per pair by the AI judge (an ensemble).")
+    human: Path | None = Field(None, description="People's judgments of OUT/pairs.jsonl (exported comparisons of a feedback campaign).")
+    reference: str | None = Field(None, description="Reference model for the KL (default: the PPO run's initial policy, or an SFT folder's base).")
+    num_samples: int = Field(1, ge=1, description="Responses per prompt and model.")
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens per response.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature (log-probs for the KL use the same temperature).")
+    seed: int = Field(0, description="Random seed (sampling, judge principles).")
+    batch_size: int = Field(16, ge=1, description="Sequences generated / scored together.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts (and N red-team prompts).")
+    out: Path = Field(..., description="Output folder: eval.json, samples of each model, pairs.jsonl, config.yaml.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16: the models' weights (log-probs for the KL).")
+    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype samples the "
+                            "responses (bfloat16 is about 2x faster on CPU); the KL log-probs still use --dtype.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class ReportConfig(StageConfig):
+    """`alignloop report`: the HTML report of a run folder."""
+
+    run: Path | None = Field(None, description="Run folder (holds sft/, quality/, reward/, ppo/, eval/).")
+    out: Path | None = Field(None, description="Output HTML file (default: RUN/report.html).")
+    sft: Path | None = Field(None, description="SFT output folder (default: RUN/sft).")
+    quality: Path | None = Field(None, description="Feedback-quality folder or report.json (default: RUN/quality).")
+    reward: Path | None = Field(None, description="Reward-model output folder (default: RUN/reward).")
+    ppo: Path | None = Field(None, description="PPO output folder (default: RUN/ppo).")
+    eval: Path | None = Field(None, description="Evaluation folder of `alignloop evaluate` (default: RUN/eval).")
+    samples: int = Field(6, ge=0, description="Sample completions shown before/after.")
+    title: str | None = Field(None, description="Report title (default: the run folder's name).")

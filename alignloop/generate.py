@@ -1,0 +1,57 @@
+"""`alignloop generate`: K responses per prompt from a model, written as samples records.
+
+The command around models/generation.py's `generate` (the one sampling function every stage
+calls): read the prompts, load the model, sample, write the samples file and its config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignloop.config import config_command, save_config
+from alignloop.configs import GenerateConfig
+
+
+def sample_records(model, tokenizer, records, sampling, model_name: str, show_progress: bool = True) -> list[dict]:
+    """Samples records (prompt fields + responses + model + sampling + finished) for prompt records."""
+    from alignloop.models.generation import generate
+
+    gens = generate(model, tokenizer, [r.chat() for r in records], sampling, show_progress)
+    out = []
+    for p, rows in enumerate(gens.by_prompt(len(records))):
+        record = records[p]
+        out.append({
+            "id": record.id or f"prompt-{p}",
+            **record.prompt_fields(),
+            "responses": [gens.texts[i] for i in rows],
+            "finished": [gens.finished[i] for i in rows],
+            "model": model_name,
+            "sampling": sampling.record(),
+            **({"meta": record.meta} if record.meta else {}),
+        })
+    return out
+
+
+def run_generate(cfg: GenerateConfig) -> Path:
+    from alignloop.data.io import read_records, write_records
+    from alignloop.data.records import PromptRecord
+    from alignloop.models.generation import Sampling
+    from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device
+
+    records = read_records(cfg.prompts, PromptRecord)[: cfg.limit]
+    device = pick_device(cfg.device)
+    model = load_causal_lm(cfg.model, cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.model)
+    sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    rows = sample_records(model, tokenizer, records, sampling, cfg.model)
+    write_records(cfg.out, rows)
+    save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))
+    n = sum(len(r["responses"]) for r in rows)
+    unfinished = sum(not f for r in rows for f in r["finished"])
+    print(f"wrote {n} responses for {len(rows)} prompts to {cfg.out} ({unfinished} hit max_new_tokens)")
+    return Path(cfg.out)
+
+
+command = config_command(GenerateConfig, run_generate, "generate",
+                         help="Sample K responses per prompt (batched, KV cache, seeded) into a samples file.")
