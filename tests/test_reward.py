@@ -132,17 +132,39 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+@pytest.mark.numerics
 def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, data, tmp_path):
-    """One optimizer step of 8 records x 1 equals 2 records x 4 micro-batches. (After several
-    Adam steps the float summation order shows: Adam turns near-zero gradients into +-lr.)"""
+    """One step of 8 records x 1 equals 2 records x 4 micro-batches. Plain SGD, so the weights
+    differ by lr x the gradients' rounding (summation order); Adam would turn that rounding in
+    near-zero gradients into steps of the learning rate's size, differently on every CPU."""
     def first_step(name, **kw):
         out = tmp_path / name
         run_reward(_cfg(tiny_model_dir, data["train"], None, out, epochs=1, lora=True, stop_at_step=1,
-                        heldout_fraction=0.0, **kw))
+                        heldout_fraction=0.0, optimizer="sgd", learning_rate=0.5, warmup_ratio=0.0, **kw))
         return torch.load(out / "checkpoint" / "trainable.pt")
 
     a, b = first_step("big", batch_size=8), first_step("acc", batch_size=2, grad_accum=4)
+    assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_lora_trains_the_adapters_and_head_with_the_base_untouched(tiny_model_dir, data, tmp_path, monkeypatch):
+    import alignloop.models.loading as loading
+
+    loaded = []
+    original = loading.load_causal_lm
+    monkeypatch.setattr(loading, "load_causal_lm", lambda *a, **kw: loaded.append(original(*a, **kw)) or loaded[-1])
+    out = run_reward(_cfg(tiny_model_dir, data["train"], None, tmp_path / "lora", epochs=1, lora=True,
+                          heldout_fraction=0.0))
+    (lm,) = loaded
+    fresh = loading.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    base = {k: v for k, v in lm.state_dict().items() if "lora_" not in k}
+    assert len(base) == len(fresh)
+    for k, v in base.items():  # bit-identical after a whole epoch of training
+        plain = k.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(v, fresh[plain]), k
+    assert any(v.abs().max() > 0 for k, v in lm.state_dict().items() if "lora_B" in k)  # the adapters trained (B starts at 0)
+    assert (out / "adapter_model.safetensors").exists()
 
 
 def test_ensemble_gives_a_spread_and_a_conservative_score(tiny_model_dir, data, tmp_path):
@@ -154,6 +176,7 @@ def test_ensemble_gives_a_spread_and_a_conservative_score(tiny_model_dir, data, 
     assert torch.allclose(torch.tensor(rm.score(prompts, responses, k=1.0)), mean - spread, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
     """Encoding each prompt once and reusing its keys/values gives the rewards (and gradients) of
     running every prompt + response in full."""
@@ -196,12 +219,13 @@ def test_distinct_responses_scores_each_prompt_and_response_once():
     assert index == [0, 1, 2, 3, 1, 4]
 
 
+@pytest.mark.numerics
 def test_deduplicated_forward_equals_one_forward_per_record(tiny_model_dir):
     """The six pair records of a 4-way item, scored together (4 distinct responses, 1 prompt),
     give the rewards and gradients of scoring each record on its own."""
     from alignloop.models.loading import load_causal_lm, load_tokenizer
     from alignloop.models.reward_model import RewardNet, encode_group
-    from alignloop.train.reward import forward_records
+    from alignloop.train.reward import score_records
 
     tok = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
@@ -213,8 +237,8 @@ def test_deduplicated_forward_equals_one_forward_per_record(tiny_model_dir):
         for j in range(i + 1, 4):
             p, outs = encode_group(tok, chat, [answers[i], answers[j]], 256)
             rows.append({"prompt": p, "responses": outs, "tiers": [[0], [1]], "p": 0.7, "weight": 1.0})
-    together, pairs = forward_records(net, rows, tok.pad_token_id, "cpu", "skip")
-    alone = torch.cat([forward_records(net, [r], tok.pad_token_id, "cpu", "skip")[0] for r in rows])
+    together = score_records(net, rows, tok.pad_token_id, "cpu")
+    alone = torch.cat([score_records(net, [r], tok.pad_token_id, "cpu") for r in rows])
     assert together.shape == (12, 1) and torch.allclose(together, alone, atol=1e-5)
     g_together = torch.autograd.grad(together.sum(), net.head.weight)[0]
     g_alone = torch.autograd.grad(alone.sum(), net.head.weight)[0]

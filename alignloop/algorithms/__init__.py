@@ -1,7 +1,8 @@
 """Pure tensor math of alignloop: imports only torch, does no I/O.
 
 - `masked`: sums, means, variances and whitening over the real tokens of a padded batch.
-- `reward_losses`: Bradley-Terry, K-way ranking (InstructGPT), ties and soft labels; metrics.
+- `reward_losses`: Bradley-Terry, K-way ranking (InstructGPT), ties and soft labels, ensembles.
+- `reward_metrics`: the one accuracy definition, calibration, normalisation, ensemble mean / spread.
 - `kl`: per-token KL estimators k1/k2/k3 and the fixed / adaptive KL coefficient controllers.
 - `advantages`: per-token PPO rewards, GAE, RLOO and GRPO baselines.
 - `ppo_losses`: clipped policy and value losses, log-probs and entropy from logits.

@@ -1,4 +1,4 @@
-"""Reward-model losses (Bradley-Terry, K-way rankings, ties, soft labels) and metrics.
+"""Reward-model losses: Bradley-Terry, K-way rankings (InstructGPT), ties, soft labels, ensembles.
 
 Notation: s = sigmoid, d = r_w - r_l for a (winner, loser) pair; M responses, P pairs and
 G comparison records (groups) in a batch. Losses are in nats.
@@ -6,12 +6,14 @@ G comparison records (groups) in a batch. Losses are in nats.
 A batch of records is scored in ONE forward pass: the M responses of all records are
 concatenated (record 0's K_0 responses, then record 1's, ...) into a `(M,)` reward tensor;
 the pairs are index tensors into it, built once per batch by the pure-Python
-`build_pair_batch`. `ranking_loss` is then a few gathers and one scatter, no loop over records.
+`build_pair_batch`. `ranking_loss` is then a few gathers and one scatter, no loop over records;
+`ensemble_ranking_loss` is the same over the E heads of an ensemble, `(M, E)` rewards.
+
+Accuracy, calibration, normalisation and ensemble statistics: `reward_metrics`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from itertools import combinations
 
@@ -34,28 +36,6 @@ def tie_pairs(tiers: list[list[int]]) -> list[tuple[int, int]]:
     return [pair for tier in tiers for pair in combinations(tier, 2)]
 
 
-def bradley_terry_loss(
-    r_chosen: Tensor, r_rejected: Tensor, margin: float | Tensor = 0.0, weight: Tensor | None = None
-) -> Tensor:
-    """Bradley-Terry pairwise loss: mean_i -log s(r_chosen_i - r_rejected_i - margin_i).
-
-    The one-line TRL `RewardTrainer` loss; the margin (Llama 2, Touvron et al. 2023) asks the
-    chosen reward to exceed the rejected one by at least about `margin`.
-
-    Args:
-        r_chosen, r_rejected: `(N,)` rewards of the preferred / dispreferred response.
-        margin: a float or `(N,)`.
-        weight: optional `(N,)` non-negative pair weights: the loss is then the weighted mean
-            sum_i w_i l_i / sum_i w_i.
-    Returns:
-        A scalar.
-    """
-    losses = -F.logsigmoid(r_chosen - r_rejected - margin)
-    if weight is None:
-        return losses.mean()
-    return (weight * losses).sum() / weight.sum()
-
-
 @dataclass
 class PairBatch:
     """The pairs of a batch of comparison records, as index tensors into a `(M,)` reward tensor.
@@ -70,8 +50,8 @@ class PairBatch:
         record_weight: `(G,)` float, each record's weight (its `weight` field, default 1).
         num_responses: `(G,)` long, K of each record (its responses are consecutive in the
             rewards tensor, in record order).
-    Move it with `.to(device)`. Accuracy on the decided pairs:
-    `keep = pairs.p > 0.5; pairwise_accuracy(rewards[pairs.winner][keep], rewards[pairs.loser][keep])`.
+    Move it with `.to(device)`. Accuracy (`reward_metrics`):
+    `keep = pairs.is_decided; pairwise_accuracy(rewards[pairs.winner][keep], rewards[pairs.loser][keep])`.
     """
 
     winner: Tensor
@@ -97,8 +77,22 @@ class PairBatch:
         """`(P,)` bool, True for hard wins (p == 1): the only pairs a margin applies to."""
         return self.p == 1.0
 
+    @property
+    def is_decided(self) -> Tensor:
+        """`(P,)` bool, True where the label favours `winner` (p > 0.5): the pairs accuracy counts."""
+        return self.p > 0.5
+
     def to(self, device: torch.device | str) -> "PairBatch":
         return PairBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def records(self, start: int, stop: int) -> "PairBatch":
+        """The pairs of records start..stop-1, indexed into those records' own responses: what
+        `build_pair_batch` of those records alone gives (a micro-batch of a batch built once)."""
+        keep = (self.group >= start) & (self.group < stop)
+        offset = self.num_responses[:start].sum()
+        return PairBatch(winner=self.winner[keep] - offset, loser=self.loser[keep] - offset, p=self.p[keep],
+                         group=self.group[keep] - start, record_weight=self.record_weight[start:stop],
+                         num_responses=self.num_responses[start:stop])
 
 
 def build_pair_batch(
@@ -178,6 +172,23 @@ def pair_losses(d: Tensor, p: Tensor, margin: float | Tensor = 0.0) -> Tensor:
     return -(p * F.logsigmoid(d) + (1.0 - p) * F.logsigmoid(-d))
 
 
+def record_losses(rewards: Tensor, pairs: PairBatch, margin: float | Tensor = 0.0) -> Tensor:
+    """Each record's mean pair loss, loss_g = 1/|P_g| sum_{(w,l) in P_g} pair_loss(r_w - r_l, p_wl).
+
+    `rewards` `(M,)` -> `(G,)`, or `(M, E)` (E ensemble heads) -> `(G, E)`; 0 for a record with
+    no pair. `margin`: a float, or `(P,)` per pair (hard pairs only).
+    """
+    d = rewards[pairs.winner] - rewards[pairs.loser]  # (P,) or (P, E)
+    extra = (1,) * (d.dim() - 1)
+    margin = torch.as_tensor(margin, dtype=d.dtype, device=d.device)
+    per_pair = pair_losses(d, pairs.p.view(-1, *extra), margin.view(-1, *extra) if margin.dim() else margin)
+    g = pairs.num_groups
+    pair_sum = torch.zeros((g, *per_pair.shape[1:]), dtype=per_pair.dtype, device=per_pair.device)
+    pair_sum = pair_sum.index_add(0, pairs.group, per_pair)
+    pair_count = torch.bincount(pairs.group, minlength=g).to(per_pair.dtype)  # (G,)
+    return pair_sum / pair_count.clamp_min(1).view(-1, *extra)
+
+
 def ranking_loss(
     rewards: Tensor, pairs: PairBatch, margin: float | Tensor = 0.0, reduction: str = "mean"
 ) -> Tensor:
@@ -205,13 +216,8 @@ def ranking_loss(
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    d = rewards[pairs.winner] - rewards[pairs.loser]  # (P,)
-    per_pair = pair_losses(d, pairs.p, margin)  # (P,)
-    g = pairs.num_groups
-    pair_sum = torch.zeros(g, dtype=per_pair.dtype, device=per_pair.device).index_add(0, pairs.group, per_pair)
-    pair_count = torch.bincount(pairs.group, minlength=g).to(per_pair.dtype)  # (G,)
-    weight = pairs.effective_weight.to(per_pair.dtype)  # (G,)
-    per_record = pair_sum / pair_count.clamp_min(1)  # (G,)
+    per_record = record_losses(rewards, pairs, margin)  # (G,)
+    weight = pairs.effective_weight.to(per_record.dtype)  # (G,)
     if reduction == "sum":
         return (weight * per_record).sum()
     total = weight.sum()
@@ -219,80 +225,24 @@ def ranking_loss(
     return (weight * per_record).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def pairwise_accuracy(r_w: Tensor, r_l: Tensor) -> Tensor:
-    """Share of pairs ranked correctly: mean_i [r_w_i > r_l_i], an exact tie counting 1/2. `(N,)` -> scalar."""
-    return ((r_w > r_l).float() + 0.5 * (r_w == r_l).float()).mean()
+def ensemble_ranking_loss(rewards: Tensor, pairs: PairBatch, counts: Tensor, denominators: Tensor,
+                          margin: float | Tensor = 0.0) -> Tensor:
+    """The ranking loss of E ensemble heads, each on its own resample of the records (a scalar).
 
+        loss = sum_e  sum_g c_eg loss_eg / D_e,    c_eg = record_weight_g x counts_eg (0 if P_g is empty)
 
-def expected_calibration_error(prob: Tensor, label: Tensor, n_bins: int = 10) -> Tensor:
-    """Expected calibration error of predicted pair probabilities (Guo et al. 2017, eq. 3).
-
-        ECE = sum_b (n_b / N) * | mean_{i in b} prob_i - mean_{i in b} label_i |
-
-    over `n_bins` equal-width bins of [0, 1] (bin b holds b/n <= prob < (b+1)/n; prob = 1 goes
-    to the last bin; empty bins are skipped).
+    with loss_eg from `record_losses` on head e's rewards. Head e's term is `ranking_loss`
+    (reduction "sum") of its rewards with record weights record_weight x counts[e], divided by
+    D_e: pass D_e = sum_g c_eg over the WHOLE global batch (every micro-batch, every process),
+    and the summed micro-batch losses equal each head's "mean" loss of that batch, added over
+    the heads.
 
     Args:
-        prob: `(N,)` predicted P(first beats second) = s(r_1 - r_2).
-        label: `(N,)` observed outcome, 1/0 (hard) or a soft label in [0, 1].
-    The orientation of a pair is arbitrary; to make the ECE independent of it, pass each pair
-    both ways (prob and 1 - prob with label and 1 - label).
+        rewards: `(M, E)` rewards of the batch's responses under each head.
+        pairs: from `build_pair_batch`, record weights unscaled.
+        counts: `(E, G)` how often each head sees each record (bootstrap counts; ones for all).
+        denominators: `(E,)` D_e as above (> 0).
     """
-    prob, label = prob.detach().float().flatten(), label.detach().float().flatten()
-    bins = (prob * n_bins).long().clamp(0, n_bins - 1)
-    count = torch.bincount(bins, minlength=n_bins).float()
-    zeros = torch.zeros(n_bins, device=prob.device)
-    gap = zeros.index_add(0, bins, prob) - zeros.index_add(0, bins, label)  # n_b * (mean prob - mean label)
-    return gap.abs().sum() / count.sum().clamp_min(1)
-
-
-def soft_label_agreement(r_1: Tensor, r_2: Tensor, p: Tensor) -> dict[str, Tensor]:
-    """How well the reward model's pair probabilities match soft labels p = P(1 beats 2). `(N,)` each.
-
-    Returns (scalars):
-        `mae`: mean |s(r_1 - r_2) - p|;
-        `side_agreement`: among pairs with p != 0.5, the share where s(r_1 - r_2) is on the
-            same side of 0.5 as p (a model probability of exactly 0.5 counts 1/2); nan if none;
-        `cross_entropy`: mean -[p log s(d) + (1 - p) log s(-d)] (its minimum is the entropy
-            of the labels, not 0).
-    """
-    d = (r_1 - r_2).detach().float()
-    p = p.detach().float()
-    q = torch.sigmoid(d)
-    decided = p != 0.5
-    same = ((q > 0.5) == (p > 0.5)).float() * (q != 0.5).float() + 0.5 * (q == 0.5).float()
-    side = same[decided].mean() if decided.any() else torch.tensor(math.nan)
-    return {"mae": (q - p).abs().mean(), "side_agreement": side, "cross_entropy": pair_losses(d, p).mean()}
-
-
-def normalize_stats(rewards: Tensor) -> tuple[float, float]:
-    """Mean and (population) std of rewards on a reference set, to be stored with the model.
-
-    InstructGPT normalises the reward model so that the demonstrations score mean 0; alignloop
-    also scales to std 1 so that beta and the score clip mean the same for every reward model.
-    """
-    rewards = rewards.detach().double().flatten()
-    return rewards.mean().item(), rewards.std(correction=0).item()
-
-
-def normalize(rewards: Tensor, mean: float, std: float, eps: float = 1e-8) -> Tensor:
-    """(rewards - mean) / max(std, eps), same shape as `rewards`."""
-    return (rewards - mean) / max(std, eps)
-
-
-def ensemble_stats(member_rewards: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and spread over an ensemble of reward models: `(E, B)` -> `(B,)`, `(B,)`.
-
-    The spread is the sample std over the E members (E - 1 in the denominator); 0 for E = 1.
-    """
-    mean = member_rewards.mean(dim=0)
-    if member_rewards.shape[0] < 2:
-        return mean, torch.zeros_like(mean)
-    return mean, member_rewards.std(dim=0)
-
-
-def conservative_score(mean: Tensor, std: Tensor, k: float) -> Tensor:
-    """mean - k * std: a lower confidence bound on the reward, to make reward hacking where the
-    ensemble disagrees less attractive (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
-    Overoptimization", their uncertainty-weighted optimisation). Shapes `(B,)`."""
-    return mean - k * std
+    per_record = record_losses(rewards, pairs, margin)  # (G, E)
+    c = (pairs.effective_weight.unsqueeze(0) * counts.to(pairs.record_weight)).to(per_record.dtype)  # (E, G)
+    return ((c * per_record.T).sum(dim=1) / denominators.to(per_record.dtype)).sum()

@@ -4,13 +4,16 @@ One comparison record (K responses ranked, ties allowed, or a soft label p for K
 example: its C(K,2) pairs are averaged (InstructGPT), see `algorithms.reward_losses`. The
 loop, per optimizer step s (the same shape as SFT):
   1) the global batch is records order[s*G : (s+1)*G] of the epoch's permutation (records of
-     one prompt kept together, similar lengths batched together);
+     one prompt kept together, similar lengths batched together); its pairs are built once;
   2) each process scores its records' responses in `grad_accum` micro-batches, each distinct
      prompt and response once;
   3) loss = sum over ensemble heads e of  sum_g c_eg loss_g / sum_g c_eg  over the WHOLE global
-     batch (c_eg = record weight x bootstrap count of record g for head e), so gradient
-     accumulation and several processes give the same gradient as one big batch;
+     batch (c_eg = record weight x bootstrap count of record g for head e; one pure function,
+     `algorithms.reward_losses.ensemble_ranking_loss`), so gradient accumulation and several
+     processes give the same gradient as one big batch;
   4) clip, optimizer and LR-schedule step; 5) log, evaluate, checkpoint.
+Accuracy, train and held-out alike, is `algorithms.reward_metrics.pairwise_accuracy` on the
+decided pairs (hard wins and soft labels by their side of 0.5; exact reward ties count 1/2).
 With `mismatched_pairs`, each training prompt also gets pairs ranking its own response above
 one written for another prompt. At the end, rewards are normalised to mean 0 / std 1 over the
 rated training responses (per head; of a random subset of the prompts with
@@ -149,60 +152,79 @@ def distinct_responses(rows: list[dict]) -> tuple[list[list[int]], list[list[int
     return prompts, responses, group, index
 
 
-def forward_records(model, rows: list[dict], pad_id: int, device, tie_mode: str, weights: torch.Tensor | None = None):
-    """Rewards (M, E) of the rows' responses (each distinct prompt and response scored once) and
-    their PairBatch (record weights x `weights` (G,))."""
-    from alignloop.algorithms.reward_losses import build_pair_batch
+def score_records(model, rows: list[dict], pad_id: int, device) -> torch.Tensor:
+    """Rewards (M, E) of the rows' responses, records concatenated in order (each distinct prompt
+    and response scored once, see `distinct_responses`)."""
     from alignloop.models.reward_model import grouped_batch
 
     prompts, responses, group, index = distinct_responses(rows)
     distinct = model(**grouped_batch(prompts, responses, group, pad_id, device))  # (U, E)
-    rewards = distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
-    record_weight = [r["weight"] for r in rows] if weights is None else (
-        torch.tensor([r["weight"] for r in rows]) * weights).tolist()
-    pairs = build_pair_batch([r["tiers"] for r in rows], [r["p"] for r in rows], record_weight, tie_mode)
-    return rewards, pairs.to(device)
+    return distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
+
+
+def pair_batch(rows: list[dict], tie_mode: str):
+    """The pairs of the rows (`algorithms.reward_losses.build_pair_batch`), their record weights as given."""
+    from alignloop.algorithms.reward_losses import build_pair_batch
+
+    return build_pair_batch([r["tiers"] for r in rows], [r["p"] for r in rows], [r["weight"] for r in rows], tie_mode)
+
+
+def accuracy_counts(rewards: torch.Tensor, pairs) -> torch.Tensor:
+    """(correct, decided) of `algorithms.reward_metrics.pairwise_accuracy` on the decided pairs:
+    the one accuracy of the train and held-out metrics, summable over batches and processes."""
+    from alignloop.algorithms.reward_metrics import pairwise_accuracy
+
+    keep = pairs.is_decided
+    correct = pairwise_accuracy(rewards[pairs.winner][keep], rewards[pairs.loser][keep], reduction="sum")
+    return torch.stack([correct, keep.sum().to(correct.dtype)])
 
 
 @torch.no_grad()
 def evaluate(accelerator, model, rows: list[dict], pad_id: int, cfg: RewardConfig) -> dict:
-    """Held-out loss, pairwise accuracy (hard labels), soft-label agreement and calibration (ECE)."""
-    from alignloop.algorithms.reward_losses import expected_calibration_error, ranking_loss
+    """Held-out loss, accuracy (`accuracy_counts`), soft-label agreement and calibration (ECE),
+    all of the ensemble mean."""
+    from alignloop import metric_names as M
+    from alignloop.algorithms.reward_losses import ranking_loss
+    from alignloop.algorithms.reward_metrics import expected_calibration_error, soft_label_agreement
 
     if not rows:
         return {}
     model.eval()
     mine = rows[accelerator.process_index:: accelerator.num_processes]
-    d_all, p_all, loss_sum, weight_sum = [], [], 0.0, 0.0
+    d_all, p_all, totals = [], [], torch.zeros(4, device=accelerator.device)  # loss sum, weight, correct, decided
     for i in range(0, len(mine), cfg.batch_size):
-        rewards, pairs = forward_records(model, mine[i: i + cfg.batch_size], pad_id, accelerator.device, cfg.tie_mode)
-        r = rewards.float().mean(dim=1)  # the ensemble mean
-        loss_sum += ranking_loss(r, pairs, cfg.margin, reduction="sum").item()
-        weight_sum += pairs.effective_weight.sum().item()
+        batch = mine[i: i + cfg.batch_size]
+        pairs = pair_batch(batch, cfg.tie_mode).to(accelerator.device)
+        r = score_records(model, batch, pad_id, accelerator.device).float().mean(dim=1)  # the ensemble mean
+        totals += torch.cat([torch.stack([ranking_loss(r, pairs, cfg.margin, reduction="sum"),
+                                          pairs.effective_weight.sum()]), accuracy_counts(r, pairs)])
         d_all.append(r[pairs.winner] - r[pairs.loser])
         p_all.append(pairs.p)
     model.train()
     d = accelerator.gather_for_metrics(torch.cat(d_all))
     p = accelerator.gather_for_metrics(torch.cat(p_all))
-    totals = accelerator.reduce(torch.tensor([loss_sum, weight_sum], device=accelerator.device), "sum")
-    hard, soft = p == 1.0, (p > 0.5) & (p < 1.0)
-    prob = torch.sigmoid(d)
-    metrics = {"eval/loss": (totals[0] / totals[1].clamp_min(1e-12)).item(), "eval/pairs": int(d.numel())}
-    if hard.any():
-        metrics["eval/accuracy"] = ((d[hard] > 0).float() + 0.5 * (d[hard] == 0).float()).mean().item()
-    if soft.any():
-        metrics["eval/soft_agreement"] = (prob[soft] > 0.5).float().mean().item()
-        metrics["eval/soft_mae"] = (prob[soft] - p[soft]).abs().mean().item()
-    decided = p > 0.5
-    if decided.any():  # both orientations, so the ECE does not depend on which response is first
-        probs = torch.cat([prob[decided], 1 - prob[decided]])
-        labels = torch.cat([p[decided], 1 - p[decided]])
-        metrics["eval/ece"] = expected_calibration_error(probs, labels).item()
+    loss, weight, correct, decided = accelerator.reduce(totals, "sum").tolist()
+    metrics = {M.EVAL_LOSS: loss / max(weight, 1e-12), M.EVAL_PAIRS: int(d.numel())}
+    if decided:
+        metrics[M.EVAL_ACCURACY] = correct / decided
+    soft = (p > 0.5) & (p < 1.0)
+    if soft.any():  # the accuracy on the soft-labelled pairs alone, and how close s(d) comes to p
+        agreement = soft_label_agreement(d[soft], torch.zeros_like(d[soft]), p[soft])
+        metrics[M.EVAL_SOFT_AGREEMENT] = agreement["side_agreement"].item()
+        metrics[M.EVAL_SOFT_MAE] = agreement["mae"].item()
+    decided_pairs = p > 0.5
+    if decided_pairs.any():  # both orientations, so the ECE does not depend on which response is first
+        prob = torch.sigmoid(d[decided_pairs])
+        probs = torch.cat([prob, 1 - prob])
+        labels = torch.cat([p[decided_pairs], 1 - p[decided_pairs]])
+        metrics[M.EVAL_ECE] = expected_calibration_error(probs, labels).item()
     return metrics
 
 
 def run_reward(cfg: RewardConfig) -> Path:
-    from alignloop.algorithms.reward_losses import build_pair_batch, ranking_loss
+    from alignloop import metric_names as M
+    from alignloop.algorithms.reward_losses import ensemble_ranking_loss
+    from alignloop.algorithms.reward_metrics import normalize_stats
     from alignloop.models.loading import load_tokenizer, load_trainable
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar
@@ -218,13 +240,13 @@ def run_reward(cfg: RewardConfig) -> Path:
     # Data, model, optimizer.
     tokenizer = load_tokenizer(cfg.model)
     train, heldout = load_comparisons(cfg, tokenizer)
-    world = accelerator.num_processes
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     global_batch, steps_per_epoch = global_batches(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.data)
     total_steps = steps_per_epoch * cfg.epochs
     counts = bootstrap_counts(len(train), cfg.ensemble, cfg.ensemble_mode, cfg.seed)  # (E, N)
     lengths = [len(r["prompt"]) + max(len(x) for x in r["responses"]) for r in train]
     prompt_keys = [tuple(r["prompt"]) for r in train]
-    model = RewardNet(load_trainable(cfg, accelerator.device), cfg.ensemble).to(accelerator.device)
+    model = RewardNet(load_trainable(cfg, device), cfg.ensemble).to(device)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
@@ -239,7 +261,8 @@ def run_reward(cfg: RewardConfig) -> Path:
         advance(step)
         while step < stop:
             t0 = time.time()
-            # 1) the global batch; its total record weight per head normalises the loss (3).
+            # 1) the global batch and its pairs (built once); each head's total record weight over
+            #    the WHOLE global batch is the denominator of its loss (3).
             epoch, s = divmod(step, steps_per_epoch)
             if cfg.group_by_length or cfg.group_by_prompt:
                 order = length_grouped_order(lengths if cfg.group_by_length else [0] * len(train), global_batch,
@@ -247,30 +270,21 @@ def run_reward(cfg: RewardConfig) -> Path:
             else:
                 order = epoch_order(len(train), cfg.seed, epoch)
             idx = order[s * global_batch: (s + 1) * global_batch]
-            whole = build_pair_batch([train[i]["tiers"] for i in idx], [train[i]["p"] for i in idx],
-                                     [train[i]["weight"] for i in idx], cfg.tie_mode)
-            head_weight = (counts[:, idx] * whole.effective_weight).sum(dim=1).clamp_min(1e-12)  # (E,)
-            # 2) this process's share, in micro-batches.
-            share = idx[accelerator.process_index * cfg.batch_size * cfg.grad_accum:][: cfg.batch_size * cfg.grad_accum]
-            loss_total, acc_hits, acc_n, n_pairs = 0.0, 0.0, 0, 0
+            pairs = pair_batch([train[i] for i in idx], cfg.tie_mode)
+            denominators = (counts[:, idx] * pairs.effective_weight).sum(dim=1).clamp_min(1e-12).to(device)  # (E,)
+            # 2) this process's share, in micro-batches: records [start, start + batch_size) of idx.
+            totals = torch.zeros(4, device=device)  # loss, accuracy correct, decided, pairs
             for m in range(cfg.grad_accum):
-                micro = share[m * cfg.batch_size: (m + 1) * cfg.batch_size]
-                rows = [train[i] for i in micro]
-                sync = m == cfg.grad_accum - 1
-                with accelerator.no_sync(model) if not sync and world > 1 else nullcontext():
-                    rewards, pairs = forward_records(model, rows, pad_id, accelerator.device, cfg.tie_mode)
-                    loss = 0.0
-                    for e in range(cfg.ensemble):  # 3) one ranking loss per head, on its resample
-                        pairs.record_weight = torch.tensor([train[i]["weight"] for i in micro],
-                                                           device=accelerator.device) * counts[e, micro].to(accelerator.device)
-                        loss = loss + ranking_loss(rewards[:, e].float(), pairs, cfg.margin, reduction="sum") / head_weight[e]
+                start = (rank * cfg.grad_accum + m) * cfg.batch_size
+                micro = idx[start: start + cfg.batch_size]
+                micro_pairs = pairs.records(start, start + len(micro)).to(device)
+                with accelerator.no_sync(model) if m < cfg.grad_accum - 1 and world > 1 else nullcontext():
+                    rewards = score_records(model, [train[i] for i in micro], pad_id, device).float()  # (M, E)
+                    # 3) one pure function: every head's ranking loss on its resample, over its denominator
+                    loss = ensemble_ranking_loss(rewards, micro_pairs, counts[:, micro].to(device), denominators, cfg.margin)
                     accelerator.backward(loss * world)
-                loss_total += loss.item()
-                r = rewards.detach().float().mean(dim=1)
-                decided = pairs.p > 0.5  # hard wins and soft labels that favour one side
-                acc_hits += (r[pairs.winner][decided] > r[pairs.loser][decided]).sum().item()
-                acc_n += int(decided.sum())
-                n_pairs += pairs.p.numel()
+                totals += torch.cat([loss.detach().view(1), accuracy_counts(rewards.detach().mean(dim=1), micro_pairs),
+                                     torch.tensor([micro_pairs.p.numel()], device=device)])
             # 4) clip, step.
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -278,15 +292,15 @@ def run_reward(cfg: RewardConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             # 5) log, evaluate, checkpoint.
-            totals = accelerator.reduce(torch.tensor([loss_total, acc_hits, acc_n, n_pairs], device=accelerator.device), "sum")
-            metrics = {"train/loss": totals[0].item() / cfg.ensemble, "train/accuracy": (totals[1] / totals[2].clamp_min(1)).item(),
-                       "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                       "train/epoch": step / steps_per_epoch, "time/step_s": time.time() - t0,
-                       "time/pairs_per_s": totals[3].item() / max(time.time() - t0, 1e-9)}
+            loss_sum, correct, decided, n_pairs = accelerator.reduce(totals, "sum").tolist()
+            metrics = {M.TRAIN_LOSS: loss_sum / cfg.ensemble, M.TRAIN_ACCURACY: correct / max(decided, 1),
+                       M.GRAD_NORM: float(grad_norm), M.LR: scheduler.get_last_lr()[0],
+                       M.EPOCH: step / steps_per_epoch, M.STEP_S: time.time() - t0,
+                       M.PAIRS_PER_S: n_pairs / max(time.time() - t0, 1e-9)}
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
                 metrics.update(evaluate(accelerator, model, heldout, pad_id, cfg))
             tracker.log(step, metrics)
-            advance(1, loss=metrics["train/loss"], acc=metrics["train/accuracy"])
+            advance(1, loss=metrics[M.TRAIN_LOSS], acc=metrics[M.TRAIN_ACCURACY])
             if (cfg.save_every and step % cfg.save_every == 0 and step < total_steps) or step == stop < total_steps:
                 save_checkpoint(out, accelerator, model, optimizer, scheduler, {"step": step})
 
@@ -299,8 +313,9 @@ def run_reward(cfg: RewardConfig) -> Path:
     groups = normalization_groups(train, cfg.normalization_prompts, cfg.seed)
     with accelerator.autocast():  # the precision it was trained in, and PPO scores in (--mixed-precision)
         raw = raw_rewards(net, groups, pad_id)  # (N, E)
-    mean, std = raw.mean(dim=0).tolist(), raw.std(dim=0, correction=0).clamp_min(1e-6).tolist()
-    tracker.log(step, {"normalization/mean": sum(mean) / len(mean), "normalization/std": sum(std) / len(std)})
+    mean, std = normalize_stats(raw)
+    mean, std = mean.tolist(), std.clamp_min(1e-6).tolist()
+    tracker.log(step, {M.NORMALIZATION_MEAN: sum(mean) / len(mean), M.NORMALIZATION_STD: sum(std) / len(std)})
     tracker.close()
     if accelerator.is_main_process:
         save_reward_model(net, tokenizer, out, base=cfg.model, mean=mean, std=std, max_length=cfg.max_length,

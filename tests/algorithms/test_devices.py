@@ -14,7 +14,8 @@ from alignloop.algorithms.ppo_losses import (
     policy_loss,
     value_loss,
 )
-from alignloop.algorithms.reward_losses import build_pair_batch, expected_calibration_error, ranking_loss
+from alignloop.algorithms.reward_losses import build_pair_batch, ranking_loss
+from alignloop.algorithms.reward_metrics import expected_calibration_error
 
 
 def run_all(device):

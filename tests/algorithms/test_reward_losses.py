@@ -7,19 +7,14 @@ import torch.nn.functional as F
 
 from alignloop.algorithms.reward_losses import (
     PairBatch,
-    bradley_terry_loss,
     build_pair_batch,
-    conservative_score,
-    ensemble_stats,
-    expected_calibration_error,
-    normalize,
-    normalize_stats,
-    pairwise_accuracy,
+    ensemble_ranking_loss,
     ranking_loss,
     ranking_pairs,
-    soft_label_agreement,
+    record_losses,
     tie_pairs,
 )
+from alignloop.algorithms.reward_metrics import pairwise_accuracy
 
 L1 = math.log(1 + math.exp(-1))  # -log s(1) = 0.31326
 L2 = math.log(1 + math.exp(-2))  # -log s(2) = 0.12693
@@ -53,9 +48,20 @@ def test_build_pair_batch_layout():
     assert pb.num_responses.tolist() == [4, 2, 2] and pb.num_groups == 3
     assert pb.record_weight.tolist() == [1.0, 2.0, 0.5]
     assert pb.is_hard.tolist() == [True] * 5 + [False] * 3
+    assert pb.is_decided.tolist() == [True] * 5 + [False, True, False]  # the tie pairs are not
     skip = build_pair_batch([[[2], [0, 3], [1]], [[0, 1]]])
     assert skip.winner.tolist() == [2, 2, 2, 0, 3] and skip.num_groups == 2
     assert isinstance(skip.to("cpu"), PairBatch)
+
+
+def test_records_of_a_batch_equal_a_batch_of_those_records():
+    rng = random.Random(3)
+    tiers_list, ps, weights = random_records(rng, 12)
+    whole = build_pair_batch(tiers_list, ps, weights, tie_mode="soft")
+    for start, stop in ((0, 5), (5, 6), (6, 12), (3, 3)):
+        part, alone = whole.records(start, stop), build_pair_batch(tiers_list[start:stop], ps[start:stop],
+                                                                   weights[start:stop], tie_mode="soft")
+        assert all(torch.equal(getattr(part, k), getattr(alone, k)) for k in vars(alone)), (start, stop)
 
 
 def test_build_pair_batch_errors():
@@ -67,21 +73,6 @@ def test_build_pair_batch_errors():
         build_pair_batch([[[0], [1]]], [1.5])
     with pytest.raises(ValueError, match="records"):
         build_pair_batch([[[0], [1]]], [None, None])
-
-
-# ---- Bradley-Terry -----------------------------------------------------------------------------
-
-
-def test_bradley_terry_hand_values():
-    # r_c = 1, r_r = 0: -log s(1) = log(1 + e^-1) = 0.3133
-    assert close(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0])), 0.3133, 1e-4)
-    # margin 0.5: -log s(1 - 0.5) = log(1 + e^-0.5) = 0.4741
-    assert close(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=0.5), 0.4741, 1e-4)
-    # weights 3, 1 on losses log(1+e^-1) and log(1+e^1) = 1 + log(1+e^-1): (3 L1 + 1 + L1) / 4
-    loss = bradley_terry_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), weight=torch.tensor([3.0, 1.0]))
-    assert close(loss, (4 * L1 + 1) / 4)
-    # equal rewards: log 2
-    assert close(bradley_terry_loss(torch.zeros(3), torch.zeros(3)), LN2)
 
 
 # ---- K-way ranking loss: hand values -----------------------------------------------------------
@@ -244,64 +235,6 @@ def test_ranking_loss_teaches_a_linear_reward_model():
     assert pairwise_accuracy(r_w, r_l).item() > 0.95
 
 
-# ---- metrics -----------------------------------------------------------------------------------
-
-
-def test_pairwise_accuracy():
-    # 1 > 0 right, 2 == 2 half, 3 < 4 wrong -> 1.5 / 3
-    assert close(pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])), 0.5)
-
-
-def test_expected_calibration_error_hand_value():
-    # bin [0.9, 1.0): four pairs, mean prob 0.9, mean label 3/4 -> gap 0.15, weight 4/5
-    # bin [0.2, 0.3): one pair, prob 0.2, label 0 -> gap 0.2, weight 1/5
-    # ECE = 0.8 * 0.15 + 0.2 * 0.2 = 0.12 + 0.04 = 0.16
-    prob = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.2])
-    label = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])
-    assert close(expected_calibration_error(prob, label), 0.16)
-    # perfectly calibrated: prob 0.5, half the labels 1; soft labels equal to prob; prob = 1 in the last bin
-    assert close(expected_calibration_error(torch.full((4,), 0.5), torch.tensor([1.0, 0.0, 1.0, 0.0])), 0.0)
-    assert close(expected_calibration_error(torch.tensor([0.7, 0.3]), torch.tensor([0.7, 0.3])), 0.0)
-    assert close(expected_calibration_error(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])), 0.0)
-    # 2 bins: prob 0.6 and 0.8 share bin [0.5, 1]: mean 0.7 vs label mean 1 -> 0.3
-    assert close(expected_calibration_error(torch.tensor([0.6, 0.8]), torch.tensor([1.0, 1.0]), n_bins=2), 0.3)
-
-
-def test_soft_label_agreement_hand_values():
-    # d = (1, -1, 0): q = s(d) = (0.7311, 0.2689, 0.5); p = (0.7, 0.6, 0.5)
-    # mae = (0.0311 + 0.3311 + 0) / 3 = 0.1207
-    # side: pair 0 agrees (both > 0.5), pair 1 disagrees, pair 2 (p = 0.5) left out -> 0.5
-    q = torch.sigmoid(torch.tensor([1.0, -1.0]))
-    out = soft_label_agreement(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.7, 0.6, 0.5]))
-    assert close(out["mae"], ((q[0] - 0.7).abs() + (q[1] - 0.6).abs()).item() / 3)
-    assert close(out["mae"], 0.1207, 1e-3)
-    assert close(out["side_agreement"], 0.5)
-    # cross-entropy of pair 0: L1 + 0.3 (see test_soft_label_hand_values); pair 1: -[0.6 log s(-1) + 0.4 log s(1)]
-    # = 0.6 (1 + L1) + 0.4 L1 = L1 + 0.6; pair 2: log 2
-    assert close(out["cross_entropy"], (L1 + 0.3 + L1 + 0.6 + LN2) / 3)
-    assert math.isnan(soft_label_agreement(torch.zeros(1), torch.zeros(1), torch.tensor([0.5]))["side_agreement"].item())
-
-
-def test_normalize():
-    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    mean, std = normalize_stats(r)
-    # mean 2.5; population std sqrt((2.25 + 0.25 + 0.25 + 2.25) / 4) = sqrt(1.25)
-    assert close(mean, 2.5) and close(std, math.sqrt(1.25))
-    z = normalize(r, mean, std)
-    assert close(z.mean(), 0.0) and close(z.std(correction=0), 1.0)
-    assert torch.equal(normalize(r, 1.0, 0.0), (r - 1.0) / 1e-8)  # std 0 does not divide by 0
-
-
-def test_ensemble_and_conservative_score():
-    # members x batch: column 0 = (1, 3, 5) -> mean 3, sample std 2; column 1 = (2, 2, 2) -> mean 2, std 0
-    mean, std = ensemble_stats(torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]]))
-    assert torch.allclose(mean, torch.tensor([3.0, 2.0])) and torch.allclose(std, torch.tensor([2.0, 0.0]))
-    # mean - 1 * std = (1, 2): the disputed response drops below the agreed one
-    assert torch.allclose(conservative_score(mean, std, 1.0), torch.tensor([1.0, 2.0]))
-    mean1, std1 = ensemble_stats(torch.tensor([[4.0, 5.0]]))
-    assert torch.equal(std1, torch.zeros(2)) and torch.equal(mean1, torch.tensor([4.0, 5.0]))
-
-
 def test_sum_reduction_gives_accumulation_invariance():
     # Splitting a batch into micro-batches: sum of "sum" losses / total effective weight == "mean" loss
     rng = random.Random(7)
@@ -323,3 +256,40 @@ def test_sum_reduction_gives_accumulation_invariance():
 def test_effective_weight_zero_for_records_without_pairs():
     pb = build_pair_batch([[[0], [1]], [[0, 1]], [[1], [0]]], records_weight=[2.0, 5.0, 0.5])
     assert pb.effective_weight.tolist() == [2.0, 0.0, 0.5]
+
+
+# ---- ensembles ---------------------------------------------------------------------------------
+
+
+def test_record_losses_hand_values_for_two_heads():
+    # record 0: ranking [0, 1, 2]; record 1: soft p = 0.7; heads: rewards (2, 1, 0 | 1, 0) and all 0
+    pb = build_pair_batch([[[0], [1], [2]], [[0], [1]]], [None, 0.7])
+    rewards = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    per = record_losses(rewards, pb)
+    assert per.shape == (2, 2)
+    assert close(per[0, 0], (2 * L1 + L2) / 3) and close(per[1, 0], L1 + 0.3)  # as in the hand values above
+    assert close(per[0, 1], LN2) and close(per[1, 1], LN2)  # equal rewards: log 2 whatever the label
+    assert torch.allclose(record_losses(rewards[:, 0], pb), per[:, 0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ensemble_loss_is_each_heads_ranking_loss_on_its_resample(seed):
+    # head e = ranking_loss with record weights w x counts[e], each divided by its own denominator
+    rng = random.Random(seed)
+    tiers_list, ps, weights = random_records(rng, 30)
+    pb = build_pair_batch(tiers_list, ps, weights, tie_mode="soft")
+    g = torch.Generator().manual_seed(seed)
+    m, heads = int(pb.num_responses.sum()), 3
+    rewards = torch.randn(m, heads, generator=g, dtype=torch.float64, requires_grad=True)
+    counts = torch.randint(0, 3, (heads, pb.num_groups), generator=g).double()
+    denominators = torch.tensor([2.0, 5.0, 0.5], dtype=torch.float64)
+    fast = ensemble_ranking_loss(rewards, pb, counts, denominators, margin=0.2)
+    slow = 0.0
+    for e in range(heads):
+        resampled = PairBatch(**{**vars(pb), "record_weight": pb.record_weight.double() * counts[e]})
+        slow = slow + ranking_loss(rewards[:, e], resampled, 0.2, reduction="sum") / denominators[e]
+    assert torch.allclose(fast, slow)
+    assert torch.allclose(*(torch.autograd.grad(x, rewards)[0] for x in (fast, slow)))
+    # one head, its own total weight as the denominator: the plain weighted-mean ranking loss
+    one = ensemble_ranking_loss(rewards[:, :1], pb, torch.ones(1, pb.num_groups), pb.effective_weight.sum().view(1))
+    assert torch.allclose(one, ranking_loss(rewards[:, 0], pb))

@@ -1,0 +1,81 @@
+"""Every metric name the training stages write to metrics.jsonl, defined once.
+
+Writers: train/sft.py, train/reward.py, train/ppo.py. Readers: evaluate/report.py (plots and
+tables), pipeline.py (the summary), benchmarks/. A name is GROUP/WHAT; the groups:
+
+    train/          on the training batches (sft, reward)
+    eval/           on held-out data (sft, reward)
+    normalization/  the reward model's stored normalisation (reward)
+    reward/         what PPO maximises: the combined score, and score - beta * KL
+    score/NAME      one reward source's mean raw score (PPO), NAME from `source_name`
+    kl/             KL to the reference and its coefficient beta (PPO)
+    loss/           PPO's loss terms
+    policy/         the policy update: clipping, ratios, entropy, skipped minibatches (PPO)
+    value/          the value head (PPO with GAE)
+    response/       what the sampled responses look like (PPO)
+    optim/          the optimizer: learning rate, gradient norm (every stage)
+    time/           seconds per phase (`_s`) and throughput (`_per_s`)
+
+No torch here: the report and the pipeline summary read these without loading a model.
+"""
+
+from __future__ import annotations
+
+# every stage
+LR = "optim/lr"  # learning rate after the step's schedule update
+GRAD_NORM = "optim/grad_norm"  # gradient norm before clipping
+
+# sft and reward
+TRAIN_LOSS = "train/loss"  # sft: nats per response token; reward: ranking loss, mean over heads
+TRAIN_ACCURACY = "train/accuracy"  # reward: `algorithms.reward_metrics.pairwise_accuracy` on the batch
+EPOCH = "train/epoch"  # fractional epochs done
+EVAL_LOSS = "eval/loss"
+EVAL_ACCURACY = "eval/accuracy"  # reward: the same accuracy as train/accuracy, held out
+EVAL_SOFT_AGREEMENT = "eval/soft_agreement"  # that accuracy on the soft-labelled pairs alone
+EVAL_SOFT_MAE = "eval/soft_mae"  # mean |s(r_w - r_l) - p| on the soft-labelled pairs
+EVAL_ECE = "eval/ece"  # expected calibration error of s(r_w - r_l)
+EVAL_PAIRS = "eval/pairs"
+NORMALIZATION_MEAN = "normalization/mean"
+NORMALIZATION_STD = "normalization/std"
+STEP_S = "time/step_s"
+PAIRS_PER_S = "time/pairs_per_s"
+
+# ppo
+SCORE = "reward/score"  # weighted sum of the sources, after the missing-EOS penalty and the clip
+RLHF_REWARD = "reward/rlhf"  # score - beta * KL: what PPO maximises
+KL = "kl/mean"  # KL(policy || reference) estimate, nats per response, mean over the batch
+BETA = "kl/beta"  # the KL coefficient used this iteration
+NEXT_BETA = "kl/next_beta"  # after the controller's update
+POLICY_LOSS = "loss/policy"
+VALUE_LOSS = "loss/value"
+CLIPFRAC = "policy/clipfrac"
+APPROX_KL = "policy/approx_kl"  # KL(old policy || new) over the update
+RATIO_MAX = "policy/ratio_max"
+ENTROPY = "policy/entropy"  # nats per token
+SKIPPED_MINIBATCHES = "policy/skipped_minibatches"  # ratio guard: minibatches not stepped
+VALUE_CLIPFRAC = "value/clipfrac"
+EXPLAINED_VARIANCE = "value/explained_variance"
+LENGTH = "response/length"  # tokens
+NO_EOS_SHARE = "response/no_eos_share"
+REPEATED_3GRAM_SHARE = "response/repeated_3gram_share"
+GENERATE_S = "time/generate_s"
+SCORE_S = "time/score_s"
+FORWARD_S = "time/forward_s"
+TRAIN_S = "time/train_s"
+ITERATION_S = "time/iteration_s"
+TOKENS_PER_S = "time/tokens_per_s"
+
+SCORE_PREFIX = "score/"
+
+
+def source_name(source: str) -> str:
+    """A reward source's stable name: a reward-model folder by its base name (`runs/x/reward`
+    -> `reward`), anything else (`rule:module:function`, `judge`) as it was given."""
+    if source.startswith(("rule:", "judge:")) or "/" not in source:
+        return source
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def score(source: str) -> str:
+    """The metric of one reward source's mean score: `score/<source_name>`."""
+    return SCORE_PREFIX + source_name(source)
