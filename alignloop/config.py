@@ -15,7 +15,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import click
 import yaml
@@ -39,6 +39,7 @@ class StageConfig(BaseModel):
 class LoraOptions(BaseModel):
     """Weight dtype, and what is trained: LoRA adapters or every weight."""
 
+    heading: ClassVar[str] = "Model and LoRA options"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype: auto = float32 on CPU, bfloat16 on a GPU that has it."
     )
@@ -86,9 +87,45 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def option_sections(cls: type[BaseModel]) -> list[tuple[str, list[str]]]:
+    """The fields of `cls` in `--help` order, in sections: first the command's own fields (those
+    its class declares; required ones at the top), then the shared ones it inherits, one section
+    per option group under the group's `heading` (pydantic itself lists inherited fields first)."""
+    def declared_in(name: str) -> int:  # position in the MRO of the class that declares the field
+        return next(i for i, k in enumerate(cls.__mro__) if name in vars(k).get("__annotations__", {}))
+
+    names = sorted(cls.model_fields, key=lambda n: (declared_in(n), not cls.model_fields[n].is_required()))
+    sections: dict[str, list[str]] = {"Options": []}
+    for name in names:
+        group = cls.__mro__[declared_in(name)]
+        title = "Options" if group is cls else getattr(group, "heading", "Shared options")
+        sections.setdefault(title, []).append(name)
+    return [(title, fields) for title, fields in sections.items() if fields]
+
+
+class StageCommand(click.Command):
+    """A command whose `--help` shows its options in `sections` (title, parameter names); the
+    parameters in no section (--config, --help, ...) come last, under "Other options"."""
+
+    def __init__(self, *args: Any, sections: list[tuple[str, list[str]]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        params = {p.name: p for p in self.get_params(ctx)}
+        placed = {n for _, names in self.sections for n in names}
+        sections = [*self.sections, ("Other options", [n for n in params if n not in placed])]
+        for title, names in sections:
+            rows = [r for r in (params[n].get_help_record(ctx) for n in names if n in params) if r]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 def _options_for(cls: type[StageConfig], positional: tuple[str, ...]) -> list[click.Parameter]:
     params: list[click.Parameter] = []
-    for name, field in cls.model_fields.items():
+    for name in [n for _, names in option_sections(cls) for n in names]:
+        field = cls.model_fields[name]
         ctype, is_list = _click_type(field.annotation)
         help_text = field.description or ""
         if field.is_required():
@@ -219,5 +256,5 @@ def config_command(
     params = _options_for(cls, positional) + list(extra_params or []) + inputs
     params.append(click.Option(["--config", "config"], type=click.Path(dir_okay=False), default=None,
                                help="YAML file of options; command-line options override it."))
-    return click.Command(name, callback=callback, params=params, help=help,
-                         context_settings={"max_content_width": 110, "show_default": False})
+    return StageCommand(name, callback=callback, params=params, help=help, sections=option_sections(cls),
+                        context_settings={"max_content_width": 110, "show_default": False})

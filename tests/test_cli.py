@@ -1,11 +1,14 @@
 """The command line as a user meets it: help, config files, one-line errors."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from alignloop.cli import app
 from alignloop.config import ConfigError, resolve_config
 from alignloop.train.sft import SFTConfig
 
@@ -22,6 +25,16 @@ def test_help_lists_every_option_with_its_description():
     for name, field in SFTConfig.model_fields.items():
         assert "--" + name.replace("_", "-") in sft, name
     assert "--lora-rank" in sft and "LoRA rank r." in sft and "--config" in sft
+
+
+def test_help_shows_the_commands_own_options_first_then_the_shared_ones_under_headings():
+    out = CliRunner().invoke(app, ["reward", "--help"]).output
+    options = re.findall(r"^  (--[a-z-]+)", out, flags=re.M)
+    assert options[:2] == ["--data", "--out"]  # its own required options at the top
+    assert re.findall(r"^(\S.*):$", out, flags=re.M) == [
+        "Options", "Model and LoRA options", "Optimiser options", "Evaluation, checkpoints and resuming", "Other options"]
+    assert options.index("--normalization-prompts") < options.index("--model") < options.index("--lora-rank")
+    assert options[-1] == "--config"
 
 
 def test_malformed_jsonl_is_a_one_line_error_with_its_line(tmp_path, tiny_model_dir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import click
 from pydantic import Field
@@ -83,6 +83,8 @@ def _load(data: Path | None, db: str | None) -> list[Comparison | BinaryFeedback
 
 
 class _Input(StageConfig):
+    heading: ClassVar[str] = "Input (--data or --db) and gold screening, as for every quality command"
+
     data: Path | None = Field(None, description="Judgments: comparisons/thumbs JSONL (an export or a simulation).")
     db: str | None = Field(None, description="Or a feedback database: a SQLite file path or a URL "
                            "(sqlite:///feedback.db, postgresql://...); only read, never migrated.")
