@@ -15,13 +15,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.auth import api_admin, api_rater, db_session
+from alignloop.feedback.auth import api_admin, api_rater, db_session, login_link
 from alignloop.feedback.db import Assignment, Rater
+from alignloop.feedback.limits import MAX_RATERS_PER_ITEM, MAX_SEED
+from alignloop.feedback.web import IdPath, IdQuery, campaign_from_form, jsonl_response
 
 router = APIRouter(prefix="/api", tags=["feedback"])
 
@@ -56,13 +58,21 @@ class NextOut(BaseModel):
     progress: ProgressOut
 
 
-class JudgmentIn(BaseModel):
-    ranking: list[int | list[int]] | None = Field(
+class StrictIn(BaseModel):
+    """Request bodies take exactly their types (a string, float or bool is not an index; a
+    string is not a bool) and no unknown fields; a refusal (422) names the field."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class JudgmentIn(StrictIn):
+    ranking: list[StrictInt | list[StrictInt]] | None = Field(
         None, max_length=store.MAX_RESPONSES, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
-    labels: list[int] | None = Field(None, max_length=store.MAX_RESPONSES, description="thumbs: per position 1 (good) or 0 (bad).")
-    unsafe: list[int] = Field(default_factory=list, max_length=store.MAX_RESPONSES,
-                              description="Positions of responses flagged unsafe.")
-    comment: str = Field("", max_length=store.MAX_COMMENT)
+    labels: list[StrictInt] | None = Field(None, max_length=store.MAX_RESPONSES,
+                                           description="thumbs: per position 1 (good) or 0 (bad).")
+    unsafe: list[StrictInt] = Field(default_factory=list, max_length=store.MAX_RESPONSES,
+                                    description="Positions of responses flagged unsafe.")
+    comment: StrictStr = Field("", max_length=store.MAX_COMMENT)
 
 
 class JudgmentOut(BaseModel):
@@ -94,10 +104,10 @@ class CampaignOut(BaseModel):
     created_at: str
 
 
-class RaterIn(BaseModel):
-    name: str = Field(min_length=1, max_length=store.MAX_NAME)
-    admin: bool = False
-    api_token: bool = True
+class RaterIn(StrictIn):
+    name: StrictStr = Field(min_length=1, max_length=store.MAX_NAME)
+    admin: StrictBool = False
+    api_token: StrictBool = True
 
 
 class RaterOut(BaseModel):
@@ -119,22 +129,20 @@ def assignment_out(a: Assignment) -> AssignmentOut:
 
 
 @router.get("/next", response_model=NextOut, summary="Your next item (assigned now if needed)")
-def next_item(campaign_id: int | None = None, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
-    a = store.next_assignment(s, rater, campaign_id)
+def next_item(campaign_id: IdQuery = None, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+    a = store.next_assignment(s, rater, campaign_id, shown=True)
     out = assignment_out(a) if a is not None else None
-    if a is not None:
-        store.mark_shown(s, a)
     return NextOut(assignment=out, progress=ProgressOut(**reports.rater_progress(s, rater)))
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentOut, summary="One of your assignments")
-def get_assignment(assignment_id: int, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def get_assignment(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
     return assignment_out(store.get_assignment(s, rater, assignment_id))
 
 
 @router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentOut, status_code=201,
              summary="Answer an assignment (idempotent with Idempotency-Key)")
-def post_judgment(assignment_id: int, body: JudgmentIn, response: Response,
+def post_judgment(assignment_id: IdPath, body: JudgmentIn, response: Response,
                   idempotency_key: str | None = Header(None, max_length=store.MAX_KEY),
                   rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
     j, created = store.submit_judgment(s, rater, assignment_id, ranking=body.ranking, labels=body.labels,
@@ -146,7 +154,7 @@ def post_judgment(assignment_id: int, body: JudgmentIn, response: Response,
 
 
 @router.post("/assignments/{assignment_id}/skip", response_model=AssignmentOut, summary="Give an item back")
-def post_skip(assignment_id: int, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def post_skip(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
     return assignment_out(store.skip_assignment(s, rater, assignment_id))
 
 
@@ -172,22 +180,20 @@ async def _upload_form(request: Request) -> FormData:
                      "gold": {"type": "string", "format": "binary",
                               "description": "gold items: comparisons (rank/compare) or binary feedback (thumbs)"},
                      "name": {"type": "string"}, "kind": {"type": "string", "enum": ["rank", "compare", "thumbs"]},
-                     "raters_per_item": {"type": "integer", "default": 3}, "instructions": {"type": "string"},
-                     "gold_rate": {"type": "number", "default": 0.1}, "seed": {"type": "integer", "default": 0}}}}}}})
+                     "raters_per_item": {"type": "integer", "default": 3, "minimum": 1, "maximum": MAX_RATERS_PER_ITEM},
+                     "instructions": {"type": "string"},
+                     "gold_rate": {"type": "number", "default": 0.1, "minimum": 0, "maximum": 1},
+                     "seed": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_SEED}}}}}}})
 def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends(_upload_form),
                     s: Session = Depends(db_session)):
-    from alignloop.feedback.pages import campaign_from_form
-
     campaign = campaign_from_form(s, form)
     return next(c for c in reports.campaign_summaries(s) if c["id"] == campaign.id)
 
 
 @router.get("/campaigns/{campaign_id}/export", summary="Judgments as JSONL, one record per judgment (admin)",
             response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
-def export_campaign(campaign_id: int, include_gold: bool = True, _admin: Rater = Depends(api_admin),
+def export_campaign(campaign_id: IdPath, include_gold: bool = True, _admin: Rater = Depends(api_admin),
                     s: Session = Depends(db_session)):
-    from alignloop.feedback.pages import jsonl_response
-
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id], include_gold), f"{campaign.name}.jsonl")
 
@@ -201,5 +207,12 @@ def list_raters(_admin: Rater = Depends(api_admin), s: Session = Depends(db_sess
              summary="Add a rater, or issue fresh tokens to an existing one (admin)")
 def add_rater(body: RaterIn, request: Request, _admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
     rater, login, api = store.add_rater(s, body.name, admin=body.admin, api_token=body.api_token)
-    return RaterOut(id=rater.id, name=rater.name, role=rater.role, api_token=api,
-                    login_url=str(request.base_url).rstrip("/") + f"/login/{login}")
+    return RaterOut(id=rater.id, name=rater.name, role=rater.role, api_token=api, login_url=login_link(request, s, login))
+
+
+@router.post("/raters/{rater_id}/sign-out", status_code=204, response_class=Response,
+             summary="Sign a rater out everywhere: sessions, unused login link and API token (admin)")
+def sign_out_rater(rater_id: IdPath, _admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+    store.find_rater(s, rater_id)
+    store.end_sessions(s, rater_id, everywhere=True)
+    return Response(status_code=204)

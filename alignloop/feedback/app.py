@@ -5,29 +5,43 @@ Pages for raters and admins (server-rendered Jinja2, autoescaped; plain JS and C
 /openapi.json and a self-contained reader at /docs. On start the schema is migrated to the
 newest Alembic revision.
 
+Every response, errors included, carries the security headers. A request that cannot get
+the database's write lock in time (another process writing, a long write) answers 503 with
+Retry-After: nothing was stored, the client may send it again (with the same
+Idempotency-Key). Any other unexpected error is a 500, logged with its traceback.
+
 Run it with `alignloop serve --db feedback.db` (uvicorn), or
 `uvicorn --factory alignloop.feedback.app:app_from_env` with ALIGNLOOP_DB set.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignloop.feedback import store
-from alignloop.feedback.auth import AdminRequired, CsrfFailed, LoginRequired, csrf_token
+from alignloop.feedback.auth import AdminRequired, CsrfFailed, LoginRequired, check_base_url, csrf_token
+from alignloop.feedback.db import is_busy
+from alignloop.feedback.limits import DEFAULT_BASE_URL, RETRY_AFTER_S
+from alignloop.feedback.secret import session_key
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 32 * 1024 * 1024  # an uploaded samples file, with room for multipart framing
+DEFAULT_SESSION_HOURS = 14 * 24
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = [
     # No inline script or style anywhere: markup that slipped into a page could not run.
@@ -39,8 +53,34 @@ SECURITY_HEADERS = [
 ]
 
 
+def _is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/api"
+
+
+def _headers_for(path: str) -> list[tuple[bytes, bytes]]:
+    if path == "/static" or path.startswith("/static/"):
+        return SECURITY_HEADERS
+    return [*SECURITY_HEADERS, (b"cache-control", b"no-store")]
+
+
+def _failure(path: str, err: Exception) -> Response:
+    """The answer to an exception nothing else handled: 503 (retry) when the database was busy,
+    else 500."""
+    if is_busy(err):
+        message, status = "The database is busy; nothing was stored. Try again in a moment.", 503
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    else:
+        message, status, headers = "Internal error; it was logged.", 500, {}
+    if _is_api_path(path):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return HTMLResponse(f"<!doctype html><title>Error {status}</title><p>{message}</p><p><a href=\"/\">Back</a></p>",
+                        status_code=status, headers=headers)
+
+
 class GuardMiddleware:
-    """Adds the security headers and refuses request bodies over `MAX_BODY_BYTES` (413)."""
+    """The outermost layer: adds the security headers to every response, refuses request bodies
+    over `MAX_BODY_BYTES` (413), and answers an unhandled exception itself (503 when the
+    database was busy, else 500), so that those answers carry the headers too."""
 
     def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES):
         self.app, self.max_body = app, max_body
@@ -48,11 +88,29 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
+        path, started = scope["path"], False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), *_headers_for(path)]
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             response = JSONResponse({"detail": f"request body over {self.max_body // 2**20} MiB"}, status_code=413)
-            return await response(scope, receive, send)
+            return await response(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, self._limited(receive), send_with_headers)
+        except Exception as err:
+            if started:
+                raise
+            if not is_busy(err):
+                log.exception("%s %s", scope["method"], path)
+            await _failure(path, err)(scope, receive, send_with_headers)
+
+    def _limited(self, receive: Receive) -> Receive:
         seen = 0
 
         async def limited_receive() -> Message:
@@ -64,15 +122,7 @@ class GuardMiddleware:
                     raise StarletteHTTPException(413, "request body too large")
             return message
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
-                if scope["path"] != "/static" and not scope["path"].startswith("/static/"):
-                    message["headers"].append((b"cache-control", b"no-store"))
-            await send(message)
-
-        await self.app(scope, limited_receive, send_with_headers)
+        return limited_receive
 
 
 def _templates() -> Jinja2Templates:
@@ -81,55 +131,27 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/api"
-
-
-def _error(request: Request, status: int, message: str, title: str = "Error"):
-    if _is_api(request):
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(request: Request, status: int, message: str, title: str = "Error",
+           headers: dict[str, str] | None = None) -> Response:
+    if _is_api_path(request.url.path):
+        headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     return request.app.state.templates.TemplateResponse(
         request, "error.html", {"title": title, "message": message, "rater": None, "csrf": csrf_token(request)},
-        status_code=status)
+        status_code=status, headers=headers)
 
 
-def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False,
-               gold_threshold: float = 0.75) -> FastAPI:
-    """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
-    `secure_cookies` marks the session cookie Secure (when served over HTTPS);
-    `gold_threshold` is the gold accuracy below which the admin page flags a rater."""
-    if not 0.5 < gold_threshold <= 1.0:
-        raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
-    engine, sessions = store.open_db(db, upgrade=upgrade)
-    with sessions() as s:
-        secret = store.session_secret(s)
+def allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """The Allow header for a path: the methods of every route that matches it."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if route.matches(scope)[0] is Match.NONE:
+            continue
+        methods |= {"GET", "HEAD"} if isinstance(route, Mount) else set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
-    app = FastAPI(
-        title="alignloop feedback",
-        version="1",
-        description="Human feedback for RLHF: raters rank model responses. Authenticate with "
-                    "`Authorization: Bearer <api token>` (`alignloop feedback add-rater NAME --api-token`).",
-        docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN; /docs is served below
-    )
-    app.state.engine, app.state.sessions, app.state.templates = engine, sessions, _templates()
-    app.state.gold_threshold = gold_threshold
 
-    from alignloop.feedback.api import router as api_router
-    from alignloop.feedback.pages import router as page_router
-
-    app.include_router(page_router)
-    app.include_router(api_router)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
-    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
-    def docs(request: Request):
-        return app.state.templates.TemplateResponse(request, "docs.html", {"rater": None})
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz():
-        return {"ok": True, "schema": store.schema_revision(engine)}
-
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(store.FeedbackError)
     async def feedback_error(request: Request, err: store.FeedbackError):
         return _error(request, err.status, err.message)
@@ -148,13 +170,73 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
         return _error(request, 403, "The form's security token is missing or out of date. "
                                     "Reload the page and try again.", "Form expired")
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError):
+        if _is_api_path(request.url.path):
+            return await request_validation_exception_handler(request, err)
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in err.errors())
+        return _error(request, 422, fields, "Invalid request")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
-        return _error(request, err.status_code, str(err.detail))
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            headers["Allow"] = allowed_methods(request.app, request.scope)
+        return _error(request, err.status_code, str(err.detail), headers=headers)
 
+
+def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False,
+               gold_threshold: float = 0.75, base_url: str | None = None,
+               default_base_url: str = DEFAULT_BASE_URL, session_hours: float = DEFAULT_SESSION_HOURS,
+               secret_key_file: Path | None = None) -> FastAPI:
+    """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
+
+    `secure_cookies` marks the session cookie Secure (when served over HTTPS); `gold_threshold`
+    is the gold accuracy below which the admin page flags a rater. Login links shown to admins
+    start with `base_url`, else the address the first admin was added with, else
+    `default_base_url`. A session lasts `session_hours` from sign-in. The cookies are signed
+    with `secret.session_key(secret_key_file)`."""
+    if not 0.5 < gold_threshold <= 1.0:
+        raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
+    if not 0 < session_hours <= 24 * 366:
+        raise ValueError(f"session_hours {session_hours}: must be in (0, {24 * 366}]")
+    key = session_key(secret_key_file)
+    engine, sessions = store.open_db(db, upgrade=upgrade)
+
+    app = FastAPI(
+        title="alignloop feedback",
+        version="1",
+        description="Human feedback for RLHF: raters rank model responses. Authenticate with "
+                    "`Authorization: Bearer <api token>` (`alignloop feedback add-rater NAME --api-token`).",
+        docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN; /docs is served below
+        redirect_slashes=False,  # a slash redirect would be built from the Host header
+    )
+    state = app.state
+    state.engine, state.sessions, state.templates = engine, sessions, _templates()
+    state.gold_threshold = gold_threshold
+    state.base_url = check_base_url(base_url) if base_url else None
+    state.default_base_url = check_base_url(default_base_url)
+    state.session_lifetime_s = int(session_hours * 3600)
+
+    from alignloop.feedback.api import router as api_router
+    from alignloop.feedback.pages import router as page_router
+
+    app.include_router(page_router)
+    app.include_router(api_router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs(request: Request):
+        return app.state.templates.TemplateResponse(request, "docs.html", {"rater": None})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True, "schema": store.schema_revision(engine)}
+
+    _install_error_handlers(app)
     # order: the session middleware sits inside the guard, so every response gets the headers
-    app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="alignloop_session",
-                       max_age=14 * 24 * 3600, same_site="lax", https_only=secure_cookies)
+    app.add_middleware(SessionMiddleware, secret_key=key, session_cookie="alignloop_session",
+                       max_age=state.session_lifetime_s, same_site="lax", https_only=secure_cookies)
     app.add_middleware(GuardMiddleware)
     return app
 

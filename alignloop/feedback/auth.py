@@ -3,10 +3,13 @@
 - A rater logs in with a one-time link `/login/{token}` printed by `alignloop feedback
   add-rater`. The database holds only the sha256 of the token; the GET shows a "Continue"
   button and the POST uses the token up (link previewers that fetch URLs do not burn it) and
-  starts a session.
+  starts a session. Login links name the app's configured address (`serve --base-url`, else
+  the one the first admin was added with), never the request's Host header.
 - The session is a cookie signed by Starlette's SessionMiddleware (itsdangerous) with a key
-  kept in the database (so every worker and restart agrees). It carries the rater id and a
-  CSRF token.
+  kept outside the database (`secret.py`). It carries the rater id, the rater's session
+  version, the sign-in time and a CSRF token. It is refused when the version is not the
+  rater's current one (logout, a fresh login link and "sign out everywhere" raise it) or when
+  it is older than the session lifetime (`serve --session-hours`, counted from sign-in).
 - Every form POST carries that CSRF token in a hidden field `csrf_token`; API calls that
   authenticate by cookie send it as `X-CSRF-Token`. API calls with `Authorization: Bearer
   <api token>` carry no cookie and need no CSRF token.
@@ -16,15 +19,19 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
+from alignloop.feedback import store
 from alignloop.feedback.db import Rater
 
 MAX_FORM_FIELDS = 200
+CLOCK_SKEW_S = 60  # a sign-in time this far in the future is still accepted (several servers)
 
 
 class LoginRequired(Exception):
@@ -39,9 +46,13 @@ class CsrfFailed(Exception):
     """A POST without the session's CSRF token (403)."""
 
 
-def db_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as s:
+async def db_session(request: Request) -> AsyncIterator[Session]:
+    """The request's Session. Creating it does no I/O; it connects at its first query."""
+    s = request.app.state.sessions()
+    try:
         yield s
+    finally:
+        s.close()
 
 
 def csrf_token(request: Request) -> str:
@@ -62,8 +73,8 @@ def check_csrf(request: Request, submitted: str | None) -> None:
 def start_session(request: Request, rater: Rater) -> None:
     """A fresh session for `rater` (new CSRF token: nothing from before the login carries over)."""
     request.session.clear()
-    request.session["rater_id"] = rater.id
-    request.session["csrf"] = secrets.token_urlsafe(32)
+    request.session.update(rater_id=rater.id, sv=rater.session_version, iat=int(time.time()),
+                           csrf=secrets.token_urlsafe(32))
 
 
 def bearer_token(request: Request) -> str | None:
@@ -72,13 +83,25 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def _session_is_current(request: Request) -> bool:
+    """The cookie's fields are well formed and its sign-in is within the session lifetime."""
+    data = request.session
+    issued = data.get("iat")
+    if not store.is_db_id(data.get("rater_id")) or type(data.get("sv")) is not int or type(issued) is not int:
+        return False
+    return -CLOCK_SKEW_S <= time.time() - issued <= request.app.state.session_lifetime_s
+
+
 def _session_rater(request: Request, s: Session) -> Rater | None:
-    rater_id = request.session.get("rater_id")
-    if not isinstance(rater_id, int):
+    """The signed-in rater, or None (and the session is emptied) when the cookie is missing,
+    malformed, expired or revoked."""
+    if "rater_id" not in request.session:
         return None
-    rater = s.get(Rater, rater_id)
-    if rater is None:
+    rater = s.get(Rater, request.session["rater_id"]) if _session_is_current(request) else None
+    s.commit()  # end the read: the request may run long (an upload) and takes no lock meanwhile
+    if rater is None or rater.session_version != request.session["sv"]:
         request.session.clear()
+        return None
     return rater
 
 
@@ -101,11 +124,10 @@ def page_admin(rater: Rater = Depends(page_rater)) -> Rater:
 
 def api_rater(request: Request, s: Session = Depends(db_session)) -> Rater:
     """Bearer API token, or the session cookie (then POSTs need the X-CSRF-Token header)."""
-    from alignloop.feedback import store
-
     token = bearer_token(request)
     if token is not None:
         rater = store.rater_for_api_token(s, token)
+        s.commit()
         if rater is None:
             raise LoginRequired()
         return rater
@@ -129,3 +151,18 @@ async def csrf_form(request: Request) -> FormData:
     token = form.get("csrf_token")
     check_csrf(request, token if isinstance(token, str) else None)
     return form
+
+
+def check_base_url(url: str) -> str:
+    """The app's public address (scheme, host, optional port and path), without a trailing /."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"base URL {url!r}: give http(s)://HOST[:PORT][/PATH], without query or fragment")
+    return url.rstrip("/")
+
+
+def login_link(request: Request, s: Session, token: str) -> str:
+    """The login link of `token` at the configured address (never the request's Host)."""
+    state = request.app.state
+    base = state.base_url or store.setting(s, "base_url") or state.default_base_url
+    return f"{base}/login/{token}"

@@ -16,6 +16,7 @@ import click
 from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
+from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, DEFAULT_BASE_URL, MAX_RATERS_PER_ITEM, MAX_SEED
 
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
@@ -25,13 +26,13 @@ class FeedbackCreateConfig(StageConfig):
     samples: Path = Field(..., description="Samples JSONL (prompt + responses + model + sampling), one item per record.")
     kind: Literal["rank", "compare", "thumbs"] = Field(
         "rank", description="rank: order all K responses (ties allowed); compare: pick the better of 2; thumbs: up/down per response.")
-    raters_per_item: int = Field(3, ge=1, le=100, description="How many different raters judge each item.")
+    raters_per_item: int = Field(3, ge=1, le=MAX_RATERS_PER_ITEM, description="How many different raters judge each item.")
     name: str | None = Field(None, description="Campaign name (default: the samples file name without extension).")
     instructions: str = Field("", description="Instructions shown to raters above every item.")
     instructions_file: Path | None = Field(None, description="Read the instructions from this text file instead.")
     gold: Path | None = Field(None, description="Gold items with known answers: comparisons JSONL (binary feedback for thumbs).")
     gold_rate: float = Field(0.1, ge=0.0, le=1.0, description="Probability that a rater's next item is a gold item.")
-    seed: int = Field(0, description="Seed of display orders and gold mixing.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of display orders and gold mixing.")
 
 
 class AddRaterConfig(StageConfig):
@@ -39,7 +40,9 @@ class AddRaterConfig(StageConfig):
     db: str = Field("feedback.db", description=DB_HELP)
     admin: bool = Field(False, description="Make the rater an admin (admin pages, campaign upload, export).")
     api_token: bool = Field(False, description="Also issue an API token for the JSON API (Bearer).")
-    base_url: str = Field("http://127.0.0.1:8000", description="Address of the server, used to print the login link.")
+    base_url: str | None = Field(None, description="Address of the server, used to print the login link (default: the "
+                                 f"one the first admin was added with, else {DEFAULT_BASE_URL}). Given when adding the "
+                                 "first admin, the app also uses it for the links it shows.")
 
 
 class FeedbackStatusConfig(StageConfig):
@@ -48,7 +51,10 @@ class FeedbackStatusConfig(StageConfig):
 
 class FeedbackExportConfig(StageConfig):
     db: str = Field("feedback.db", description=DB_HELP)
-    out: Path = Field(..., description="Output JSONL: one comparison per judgment (binary feedback per response for thumbs).")
+    out: Path = Field(..., description="Output .jsonl, .parquet or `datasets` folder: one comparison per judgment "
+                      "(binary feedback per response for thumbs).")
+    format: Literal["alignloop", "trl"] = Field(
+        "alignloop", description="alignloop records, or TRL's: preference pairs (p and weight columns), KTO rows for thumbs.")
     campaign: str | None = Field(None, description="Campaign name or id (default: all campaigns).")
     include_gold: bool = Field(True, description="Include judgments of gold items (meta.is_gold marks them).")
 
@@ -61,6 +67,14 @@ class ServeConfig(StageConfig):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
     gold_threshold: float = Field(0.75, gt=0.5, le=1.0, description="Admin page: raters whose accuracy on gold "
                                   "items is below this are flagged and down-weighted.")
+    base_url: str | None = Field(None, description="Public address of the app, the start of the login links the admin "
+                                 "page shows (default: the --base-url the first admin was added with, else "
+                                 "http://HOST:PORT). Never taken from a request's Host header.")
+    session_hours: float = Field(14 * 24, gt=0, le=24 * 366, description="How long a session cookie lasts from sign-in "
+                                 "(hours); then the rater needs a new login link.")
+    secret_key_file: Path | None = Field(None, description="File with the key that signs session cookies, made with mode "
+                                         "0600 on first start (default $ALIGNLOOP_HOME/feedback-secret-key); "
+                                         "ALIGNLOOP_SECRET_KEY, when set, is used instead.")
 
 
 def shown_db(db: str) -> str:
@@ -73,11 +87,12 @@ def shown_db(db: str) -> str:
 
 
 def _open(db: str, must_exist: bool = False):
+    """The database for a command: it waits longer for the write lock than a web request."""
     from alignloop.feedback import store
 
     if must_exist and "://" not in db and not Path(db).exists():
         raise ConfigError(f"--db {db}: no such database (create a campaign first: alignloop feedback create)")
-    return store.open_db(db)
+    return store.open_db(db, busy_timeout=CLI_BUSY_TIMEOUT_S)
 
 
 def run_create(cfg: FeedbackCreateConfig) -> None:
@@ -104,15 +119,22 @@ def run_create(cfg: FeedbackCreateConfig) -> None:
 
 def run_add_rater(cfg: AddRaterConfig) -> None:
     from alignloop.feedback import store
+    from alignloop.feedback.auth import check_base_url
 
+    try:
+        base_url = check_base_url(cfg.base_url) if cfg.base_url else None
+    except ValueError as err:
+        raise ConfigError(f"--base-url: {err}") from None
     engine, sessions = _open(cfg.db)
     with sessions() as s:
         try:
-            rater, login, api = store.add_rater(s, cfg.name, admin=cfg.admin, api_token=cfg.api_token)
+            rater, login, api = store.add_rater(s, cfg.name, admin=cfg.admin, api_token=cfg.api_token,
+                                                base_url=base_url)
         except store.FeedbackError as err:
             raise ConfigError(err.message) from None
+        shown = base_url or store.setting(s, "base_url") or DEFAULT_BASE_URL
         click.echo(f"rater {rater.name!r} (id {rater.id}, {rater.role})")
-        click.echo(f"login link (works once): {cfg.base_url.rstrip('/')}/login/{login}")
+        click.echo(f"login link (works once): {shown}/login/{login}")
         if api:
             click.echo(f"API token (Authorization: Bearer ...): {api}")
     engine.dispose()
@@ -143,7 +165,7 @@ def run_status(cfg: FeedbackStatusConfig) -> None:
 
 
 def run_export(cfg: FeedbackExportConfig) -> None:
-    from alignloop.data.io import write_jsonl
+    from alignloop.data.hf import write_as
     from alignloop.feedback import reports, store
 
     engine, sessions = _open(cfg.db, must_exist=True)
@@ -154,8 +176,8 @@ def run_export(cfg: FeedbackExportConfig) -> None:
         except store.FeedbackError as err:
             raise ConfigError(err.message) from None
     engine.dispose()
-    n = write_jsonl(cfg.out, records)
-    click.echo(f"wrote {n} records to {cfg.out}")
+    n, _ = write_as(cfg.out, records, cfg.format)
+    click.echo(f"wrote {n} {'TRL rows' if cfg.format == 'trl' else 'records'} to {cfg.out}")
 
 
 def run_serve(cfg: ServeConfig) -> None:
@@ -163,7 +185,12 @@ def run_serve(cfg: ServeConfig) -> None:
 
     from alignloop.feedback.app import create_app
 
-    app = create_app(cfg.db, secure_cookies=cfg.secure_cookies, gold_threshold=cfg.gold_threshold)
+    try:
+        app = create_app(cfg.db, secure_cookies=cfg.secure_cookies, gold_threshold=cfg.gold_threshold,
+                         base_url=cfg.base_url, default_base_url=f"http://{cfg.host}:{cfg.port}",
+                         session_hours=cfg.session_hours, secret_key_file=cfg.secret_key_file)
+    except ValueError as err:  # a bad --base-url or session key
+        raise ConfigError(str(err)) from None
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
 

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
-from alignloop.data.records import BinaryFeedback, Comparison, Samples
 from alignloop.feedback import reports, store
-from alignloop.feedback.auth import (csrf_form, csrf_token, db_session, optional_rater, page_admin, page_rater,
-                                     start_session)
+from alignloop.feedback.auth import (csrf_form, csrf_token, db_session, login_link, optional_rater, page_admin,
+                                     page_rater, start_session)
 from alignloop.feedback.db import Assignment, Rater
+from alignloop.feedback.web import (MAX_UPLOAD_BYTES, IdPath, IdQuery, campaign_from_form, form_int, form_text,
+                                    jsonl_response)
 
 router = APIRouter(include_in_schema=False)
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 def render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -67,7 +68,11 @@ def login(request: Request, token: str, _form: FormData = Depends(csrf_form), s:
 
 
 @router.post("/logout")
-def logout(request: Request, _form: FormData = Depends(csrf_form)):
+def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Rater | None = Depends(optional_rater),
+           s: Session = Depends(db_session)):
+    """Sign out: this cookie, and any copy of it, stops working (so do the rater's other sessions)."""
+    if rater is not None:
+        store.end_sessions(s, rater.id)
     request.session.clear()
     return see_other("/")
 
@@ -97,7 +102,7 @@ def render_item(request: Request, s: Session, rater: Rater, a: Assignment, error
 
 
 @router.get("/assignments/{assignment_id}", response_class=HTMLResponse)
-def show_assignment(request: Request, assignment_id: int, saved: int = 0, rater: Rater = Depends(page_rater),
+def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rater: Rater = Depends(page_rater),
                     s: Session = Depends(db_session)):
     a = store.get_assignment(s, rater, assignment_id)
     if a.status != "open":
@@ -107,36 +112,27 @@ def show_assignment(request: Request, assignment_id: int, saved: int = 0, rater:
     return render_item(request, s, rater, a, saved=bool(saved))
 
 
-def _small_int(value: Any, lo: int, hi: int, what: str) -> int | None:
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str) or not value.isdigit() or not lo <= int(value) <= hi:
-        raise store.Invalid(f"{what}: pick a number from {lo} to {hi}.")
-    return int(value)
-
-
 @router.post("/assignments/{assignment_id}/judgment")
-def submit(request: Request, assignment_id: int, form: FormData = Depends(csrf_form),
+def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csrf_form),
            rater: Rater = Depends(page_rater), s: Session = Depends(db_session)):
     a = store.get_assignment(s, rater, assignment_id)
     k = len(a.item.responses)
-    key = form.get("submission_key")
-    comment = form.get("comment")
     try:
-        unsafe = [_small_int(v, 0, k - 1, "unsafe") for v in form.getlist("unsafe")]
+        key = form_text(form, "submission_key")
+        comment = form_text(form, "comment")
+        unsafe = [form_int(v, 0, k - 1, "unsafe") for v in form.getlist("unsafe")]
         ranking = labels = None
         if a.campaign.kind == "thumbs":
-            labels = [_small_int(form.get(f"label_{p}"), 0, 1, f"response {store.letter(p)}") for p in range(k)]
+            labels = [form_int(form.get(f"label_{p}"), 0, 1, f"response {store.letter(p)}") for p in range(k)]
             missing = [store.letter(p) for p, v in enumerate(labels) if v is None]
             if missing:
                 raise store.Invalid(f"Give every response a thumbs up or down: {', '.join(missing)} "
                                     f"{'has' if len(missing) == 1 else 'have'} none.")
         else:
-            ranks = [_small_int(form.get(f"rank_{p}"), 1, k, f"rank of {store.letter(p)}") for p in range(k)]
+            ranks = [form_int(form.get(f"rank_{p}"), 1, k, f"rank of {store.letter(p)}") for p in range(k)]
             ranking = store.ranking_from_ranks(ranks)
-        store.submit_judgment(s, rater, assignment_id, ranking=ranking, labels=labels, unsafe=unsafe,
-                              comment=comment if isinstance(comment, str) else "",
-                              key=key if isinstance(key, str) and key else None)
+        store.submit_judgment(s, rater, assignment_id, ranking=ranking, labels=labels,
+                              unsafe=[p for p in unsafe if p is not None], comment=comment, key=key or None)
     except store.Invalid as err:
         s.rollback()
         return render_item(request, s, rater, store.get_assignment(s, rater, assignment_id), error=err.message,
@@ -145,7 +141,7 @@ def submit(request: Request, assignment_id: int, form: FormData = Depends(csrf_f
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip(request: Request, assignment_id: int, _form: FormData = Depends(csrf_form),
+def skip(request: Request, assignment_id: IdPath, _form: FormData = Depends(csrf_form),
          rater: Rater = Depends(page_rater), s: Session = Depends(db_session)):
     store.skip_assignment(s, rater, assignment_id)
     return see_other("/")
@@ -166,39 +162,9 @@ def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, 
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin(request: Request, created: str = "", quality: int | None = None, admin: Rater = Depends(page_admin),
+def admin(request: Request, created: str = "", quality: IdQuery = None, admin: Rater = Depends(page_admin),
           s: Session = Depends(db_session)):
     return render_admin(request, s, admin, quality_id=quality, created=created[:200])
-
-
-def read_upload(upload: Any, what: str) -> tuple[bytes, str]:
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        raise store.Invalid(f"{what}: choose a JSONL file")
-    data = upload.file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise store.Invalid(f"{what}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
-    return data, upload.filename[-100:]
-
-
-def campaign_from_form(s: Session, form: FormData) -> Any:
-    """Create a campaign from the admin form or the API's multipart upload."""
-    kind = str(form.get("kind") or "rank")
-    data, filename = read_upload(form.get("samples"), "samples")
-    samples, where = store.parse_jsonl(data, filename, Samples)
-    gold: list = []
-    if isinstance(form.get("gold"), UploadFile) and form.get("gold").filename:
-        gdata, gname = read_upload(form.get("gold"), "gold")
-        gold, _ = store.parse_jsonl(gdata, gname, BinaryFeedback if kind == "thumbs" else Comparison)
-    try:
-        rpi = int(str(form.get("raters_per_item") or "3"))
-        gold_rate = float(str(form.get("gold_rate") or "0.1"))
-        seed = int(str(form.get("seed") or "0"))
-    except ValueError:
-        raise store.Invalid("raters per item and seed are whole numbers; gold rate is a number in [0, 1]") from None
-    name = str(form.get("name") or "").strip() or filename.rsplit(".", 1)[0]
-    return store.create_campaign(s, name=name, kind=kind, samples=samples, raters_per_item=rpi,
-                                 instructions=str(form.get("instructions") or ""), gold=gold,
-                                 gold_rate=gold_rate, seed=seed, where=where)
 
 
 @router.post("/admin/campaigns")
@@ -209,35 +175,35 @@ def admin_create_campaign(request: Request, form: FormData = Depends(csrf_form),
     except (store.Invalid, store.Conflict) as err:
         s.rollback()
         return render_admin(request, s, admin, status=err.status, error=err.message)
-    return see_other(f"/admin?created={campaign.name}")
+    return see_other(f"/admin?created={quote(campaign.name)}")
 
 
 @router.post("/admin/raters", response_class=HTMLResponse)
 def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin: Rater = Depends(page_admin),
                     s: Session = Depends(db_session)):
     try:
-        rater, login, api = store.add_rater(s, str(form.get("name") or ""), admin=form.get("admin") == "1",
+        rater, login, api = store.add_rater(s, form_text(form, "name"), admin=form.get("admin") == "1",
                                             api_token=form.get("api_token") == "1")
-    except store.Invalid as err:
+    except (store.Invalid, store.Conflict) as err:
         s.rollback()
         return render_admin(request, s, admin, status=err.status, error=err.message)
-    link = str(request.base_url).rstrip("/") + f"/login/{login}"
+    link = login_link(request, s, login)
     return render_admin(request, s, admin, new_rater={"name": rater.name, "link": link, "api_token": api})
 
 
+@router.post("/admin/raters/{rater_id}/sign-out", response_class=HTMLResponse)
+def admin_sign_out(request: Request, rater_id: IdPath, _form: FormData = Depends(csrf_form),
+                   admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
+    """Sign a rater out everywhere: their cookies, unused login link and API token stop working."""
+    name = store.find_rater(s, rater_id).name
+    store.end_sessions(s, rater_id, everywhere=True)
+    if rater_id == admin.id:
+        request.session.clear()
+        return see_other("/")
+    return render_admin(request, s, admin, signed_out=name)
+
+
 @router.get("/admin/campaigns/{campaign_id}/export")
-def admin_export(campaign_id: int, _admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
+def admin_export(campaign_id: IdPath, _admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id]), f"{campaign.name}.jsonl")
-
-
-def jsonl_response(records: list, filename: str) -> Response:
-    import json
-    import re
-
-    from alignloop.data.io import record_dict
-
-    body = "".join(json.dumps(record_dict(r), ensure_ascii=False) + "\n" for r in records)
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
-    return Response(body, media_type="application/x-ndjson",
-                    headers={"content-disposition": f'attachment; filename="{safe}"'})

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alignloop.data.records import BinaryFeedback, Comparison
-from alignloop.feedback.db import Assignment, Campaign, Item, Judgment, Rater
+from alignloop.feedback.db import ITEM_IS_OPEN, Assignment, Campaign, Item, Judgment, Rater
 from alignloop.feedback.store import Invalid
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,13 @@ ADMIN_QUALITY_MAX = 50_000  # judgments: above this the admin page points to `al
 
 
 def _available(s: Session, rater: Rater) -> int:
-    """Regular items this rater has never had that still have a free place."""
-    mine = select(Assignment.item_id).where(Assignment.rater_id == rater.id)
-    taken = (select(func.count()).select_from(Assignment)
-             .where(Assignment.item_id == Item.id, Assignment.slot.is_not(None)).scalar_subquery())
-    return s.scalar(select(func.count()).select_from(Item).join(Campaign, Campaign.id == Item.campaign_id)
-                    .where(Item.is_gold.is_(False), Item.id.not_in(mine), taken < Campaign.raters_per_item)) or 0
+    """Regular items of ready campaigns this rater has never had that still have a free place:
+    the free items (a count over the partial index) minus the free ones they had."""
+    ready = select(Campaign.id).where(Campaign.ready)
+    free = s.scalar(select(func.count()).select_from(Item).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready)))
+    had = s.scalar(select(func.count()).select_from(Assignment).join(Item, Item.id == Assignment.item_id)
+                   .where(Assignment.rater_id == rater.id, ITEM_IS_OPEN, Item.campaign_id.in_(ready)))
+    return (free or 0) - (had or 0)
 
 
 def rater_progress(s: Session, rater: Rater) -> dict[str, int]:
@@ -54,7 +55,7 @@ def rater_progress(s: Session, rater: Rater) -> dict[str, int]:
 def campaign_summaries(s: Session) -> list[dict[str, Any]]:
     """Per campaign: items, gold items, judgments, completion and per-rater counts."""
     out = []
-    for c in s.scalars(select(Campaign).order_by(Campaign.id)):
+    for c in s.scalars(select(Campaign).where(Campaign.ready).order_by(Campaign.id)):
         n_items = s.scalar(select(func.count()).select_from(Item).where(Item.campaign_id == c.id,
                                                                          Item.is_gold.is_(False)))
         n_gold = s.scalar(select(func.count()).select_from(Item).where(Item.campaign_id == c.id,
@@ -121,7 +122,7 @@ def rater_summaries(s: Session) -> list[dict[str, Any]]:
 
 
 def campaign_ids(s: Session) -> list[int]:
-    ids = list(s.scalars(select(Campaign.id).order_by(Campaign.id)))
+    ids = list(s.scalars(select(Campaign.id).where(Campaign.ready).order_by(Campaign.id)))
     s.commit()
     return ids
 
@@ -137,6 +138,7 @@ def export_records(s: Session, campaign_ids: list[int] | None = None,
          .join(Assignment, Assignment.id == Judgment.assignment_id)
          .join(Item, Item.id == Assignment.item_id).join(Campaign, Campaign.id == Assignment.campaign_id)
          .join(Rater, Rater.id == Assignment.rater_id).order_by(Judgment.id))
+    q = q.where(Campaign.ready)
     if campaign_ids is not None:
         q = q.where(Campaign.id.in_(campaign_ids))
     if not include_gold:

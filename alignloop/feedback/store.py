@@ -1,7 +1,9 @@
 """Every database operation of the feedback app, as functions taking a `Session`.
 
-The web pages, the JSON API and the CLI call only these. Each function that changes
-something commits once at its end, so one submission is one transaction. Errors are
+The web pages, the JSON API and the CLI call only these. A function reads and validates in
+a plain transaction (no lock), then writes in one short write transaction (`db.writing`)
+that re-reads, locked, the rows the write depends on: one submission is one transaction,
+and the write lock is held only for the write's own statements. Errors are
 `FeedbackError`s carrying an HTTP status and a message a rater can act on.
 
 Positions and indices: a rater sees the K responses of an item in a random order fixed per
@@ -12,31 +14,31 @@ plus the display order, so the answer is independent of what the rater happened 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from alignloop.data.records import BinaryFeedback, Comparison, RankingEntry, Samples
-from alignloop.feedback.db import KINDS, Assignment, Campaign, Item, Judgment, Rater, Setting, make_engine, utcnow
+from alignloop.feedback.db import (ITEM_IS_OPEN, KINDS, Assignment, Campaign, Item, Judgment, Rater, Setting,
+                                   make_engine, utcnow, writer, writing)
+from alignloop.feedback.limits import (BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME, MAX_COMMENT, MAX_ID, MAX_INSTRUCTIONS,
+                                       MAX_KEY, MAX_NAME, MAX_PROMPT_CHARS, MAX_RATERS_PER_ITEM, MAX_RESPONSE_CHARS,
+                                       MAX_RESPONSES, MAX_SEED, MAX_TOKEN)
 
-MAX_COMMENT = 2000
-MAX_RESPONSES = 16
-MAX_RESPONSE_CHARS = 50_000
-MAX_PROMPT_CHARS = 100_000
-MAX_NAME = 100
-MAX_INSTRUCTIONS = 20_000
-MAX_KEY = 100
+ITEM_BATCH_ROWS = 200  # a new campaign's items go in in transactions of at most this many items ...
+ITEM_BATCH_CHARS = 1_000_000  # ... or this many characters of text, so the write lock is held briefly
 
 
 class FeedbackError(Exception):
@@ -68,9 +70,12 @@ def alembic_config() -> Config:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (Alembic); existing data is kept."""
+    """Bring the schema to `revision` (Alembic); existing data is kept. A database already at
+    the newest revision is only read."""
+    if revision == "head" and schema_revision(engine) == head_revision():
+        return
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -87,28 +92,31 @@ def schema_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def open_db(db: str | Path, upgrade: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+def open_db(db: str | Path, upgrade: bool = True,
+            busy_timeout: float = BUSY_TIMEOUT_S) -> tuple[Engine, sessionmaker[Session]]:
     """Engine and session factory for `--db` (a SQLite path or a URL), migrated to head unless
-    `upgrade` is False (a reader that must not change the database)."""
-    engine = make_engine(db)
+    `upgrade` is False (a reader that must not change the database). A write waits at most
+    `busy_timeout` seconds for the lock."""
+    engine = make_engine(db, busy_timeout=busy_timeout)
     if upgrade:
         migrate(engine)
-    return engine, sessionmaker(engine, expire_on_commit=False)
+    return engine, sessionmaker(engine, expire_on_commit=False, info={"busy_timeout": busy_timeout})
 
 
-def session_secret(s: Session) -> str:
-    """The key that signs session cookies: made once per database, shared by every worker."""
-    row = s.get(Setting, "session_secret")
-    if row is None:
-        s.add(Setting(key="session_secret", value=secrets.token_urlsafe(48)))
-        try:
-            s.commit()
-        except IntegrityError:  # another process made it first
-            s.rollback()
-        row = s.get(Setting, "session_secret")
-    else:
-        s.commit()
-    return row.value
+def _locked(stmt: Select) -> Select:
+    """`stmt` inside a write transaction: fresh values, and the rows locked on PostgreSQL
+    (SQLite's write lock already excludes every other writer)."""
+    return stmt.with_for_update().execution_options(populate_existing=True)
+
+
+def is_db_id(value: Any) -> bool:
+    """An id the database can hold (anything else is simply not found)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+
+
+def setting(s: Session, key: str) -> str | None:
+    row = s.get(Setting, key)
+    return None if row is None else row.value
 
 
 # --- campaigns -------------------------------------------------------------------------------
@@ -132,6 +140,64 @@ def check_samples(record: Samples, kind: str, where: str) -> None:
         raise Invalid(f"{where}: field 'prompt': longer than {MAX_PROMPT_CHARS} characters")
 
 
+def check_campaign_settings(name: str, kind: str, raters_per_item: Any, gold_rate: Any, seed: Any,
+                            instructions: str) -> str:
+    """The stripped name, or Invalid naming the first field out of bounds (the CLI's bounds)."""
+    if kind not in KINDS:
+        raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    name = name.strip()
+    if not name or len(name) > MAX_CAMPAIGN_NAME:
+        raise Invalid(f"name: give a campaign name of 1 to {MAX_CAMPAIGN_NAME} characters")
+    if type(raters_per_item) is not int or not 1 <= raters_per_item <= MAX_RATERS_PER_ITEM:
+        raise Invalid(f"raters_per_item: a whole number from 1 to {MAX_RATERS_PER_ITEM}")
+    if type(gold_rate) not in (int, float) or not 0.0 <= gold_rate <= 1.0:
+        raise Invalid("gold_rate: a probability in [0, 1]")
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise Invalid(f"seed: a whole number from 0 to {MAX_SEED}")
+    if len(instructions) > MAX_INSTRUCTIONS:
+        raise Invalid(f"instructions: longer than {MAX_INSTRUCTIONS} characters")
+    return name
+
+
+def _item_rows(kind: str, samples: Sequence[Samples], gold: Sequence[Comparison | BinaryFeedback],
+               raters_per_item: int, where: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Checked rows of a new campaign's items: one per samples record, then the gold items."""
+    rows = []
+    for i, rec in enumerate(samples):
+        check_samples(rec, kind, where[i] if where else f"record {i + 1}")
+        rows.append(dict(source_id=rec.id, prompt=rec.prompt_fields(), responses=list(rec.responses),
+                         model=rec.model, sampling=rec.sampling, meta=rec.meta, is_gold=False, gold_answer=None,
+                         open_slots=raters_per_item))
+    for i, g in enumerate(gold):
+        label = f"gold record {i + 1}"
+        if kind == "thumbs":
+            if not isinstance(g, BinaryFeedback):
+                raise Invalid(f"{label}: a thumbs campaign takes binary feedback records as gold")
+            responses, answer = [g.response], [g.label]
+        else:
+            if not isinstance(g, Comparison) or g.ranking is None:
+                raise Invalid(f"{label}: a {kind} campaign takes comparison records with a ranking as gold")
+            responses, answer = list(g.responses), [e if isinstance(e, int) else list(e) for e in g.ranking]
+        check_samples(Samples(**g.prompt_fields(), responses=responses), kind, label)
+        rows.append(dict(source_id=g.id, prompt=g.prompt_fields(), responses=responses, model=None, sampling={},
+                         meta=g.meta, is_gold=True, gold_answer=answer, open_slots=0))
+    return rows
+
+
+def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    chars = 0
+    for row in rows:
+        size = sum(map(len, row["responses"])) + len(str(row["prompt"]))
+        if batch and (len(batch) >= ITEM_BATCH_ROWS or chars + size > ITEM_BATCH_CHARS):
+            yield batch
+            batch, chars = [], 0
+        batch.append(row)
+        chars += size
+    if batch:
+        yield batch
+
+
 def create_campaign(
     s: Session,
     name: str,
@@ -147,110 +213,159 @@ def create_campaign(
     """A campaign with one item per samples record, plus gold items with known answers.
 
     Gold items are Comparison records (rank, compare) or BinaryFeedback records (thumbs).
-    `where[i]` names record i in error messages (file:line)."""
-    if kind not in KINDS:
-        raise Invalid(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise Invalid("name: give a campaign name of 1 to 200 characters")
-    if raters_per_item < 1:
-        raise Invalid("raters_per_item: at least 1")
-    if not 0.0 <= gold_rate <= 1.0:
-        raise Invalid("gold_rate: a probability in [0, 1]")
-    if len(instructions) > MAX_INSTRUCTIONS:
-        raise Invalid(f"instructions: longer than {MAX_INSTRUCTIONS} characters")
+    `where[i]` names record i in error messages (file:line). Everything is checked before
+    anything is written; the items then go in in short transactions while the campaign is
+    hidden (`ready` false), and it appears whole at the end or, on an error, not at all. An
+    unfinished campaign of the same name (its creation was interrupted) is replaced."""
+    name = check_campaign_settings(name, kind, raters_per_item, gold_rate, seed, instructions)
     if not samples:
         raise Invalid("samples: no records")
-    if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
+    rows = _item_rows(kind, samples, gold, raters_per_item, where)
+    if find_campaign_id(s, name) is not None:
         raise Conflict(f"a campaign named {name!r} exists already")
-    campaign = Campaign(name=name, kind=kind, raters_per_item=raters_per_item, instructions=instructions,
-                        gold_rate=gold_rate, seed=seed)
-    s.add(campaign)
-    for i, rec in enumerate(samples):
-        check_samples(rec, kind, where[i] if where else f"record {i + 1}")
-        campaign.items.append(Item(source_id=rec.id, prompt=rec.prompt_fields(), responses=list(rec.responses),
-                                   model=rec.model, sampling=rec.sampling, meta=rec.meta, is_gold=False))
-    for i, g in enumerate(gold):
-        label = f"gold record {i + 1}"
-        if kind == "thumbs":
-            if not isinstance(g, BinaryFeedback):
-                raise Invalid(f"{label}: a thumbs campaign takes binary feedback records as gold")
-            responses, answer = [g.response], [g.label]
-        else:
-            if not isinstance(g, Comparison) or g.ranking is None:
-                raise Invalid(f"{label}: a {kind} campaign takes comparison records with a ranking as gold")
-            responses, answer = list(g.responses), [e if isinstance(e, int) else list(e) for e in g.ranking]
-        check_samples(Samples(**g.prompt_fields(), responses=responses), kind, label)
-        campaign.items.append(Item(source_id=g.id, prompt=g.prompt_fields(), responses=responses, model=None,
-                                   sampling={}, meta=g.meta, is_gold=True, gold_answer=answer))
+    campaign_id = _start_campaign(s, Campaign(name=name, kind=kind, raters_per_item=raters_per_item,
+                                              instructions=instructions, gold_rate=gold_rate, seed=seed,
+                                              ready=False))
     try:
-        s.commit()
+        for batch in _batches(rows):
+            with writing(s):
+                s.execute(insert(Item), [{**row, "campaign_id": campaign_id} for row in batch])
+        with writing(s):
+            done = s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.ready.is_(False))
+                             .values(ready=True))
+            if done.rowcount != 1:
+                raise Conflict(f"campaign {name!r} was replaced while it was being created")
+    except IntegrityError:  # its row was deleted under it by another creation of the same name
+        _discard_campaign(s, campaign_id)
+        raise Conflict(f"campaign {name!r} was replaced while it was being created") from None
+    except BaseException:
+        _discard_campaign(s, campaign_id)
+        raise
+    return s.get(Campaign, campaign_id, populate_existing=True)
+
+
+def _start_campaign(s: Session, campaign: Campaign) -> int:
+    """Insert the (hidden) campaign row, replacing an unfinished one of that name; its id."""
+    try:
+        with writing(s):
+            old = s.scalar(_locked(select(Campaign).where(Campaign.name == campaign.name)))
+            if old is not None and old.ready:
+                raise Conflict(f"a campaign named {campaign.name!r} exists already")
+            if old is not None:
+                s.execute(delete(Campaign).where(Campaign.id == old.id))
+            s.add(campaign)
     except IntegrityError:
+        raise Conflict(f"a campaign named {campaign.name!r} exists already") from None
+    return campaign.id
+
+
+def _discard_campaign(s: Session, campaign_id: int) -> None:
+    """Remove a campaign that could not be finished (best effort: it stays hidden otherwise)."""
+    with contextlib.suppress(Exception):
         s.rollback()
-        raise Conflict(f"a campaign named {name!r} exists already") from None
-    return campaign
+        with writing(s):
+            s.execute(delete(Campaign).where(Campaign.id == campaign_id, Campaign.ready.is_(False)))
+
+
+def find_campaign_id(s: Session, name: str) -> int | None:
+    return s.scalar(select(Campaign.id).where(Campaign.name == name, Campaign.ready))
 
 
 def find_campaign(s: Session, ref: str | int) -> Campaign:
-    """A campaign by id or by name."""
+    """A (ready) campaign by id or by name."""
     c = None
-    if isinstance(ref, int) or str(ref).isdigit():
+    digits = isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) <= 12
+    if is_db_id(ref) or (digits and is_db_id(int(ref))):
         c = s.get(Campaign, int(ref))
     if c is None:
         c = s.scalar(select(Campaign).where(Campaign.name == str(ref)))
-    if c is None:
-        raise NotFound(f"no campaign {ref!r}")
+    if c is None or not c.ready:
+        raise NotFound(f"no campaign {str(ref)[:MAX_CAMPAIGN_NAME]!r}")
     return c
 
 
-# --- raters and tokens -----------------------------------------------------------------------
+# --- raters, tokens and sessions -------------------------------------------------------------
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def add_rater(s: Session, name: str, admin: bool = False, api_token: bool = False) -> tuple[Rater, str, str | None]:
+def _token_ok(token: Any) -> bool:
+    return isinstance(token, str) and 0 < len(token) <= MAX_TOKEN
+
+
+def add_rater(s: Session, name: str, admin: bool = False, api_token: bool = False,
+              base_url: str | None = None) -> tuple[Rater, str, str | None]:
     """Create a rater (or take the existing one of that name) and issue a fresh one-time login
     token, and an API token if asked. Only sha256 hashes are stored; the tokens are returned
-    once. `admin` promotes; it never demotes an existing admin."""
-    name = name.strip()
-    if not name or len(name) > MAX_NAME:
+    once. A fresh link for an existing rater ends their sessions (old cookies stop working).
+    `admin` promotes; it never demotes an existing admin. `base_url`, the address the link was
+    printed with, is remembered for the first admin: the app builds login links from it."""
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME:
         raise Invalid(f"name: give a rater name of 1 to {MAX_NAME} characters")
-    rater = s.scalar(select(Rater).where(Rater.name == name))
-    if rater is None:
-        rater = Rater(name=name, role="admin" if admin else "rater")
-        s.add(rater)
-    elif admin:
-        rater.role = "admin"
+    name = name.strip()
     login = secrets.token_urlsafe(32)
-    rater.login_token_hash = hash_token(login)
-    api = None
-    if api_token:
-        api = secrets.token_urlsafe(32)
-        rater.api_token_hash = hash_token(api)
-    s.commit()
+    api = secrets.token_urlsafe(32) if api_token else None
+    try:
+        with writing(s):
+            rater = s.scalar(_locked(select(Rater).where(Rater.name == name)))
+            if rater is None:
+                rater = Rater(name=name, role="admin" if admin else "rater", session_version=0)
+                s.add(rater)
+            else:
+                rater.session_version += 1
+                if admin:
+                    rater.role = "admin"
+            rater.login_token_hash = hash_token(login)
+            if api is not None:
+                rater.api_token_hash = hash_token(api)
+            if base_url and rater.is_admin and s.get(Setting, "base_url") is None:
+                s.add(Setting(key="base_url", value=base_url))
+    except IntegrityError:  # the same new name, added at the same moment elsewhere
+        raise Conflict(f"rater {name!r} was being added at the same time; try again") from None
     return rater, login, api
 
 
 def rater_for_login_token(s: Session, token: str) -> Rater | None:
-    if not token or len(token) > 200:
+    if not _token_ok(token):
         return None
     return s.scalar(select(Rater).where(Rater.login_token_hash == hash_token(token)))
 
 
 def redeem_login_token(s: Session, token: str) -> Rater | None:
-    """The rater the one-time login token belongs to; the token is used up."""
-    rater = rater_for_login_token(s, token)
-    if rater is not None:
-        rater.login_token_hash = None
-        s.commit()
+    """The rater the one-time login token belongs to; the token is used up (two browsers
+    racing with one link: one wins)."""
+    if not _token_ok(token):
+        return None
+    with writing(s):
+        rater = s.scalar(_locked(select(Rater).where(Rater.login_token_hash == hash_token(token))))
+        if rater is not None:
+            rater.login_token_hash = None
     return rater
 
 
 def rater_for_api_token(s: Session, token: str) -> Rater | None:
-    if not token or len(token) > 200:
+    if not _token_ok(token):
         return None
     return s.scalar(select(Rater).where(Rater.api_token_hash == hash_token(token)))
+
+
+def end_sessions(s: Session, rater_id: int, everywhere: bool = False) -> None:
+    """Make every session cookie of the rater invalid (logout). `everywhere` (an admin's "sign
+    out everywhere") also cancels their unused login link and their API token."""
+    values: dict[str, Any] = {"session_version": Rater.session_version + 1}
+    if everywhere:
+        values.update(login_token_hash=None, api_token_hash=None)
+    with writing(s):
+        if s.execute(update(Rater).where(Rater.id == rater_id).values(**values)).rowcount != 1:
+            raise NotFound(f"no rater {rater_id}")
+
+
+def find_rater(s: Session, rater_id: int) -> Rater:
+    rater = s.get(Rater, rater_id) if is_db_id(rater_id) else None
+    if rater is None:
+        raise NotFound(f"no rater {rater_id}")
+    return rater
 
 
 # --- assignments -----------------------------------------------------------------------------
@@ -261,78 +376,107 @@ def _display_order(campaign: Campaign, item: Item, rater: Rater) -> list[int]:
     return order
 
 
-def _free_item_ids(s: Session, rater: Rater, campaign: Campaign, gold: bool, limit: int = 8) -> list[int]:
-    """Items of `campaign` this rater has never had; regular ones only while a slot is free."""
+def _free_items(rater: Rater, campaign: Campaign, gold: bool, limit: int) -> Select:
+    """Items of `campaign` this rater has never had: gold ones, or regular ones with a free place."""
     mine = select(Assignment.item_id).where(Assignment.rater_id == rater.id)
-    q = select(Item.id).where(Item.campaign_id == campaign.id, Item.is_gold == gold, Item.id.not_in(mine))
-    if not gold:
-        taken = (select(func.count()).select_from(Assignment)
-                 .where(Assignment.item_id == Item.id, Assignment.slot.is_not(None)).scalar_subquery())
-        q = q.where(taken < campaign.raters_per_item)
-    return list(s.scalars(q.order_by(Item.id).limit(limit)))
+    q = select(Item.id).where(Item.campaign_id == campaign.id, Item.id.not_in(mine))
+    q = q.where(Item.is_gold.is_(True)) if gold else q.where(ITEM_IS_OPEN)
+    return q.order_by(Item.id).limit(limit)
 
 
-def _try_assign(s: Session, rater: Rater, campaign: Campaign, item_id: int, gold: bool) -> Assignment | None:
+def _lock_free_items(s: Session, q: Select) -> list[int]:
+    """Run `_free_items` inside the write transaction. PostgreSQL: lock the items, skipping
+    those another rater is being given right now (so concurrent raters spread over items
+    instead of queueing on one); only when every free item is being given, wait for them."""
+    if s.get_bind().dialect.name != "postgresql":
+        return list(s.scalars(q))
+    return list(s.scalars(q.with_for_update(of=Item, skip_locked=True))) or list(
+        s.scalars(q.with_for_update(of=Item)))
+
+
+def _free_slot(s: Session, item_id: int, raters_per_item: int) -> int | None:
+    used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id, Assignment.slot.is_not(None))))
+    return next((k for k in range(raters_per_item) if k not in used), None)
+
+
+def _new_assignment(s: Session, rater: Rater, campaign: Campaign, item_id: int, gold: bool,
+                    shown: bool) -> Assignment | None:
+    """Give the rater the item (a free slot of a regular item); None if a race took it."""
     item = s.get(Item, item_id)
-    slot = None
-    if not gold:
-        used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
-                                                            Assignment.slot.is_not(None))))
-        free = [k for k in range(campaign.raters_per_item) if k not in used]
-        if not free:
-            return None
-        slot = free[0]
+    slot = None if gold else _free_slot(s, item_id, campaign.raters_per_item)
+    if not gold and slot is None:
+        return None
     a = Assignment(campaign_id=campaign.id, item_id=item_id, rater_id=rater.id, slot=slot,
-                   display_order=_display_order(campaign, item, rater), status="open")
+                   display_order=_display_order(campaign, item, rater), status="open",
+                   shown_at=utcnow() if shown else None)
     try:
-        with s.begin_nested():  # a racing rater took this slot: try the next item
+        with s.begin_nested():  # the unique constraints settle a race the locks did not prevent
             s.add(a)
+            if not gold:
+                s.execute(update(Item).where(Item.id == item_id).values(open_slots=Item.open_slots - 1))
     except IntegrityError:
         return None
     return a
 
 
-def next_assignment(s: Session, rater: Rater, campaign_id: int | None = None) -> Assignment | None:
-    """The rater's open assignment, or a new one: the first item (campaigns oldest first) that
-    they never had and that has a free place among its `raters_per_item`. With probability
-    `gold_rate` a gold item they have not seen is mixed in instead. None when nothing is left."""
-    q = select(Assignment).where(Assignment.rater_id == rater.id, Assignment.status == "open")
+def _assign(s: Session, rater: Rater, campaign: Campaign, shown: bool) -> Assignment | None:
+    """Inside a write transaction: a new assignment in `campaign`, or None when it has nothing
+    left for this rater. With probability `gold_rate` a gold item they have not seen is
+    mixed in instead of the first free regular item."""
+    regular = _lock_free_items(s, _free_items(rater, campaign, gold=False, limit=3))
+    if not regular:
+        return None
+    if campaign.gold_rate > 0:
+        n_had = s.scalar(select(func.count()).select_from(Assignment).where(
+            Assignment.rater_id == rater.id, Assignment.campaign_id == campaign.id))
+        rng = random.Random(f"{campaign.seed}:gold:{rater.id}:{n_had}")
+        if rng.random() < campaign.gold_rate:
+            gold = list(s.scalars(_free_items(rater, campaign, gold=True, limit=50)))
+            if gold and (a := _new_assignment(s, rater, campaign, rng.choice(gold), True, shown)) is not None:
+                return a
+    for item_id in regular:
+        if (a := _new_assignment(s, rater, campaign, item_id, False, shown)) is not None:
+            return a
+    return None
+
+
+def _open_assignment(s: Session, rater: Rater, campaign_id: int | None) -> Assignment | None:
+    q = (select(Assignment).join(Campaign, Campaign.id == Assignment.campaign_id)
+         .where(Assignment.rater_id == rater.id, Assignment.status == "open", Campaign.ready))
     if campaign_id is not None:
         q = q.where(Assignment.campaign_id == campaign_id)
-    current = s.scalars(q.order_by(Assignment.id).limit(1)).first()
+    return s.scalars(q.order_by(Assignment.id).limit(1)).first()
+
+
+def next_assignment(s: Session, rater: Rater, campaign_id: int | None = None,
+                    shown: bool = False) -> Assignment | None:
+    """The rater's open assignment, or a new one: the first item (campaigns oldest first) that
+    they never had and that has a free place among its `raters_per_item`. With probability
+    `gold_rate` a gold item they have not seen is mixed in instead. None when nothing is left.
+    `shown`: the caller shows it now (its shown time is set in the same transaction)."""
+    if campaign_id is not None and not is_db_id(campaign_id):
+        return None
+    current = _open_assignment(s, rater, campaign_id)
     if current is not None:
-        s.commit()
+        if shown:
+            mark_shown(s, current)
         return current
-    cq = select(Campaign).order_by(Campaign.id)
+    cq = select(Campaign).where(Campaign.ready).order_by(Campaign.id)
     if campaign_id is not None:
         cq = cq.where(Campaign.id == campaign_id)
     for campaign in s.scalars(cq).all():
-        for _attempt in range(5):
-            regular = _free_item_ids(s, rater, campaign, gold=False)
-            if not regular:
-                break
-            n_had = s.scalar(select(func.count()).select_from(Assignment).where(
-                Assignment.rater_id == rater.id, Assignment.campaign_id == campaign.id))
-            rng = random.Random(f"{campaign.seed}:gold:{rater.id}:{n_had}")
-            if campaign.gold_rate > 0 and rng.random() < campaign.gold_rate:
-                gold = _free_item_ids(s, rater, campaign, gold=True, limit=50)
-                if gold:
-                    a = _try_assign(s, rater, campaign, rng.choice(gold), gold=True)
-                    if a is not None:
-                        s.commit()
-                        return a
-            for item_id in regular:
-                a = _try_assign(s, rater, campaign, item_id, gold=False)
-                if a is not None:
-                    s.commit()
-                    return a
-    s.commit()
+        if s.scalar(_free_items(rater, campaign, gold=False, limit=1)) is None:
+            continue  # nothing here for this rater: no need for the write lock
+        with writing(s):
+            a = _assign(s, rater, campaign, shown)
+        if a is not None:
+            return a
     return None
 
 
 def get_assignment(s: Session, rater: Rater, assignment_id: int) -> Assignment:
     """The rater's own assignment; anyone else's (or a missing one) is the same NotFound."""
-    a = s.get(Assignment, assignment_id)
+    a = s.get(Assignment, assignment_id) if is_db_id(assignment_id) else None
     if a is None or a.rater_id != rater.id:
         raise NotFound(f"no assignment {assignment_id} for you")
     return a
@@ -340,9 +484,12 @@ def get_assignment(s: Session, rater: Rater, assignment_id: int) -> Assignment:
 
 def mark_shown(s: Session, a: Assignment) -> None:
     """Remember when the rater first saw the item (time spent is measured from here)."""
-    if a.shown_at is None:
-        a.shown_at = utcnow()
-    s.commit()
+    if a.shown_at is not None:
+        return
+    with writing(s):
+        a = s.get(Assignment, a.id, populate_existing=True, with_for_update=True)
+        if a.shown_at is None:
+            a.shown_at = utcnow()
 
 
 def letter(position: int) -> str:
@@ -361,6 +508,10 @@ def ranking_from_ranks(ranks: Sequence[int | None]) -> list[RankingEntry]:
     return [t[0] if len(t) == 1 else t for _, t in sorted(tiers.items())]
 
 
+def _is_position(p: Any, k: int) -> bool:
+    return isinstance(p, int) and not isinstance(p, bool) and 0 <= p < k
+
+
 def check_ranking(ranking: Any, k: int) -> list[list[int]]:
     """A ranking of display positions as tiers, or Invalid naming what is wrong."""
     if not isinstance(ranking, list) or not ranking:
@@ -371,7 +522,7 @@ def check_ranking(ranking: Any, k: int) -> list[list[int]]:
         if not tier:
             raise Invalid("ranking: an empty tie group")
         for p in tier:
-            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < k:
+            if not _is_position(p, k):
                 raise Invalid(f"ranking: {p!r} is not a response position (0 to {k - 1})")
             if p in seen:
                 raise Invalid(f"ranking: response {letter(p)} (position {p}) appears twice")
@@ -384,13 +535,68 @@ def check_ranking(ranking: Any, k: int) -> list[list[int]]:
     return tiers
 
 
-def _check_positions(values: Sequence[Any], k: int, field: str) -> list[int]:
-    out = []
+def _check_positions(values: Any, k: int, field: str) -> list[int]:
+    if not isinstance(values, (list, tuple)):
+        raise Invalid(f"{field}: give a list of response positions")
     for p in values:
-        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < k:
+        if not _is_position(p, k):
             raise Invalid(f"{field}: {p!r} is not a response position (0 to {k - 1})")
-        out.append(p)
-    return sorted(set(out))
+    return sorted(set(values))
+
+
+def _answer(a: Assignment, ranking: Any, labels: Any, unsafe: Any) -> dict[str, Any]:
+    """The answer in display positions -> the stored fields in original indices, or Invalid."""
+    k, order = len(a.item.responses), a.display_order
+    out: dict[str, Any] = {"unsafe": sorted(order[p] for p in _check_positions(unsafe, k, "unsafe")),
+                           "ranking": None, "labels": None}
+    if a.campaign.kind == "thumbs":
+        if ranking is not None:
+            raise Invalid("ranking: a thumbs campaign takes labels (1 good, 0 bad), not a ranking")
+        if not isinstance(labels, list) or len(labels) != k or not all(_is_position(v, 2) for v in labels):
+            raise Invalid(f"labels: give {k} labels, one per response, each 1 (good) or 0 (bad)")
+        out["labels"] = [0] * k
+        for p, v in enumerate(labels):
+            out["labels"][order[p]] = v
+    else:
+        if labels is not None:
+            raise Invalid("labels: a rank or compare campaign takes a ranking, not labels")
+        tiers = check_ranking(ranking, k)
+        out["ranking"] = [order[t[0]] if len(t) == 1 else sorted(order[p] for p in t) for t in tiers]
+    return out
+
+
+def _replay(stored: Judgment | None, key: str | None) -> tuple[Judgment, bool]:
+    """An answered assignment: the stored judgment again for a retry with its key, else Conflict."""
+    if stored is not None and key is not None and stored.idempotency_key == key:
+        return stored, False
+    if stored is None:
+        raise Conflict("This idempotency key was used for another submission.")
+    raise Conflict("This item was already answered; its judgment is stored.")
+
+
+def _stored_judgment(s: Session, assignment_id: int) -> Judgment | None:
+    return s.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
+
+
+def _store_judgment(s: Session, assignment_id: int, answer: dict[str, Any], comment: str,
+                    key: str | None) -> tuple[Judgment, bool]:
+    """Inside a write transaction: the judgment, unless the assignment was answered (a replay
+    or a Conflict), skipped or the key was used for another one (Conflict)."""
+    a = s.get(Assignment, assignment_id, populate_existing=True, with_for_update=True)
+    stored = _stored_judgment(s, a.id)
+    if stored is not None:
+        return _replay(stored, key)
+    if a.status == "skipped":
+        raise Conflict("This item was skipped; it cannot be answered any more.")
+    if key is not None and s.scalar(select(Judgment.id).where(Judgment.idempotency_key == key)) is not None:
+        raise Conflict("This idempotency key was used for another submission.")
+    now = utcnow()
+    shown = a.shown_at or a.created_at
+    j = Judgment(assignment=a, idempotency_key=key, comment=comment, display_order=list(a.display_order),
+                 shown_at=shown, submitted_at=now, time_spent_s=max(0.0, (now - shown).total_seconds()), **answer)
+    s.add(j)
+    a.status = "done"
+    return j, True
 
 
 def submit_judgment(
@@ -406,63 +612,34 @@ def submit_judgment(
     """Store the rater's answer, in display positions, as one transaction. Returns
     (judgment, created). Retrying with the same idempotency key returns the stored judgment
     (created False); a second, different answer to the same assignment is a Conflict."""
-    a = get_assignment(s, rater, assignment_id)
-    if key is not None and (not key or len(key) > MAX_KEY):
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY):
         raise Invalid(f"idempotency key: 1 to {MAX_KEY} characters")
-    stored = s.scalar(select(Judgment).where(Judgment.assignment_id == a.id))
+    if not isinstance(comment, str) or len(comment.strip()) > MAX_COMMENT:
+        raise Invalid(f"comment: {len(str(comment).strip())} characters; at most {MAX_COMMENT}")
+    a = get_assignment(s, rater, assignment_id)
+    stored = _stored_judgment(s, a.id)
     if stored is not None:
-        if key is not None and stored.idempotency_key == key:
-            s.commit()
-            return stored, False
-        raise Conflict("This item was already answered; its judgment is stored.")
-    if a.status == "skipped":
-        raise Conflict("This item was skipped; it cannot be answered any more.")
-    if key is not None and s.scalar(select(Judgment.id).where(Judgment.idempotency_key == key)) is not None:
-        raise Conflict("This idempotency key was used for another submission.")
-    k, order = len(a.item.responses), a.display_order
-    comment = (comment or "").strip()
-    if len(comment) > MAX_COMMENT:
-        raise Invalid(f"comment: {len(comment)} characters; at most {MAX_COMMENT}")
-    unsafe_orig = sorted(order[p] for p in _check_positions(list(unsafe), k, "unsafe"))
-    ranking_orig = labels_orig = None
-    if a.campaign.kind == "thumbs":
-        if ranking is not None:
-            raise Invalid("ranking: a thumbs campaign takes labels (1 good, 0 bad), not a ranking")
-        if labels is None or len(labels) != k or any(v not in (0, 1) or isinstance(v, bool) for v in labels):
-            raise Invalid(f"labels: give {k} labels, one per response, each 1 (good) or 0 (bad)")
-        labels_orig = [0] * k
-        for p, v in enumerate(labels):
-            labels_orig[order[p]] = int(v)
-    else:
-        if labels is not None:
-            raise Invalid("labels: a rank or compare campaign takes a ranking, not labels")
-        tiers = check_ranking(ranking, k)
-        ranking_orig = [order[t[0]] if len(t) == 1 else sorted(order[p] for p in t) for t in tiers]
-    now = utcnow()
-    shown = a.shown_at or a.created_at
-    j = Judgment(assignment=a, idempotency_key=key, ranking=ranking_orig, labels=labels_orig,
-                 unsafe=unsafe_orig, comment=comment, display_order=list(order), shown_at=shown,
-                 submitted_at=now, time_spent_s=max(0.0, (now - shown).total_seconds()))
-    s.add(j)
-    a.status = "done"
+        return _replay(stored, key)
+    answer = _answer(a, ranking, labels, unsafe)
     try:
-        s.commit()
+        with writing(s):
+            return _store_judgment(s, a.id, answer, comment.strip(), key)
     except IntegrityError:  # the same submission won a race on another connection
-        s.rollback()
-        stored = s.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
-        if stored is not None and key is not None and stored.idempotency_key == key:
-            return stored, False
-        raise Conflict("This item was already answered; its judgment is stored.") from None
-    return j, True
+        return _replay(_stored_judgment(s, a.id), key)
 
 
 def skip_assignment(s: Session, rater: Rater, assignment_id: int) -> Assignment:
     """Give the item back: its place goes to another rater; this rater will not get it again."""
     a = get_assignment(s, rater, assignment_id)
-    if a.status == "done":
-        raise Conflict("This item was already answered.")
-    a.status, a.slot = "skipped", None
-    s.commit()
+    if a.status == "skipped":
+        return a
+    with writing(s):
+        a = s.get(Assignment, a.id, populate_existing=True, with_for_update=True)
+        if a.status == "done":
+            raise Conflict("This item was already answered.")
+        if a.slot is not None:
+            s.execute(update(Item).where(Item.id == a.item_id).values(open_slots=Item.open_slots + 1))
+        a.status, a.slot = "skipped", None
     return a
 
 

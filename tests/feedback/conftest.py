@@ -35,6 +35,15 @@ def write_samples(path: Path, records: list[dict] | None = None) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def app_home(tmp_path, monkeypatch) -> Path:
+    """Each test's own ALIGNLOOP_HOME (where the session key file is made), no key from the env."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ALIGNLOOP_HOME", str(home))
+    monkeypatch.delenv("ALIGNLOOP_SECRET_KEY", raising=False)
+    return home
+
+
 @pytest.fixture
 def samples_file(tmp_path) -> Path:
     return write_samples(tmp_path / "samples.jsonl")

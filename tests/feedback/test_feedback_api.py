@@ -178,10 +178,10 @@ def test_admin_uploads_a_campaign_lists_and_exports(env):
 
 def test_admin_adds_a_rater_who_can_then_work(env):
     clients, _ = env
-    r = clients["boss"].post("/api/raters", json={"name": "bot", "api_token": True})
+    r = clients["boss"].post("/api/raters", json={"name": "bot", "api_token": True}, headers={"Host": "evil.example"})
     assert r.status_code == 201
     body = r.json()
-    assert body["login_url"].startswith("http://testserver/login/") and body["role"] == "rater"
+    assert body["login_url"].startswith("http://127.0.0.1:8000/login/") and body["role"] == "rater"  # not the Host
     bot = TestClient(clients["anon"].app, headers={"Authorization": f"Bearer {body['api_token']}"})
     assert bot.get("/api/next").json()["assignment"] is not None
 

@@ -11,21 +11,23 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.db import Base, Rater, database_url, make_engine
+from alignloop.feedback.db import Base, Item, Rater, database_url, make_engine, writer
+
+HEAD = "0003"
 
 
 def test_upgrade_from_empty_database_reaches_head(db_path):
     engine = make_engine(db_path)
     assert store.schema_revision(engine) is None
     store.migrate(engine)
-    assert store.schema_revision(engine) == "0002"
+    assert store.schema_revision(engine) == HEAD
     tables = set(inspect(engine).get_table_names())
     assert {"campaigns", "items", "raters", "assignments", "judgments", "settings", "alembic_version"} <= tables
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
     store.migrate(engine)  # a second run changes nothing
-    assert store.schema_revision(engine) == "0002"
+    assert store.schema_revision(engine) == HEAD
     engine.dispose()
 
 
@@ -44,7 +46,7 @@ def test_upgrade_from_revision_1_keeps_data_and_fills_time_spent(db_path):
     assert "api_token_hash" not in {c["name"] for c in inspect(engine).get_columns("raters")}
     shown, submitted = dt.datetime(2025, 3, 1, 12, 0, 0), dt.datetime(2025, 3, 1, 12, 0, 42, 500000)
     # a database as revision 1 wrote it: one campaign, item, rater, assignment and judgment
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, created_at) "
                           "VALUES (1, 'old', 'rank', 2, 'be kind', 0.0, 0, :t)"), {"t": shown})
         conn.execute(text("INSERT INTO items (id, campaign_id, source_id, prompt, responses, model, sampling, meta, is_gold) "
@@ -57,7 +59,7 @@ def test_upgrade_from_revision_1_keeps_data_and_fills_time_spent(db_path):
         conn.execute(text("INSERT INTO judgments (id, assignment_id, idempotency_key, ranking, labels, unsafe, comment, display_order, shown_at, submitted_at) "
                           "VALUES (1, 1, 'k', '[1, 0]', NULL, '[]', 'fine', '[1, 0]', :a, :b)"), {"a": shown, "b": submitted})
     store.migrate(engine)
-    assert store.schema_revision(engine) == "0002"
+    assert store.schema_revision(engine) == HEAD
     with engine.connect() as conn:
         assert conn.execute(text("SELECT time_spent_s FROM judgments WHERE id = 1")).scalar() == 42.5
     engine.dispose()
@@ -81,13 +83,13 @@ def test_downgrade_to_revision_1_and_back(db_path):
     from alembic import command
 
     cfg = store.alembic_config()
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
     assert store.schema_revision(engine) == "0001"
     assert "time_spent_s" not in {c["name"] for c in inspect(engine).get_columns("judgments")}
     store.migrate(engine)
-    assert store.schema_revision(engine) == "0002"
+    assert store.schema_revision(engine) == HEAD
     engine.dispose()
 
 
@@ -97,3 +99,54 @@ def test_database_option_takes_a_path_or_a_url(tmp_path):
     assert database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
     assert database_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_upgrade_from_revision_2_counts_free_places_and_drops_the_stored_key(db_path):
+    engine = make_engine(db_path)
+    store.migrate(engine, "0002")
+    t = dt.datetime(2025, 3, 1, 12, 0, 0)
+    with writer(engine).begin() as conn:
+        conn.execute(text("INSERT INTO settings (key, value) VALUES ('session_secret', 'a key anyone with the file had')"))
+        conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, created_at) "
+                          "VALUES (1, 'old', 'rank', 3, '', 0.0, 0, :t)"), {"t": t})
+        for item_id, gold in ((1, 0), (2, 0), (3, 1)):
+            conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold) "
+                              "VALUES (:i, 1, '{\"prompt\": \"p\"}', '[\"a\", \"b\"]', '{}', '{}', :g)"), {"i": item_id, "g": gold})
+        for rater_id in (1, 2, 3):
+            conn.execute(text("INSERT INTO raters (id, name, role, created_at) VALUES (:r, :n, 'rater', :t)"),
+                         {"r": rater_id, "n": f"r{rater_id}", "t": t})
+        # item 1: slot 0 answered, slot 1 open, and one skipped (its slot given back): 1 place left
+        for aid, rater_id, slot, status in ((1, 1, 0, "done"), (2, 2, 1, "open"), (3, 3, None, "skipped")):
+            conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, created_at) "
+                              "VALUES (:a, 1, 1, :r, :s, '[0, 1]', :st, :t)"), {"a": aid, "r": rater_id, "s": slot, "st": status, "t": t})
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT id, open_slots FROM items")).all()) == {1: 1, 2: 3, 3: 0}
+        assert conn.execute(text("SELECT COUNT(*) FROM settings")).scalar() == 0
+        assert conn.execute(text("SELECT session_version FROM raters")).scalars().all() == [0, 0, 0]
+        assert conn.execute(text("SELECT ready FROM campaigns")).scalar() == 1
+    engine.dispose()
+
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        dan = store.add_rater(s, "dan")[0]
+        a = store.next_assignment(s, dan)
+        assert (a.item_id, a.slot) == (1, 2)  # the free place of item 1
+        assert s.get(Item, 1).open_slots == 0
+        assert reports.rater_progress(s, dan)["available"] == 1  # item 2
+
+
+def test_downgrade_to_revision_2_and_back(db_path):
+    from alembic import command
+
+    engine = make_engine(db_path)
+    store.migrate(engine)
+    cfg = store.alembic_config()
+    with writer(engine).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert {"open_slots"}.isdisjoint(c["name"] for c in inspect(engine).get_columns("items"))
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    engine.dispose()

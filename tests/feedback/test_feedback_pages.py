@@ -215,7 +215,7 @@ def test_admin_dashboard_upload_add_rater_and_export(site, tmp_path):
     assert bad.status_code == 422 and "x.jsonl:1: field &#39;responses&#39;: missing" in bad.text
     added = boss.post("/admin/raters", data={"csrf_token": token, "name": "carol"})
     link = re.search(r'id="new-link">([^<]+)<', added.text).group(1)
-    carol = login(app, link.removeprefix("http://testserver/login/"))
+    carol = login(app, link.removeprefix("http://127.0.0.1:8000/login/"))
     # carol gets the thumbs campaign only after the first campaign is used up; answer both kinds
     seen_thumbs = False
     for _ in range(5):

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
 from alignloop.feedback import reports, store
-from alignloop.feedback.db import Assignment, Item, Judgment, Rater
+from alignloop.feedback.db import Assignment, Item, Judgment, Rater, writing
 
 from .conftest import SAMPLES
 
@@ -249,8 +249,8 @@ def test_thumbs_campaign_exports_binary_feedback_per_response(sessions):
         store.create_campaign(s, "t", "thumbs", samples(1, k=3), raters_per_item=1)
         (a,) = raters(s, "a")
         asg = store.next_assignment(s, a)
-        asg.display_order = [2, 0, 1]
-        s.commit()
+        with writing(s):
+            asg.display_order = [2, 0, 1]
         with pytest.raises(store.Invalid, match="give 3 labels"):
             store.submit_judgment(s, a, asg.id, labels=[1, 0])
         with pytest.raises(store.Invalid, match="takes labels"):

@@ -4,7 +4,7 @@ alembic command is used directly."""
 
 from alembic import context
 
-from alignloop.feedback.db import Base, make_engine
+from alignloop.feedback.db import Base, make_engine, writer
 
 config = context.config
 target_metadata = Base.metadata
@@ -19,7 +19,7 @@ def run_migrations_online() -> None:
         return
     db = context.get_x_argument(as_dictionary=True).get("db", "feedback.db")
     engine = make_engine(db)
-    with engine.connect() as conn:
+    with writer(engine).connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
