@@ -8,7 +8,7 @@ For each stage (recipe.py turns the recipe into steps with resolved configs):
      before it ran this time: skipped;
   3) otherwise its old outputs are removed and it runs, marked `running` meanwhile; with
      `--resume`, a stage left `running` with the same fingerprint continues from its checkpoint
-     (sft, reward, ppo) or runs again (the others);
+     (the resumable stages of stages.py: sft, reward, ppo) or runs again (the others);
   4) human feedback makes a campaign in RUN/feedback.db and pauses the run until the
      campaign is complete; running the recipe again re-checks it and goes on.
 Fields that change how a stage runs but not what it makes (resume, stop_at_step,
@@ -29,20 +29,12 @@ from typing import Any
 import click
 import yaml
 
-from alignloop.recipe import Recipe, Step, load_recipe, plan
+from alignloop.campaign import Paused
+from alignloop.recipe import load_recipe, plan
+from alignloop.stages import STAGES, Context, Step, call
 
 NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "keep_checkpoint"}
-RESUMABLE = {"sft", "reward", "ppo"}
 EXIT_WAITING, EXIT_STOPPED = 3, 4
-DESCRIBE = {"revise": "SL-CAI critique and revision", "sft": "supervised fine-tuning on demonstrations",
-            "generate": "sampling responses from the newest policy", "feedback": "rankings of the samples",
-            "quality": "feedback quality report and consensus labels", "reward": "reward model",
-            "ppo": "PPO against the reward model", "evaluate": "policy vs baseline on held-out prompts",
-            "report": "HTML report"}
-
-
-class Paused(Exception):
-    """Human feedback is not complete: the message says where raters go and how to go on."""
 
 
 @dataclass
@@ -153,93 +145,23 @@ def complete(step: Step) -> bool:
     """Did the stage finish (a training stage told to stop early leaves a checkpoint and no model)?"""
     from alignloop.train.checkpoint import has_checkpoint
 
-    if step.kind in RESUMABLE:
+    row = STAGES[step.kind]
+    if row.resumable:
         out = Path(step.configs[step.kind].out)
-        marker = "reward_config.json" if step.kind == "reward" else "alignloop_model.json"
-        return (out / marker).exists() and not has_checkpoint(out)
+        return (out / row.done).exists() and not has_checkpoint(out)
     return all(p.exists() for p in step.outputs if p.suffix != ".yaml" and not p.name.endswith(".gold.jsonl"))
 
 
-def execute(step: Step, resume: bool, fp: str, recipe: Recipe, command: str) -> None:
-    """Run the stage's own run function(s) in this process."""
-    c = step.configs
-    if step.kind == "revise":
-        from alignloop.cai.cli import run_revise
-        run_revise(c["revise"])
-    elif step.kind == "sft":
-        from alignloop.train.sft import run_sft
-        run_sft(c["sft"].model_copy(update={"resume": resume}))
-    elif step.kind == "generate":
-        from alignloop.generate import run_generate
-        run_generate(c["generate"])
-    elif step.kind == "feedback" and "simulated" in c:
-        from alignloop.quality.cli import run_simulate
-        run_simulate(c["simulated"])
-    elif step.kind == "feedback" and "ai" in c:
-        from alignloop.cai.cli import run_label
-        run_label(c["ai"])
-    elif step.kind == "feedback":
-        human_feedback(step, fp, recipe, command)
-    elif step.kind == "quality":
-        from alignloop.quality.cli import run_consensus, run_report
-        if "report" in c:
-            run_report(c["report"])
-        run_consensus(c["consensus"])
-    elif step.kind == "reward":
-        from alignloop.train.reward import run_reward
-        if step.sources:  # rounds > 1 with reward_data: all: every round's labels so far
-            Path(c["reward"].data).write_text("".join(p.read_text(encoding="utf-8") for p in step.sources), encoding="utf-8")
-        run_reward(c["reward"].model_copy(update={"resume": resume}))
-    elif step.kind == "ppo":
-        from alignloop.train.ppo import run_ppo
-        run_ppo(c["ppo"].model_copy(update={"resume": resume}))
-    elif step.kind == "evaluate":
-        from alignloop.evaluate.evaluate import run_evaluate
-        run_evaluate(c["evaluate"])
-    else:
-        from alignloop.evaluate.report import run_report
-        run_report(c["report"])
-
-
-def human_feedback(step: Step, fp: str, recipe: Recipe, command: str) -> None:
-    """Create the campaign (once per fingerprint) and export it when every item has its raters;
-    until then raise Paused with where raters go."""
-    from alignloop.data.io import read_records, write_jsonl
-    from alignloop.data.records import BinaryFeedback, Comparison, Samples
-    from alignloop.feedback import reports, store
-
-    cfg = step.configs["human"]
-    name = f"{cfg.name or recipe.name + '/' + step.name}-{fp[:8]}"
-    engine, sessions = store.open_db(cfg.db)
-    try:
-        with sessions() as s:
-            try:
-                campaign = store.find_campaign(s, name)
-            except store.NotFound:
-                samples = read_records(cfg.samples, Samples)
-                gold = read_records(cfg.gold, BinaryFeedback if cfg.kind == "thumbs" else Comparison) if cfg.gold else []
-                text = cfg.instructions_file.read_text(encoding="utf-8") if cfg.instructions_file else cfg.instructions
-                campaign = store.create_campaign(s, name=name, kind=cfg.kind, samples=samples,
-                                                 raters_per_item=cfg.raters_per_item, instructions=text, gold=gold,
-                                                 gold_rate=cfg.gold_rate, seed=cfg.seed)
-            summary = next(x for x in reports.campaign_summaries(s) if x["id"] == campaign.id)
-            if summary["complete_items"] < summary["items"]:
-                db = cfg.db
-                raise Paused(
-                    f"waiting for {summary['expected'] - summary['judgments']} judgments: campaign {name!r} "
-                    f"({summary['items']} items, {summary['raters_per_item']} raters each; "
-                    f"{summary['complete_items']} items complete) in {db}\n"
-                    f"  add raters:   alignloop feedback add-rater NAME --db {db}   (prints a one-time login link)\n"
-                    f"  serve:        alignloop serve --db {db} --host 0.0.0.0 --port 8000\n"
-                    f"  progress:     alignloop feedback status --db {db}\n"
-                    f"  then go on:   {command}   (continues once the campaign is complete)")
-            records = reports.export_records(s, [campaign.id])
-    finally:
-        engine.dispose()
-    out = Path(step.outputs[0])
-    write_jsonl(out, records)
-    out.with_suffix(".config.yaml").write_text(yaml.safe_dump({**cfg.model_dump(mode="json"), "campaign": name}))
-    print(f"campaign {name!r} complete: wrote {len(records)} judgments to {out}")
+def execute(step: Step, ctx: Context) -> None:
+    """Run the stage's run function(s) in this process, as its row in stages.py says."""
+    row = STAGES[step.kind]
+    if row.execute is not None:
+        row.execute(step, ctx)
+        return
+    (cfg,) = step.configs.values()
+    if step.sources:  # e.g. rounds > 1 with reward_data: all: every round's labels so far
+        Path(cfg.data).write_text("".join(p.read_text(encoding="utf-8") for p in step.sources), encoding="utf-8")
+    call(row.run, cfg.model_copy(update={"resume": ctx.resume}) if row.resumable else cfg)
 
 
 # ---------------------------------------------------------------- the run
@@ -268,13 +190,13 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         before = fp
         state = read_state(run, step)
         same = state.get("fingerprint") == fp
-        title = f"stage {i}/{len(steps)}: {step.name} — {DESCRIBE[step.kind]}"
+        title = f"stage {i}/{len(steps)}: {step.name} — {STAGES[step.kind].describe}"
         if same and state.get("status") == "done" and complete(step) and not ran:
             console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
             skipped.append(step.name)
             continue
         console.rule(f"[bold]{title}")
-        carry_on = resume and same and state.get("status") == "running" and step.kind in RESUMABLE
+        carry_on = resume and same and state.get("status") == "running" and STAGES[step.kind].resumable
         if same and state.get("status") == "running" and not resume:
             console.print(f"{step.name} was interrupted; it starts again (--resume continues from its checkpoint)")
         if not carry_on:
@@ -282,7 +204,7 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         t0 = time.time()
         _write_state(run, step, status="waiting" if "human" in step.configs else "running", fingerprint=fp)
         try:
-            execute(step, carry_on and _has_checkpoint(step), fp, recipe, command)
+            execute(step, Context(carry_on and _has_checkpoint(step), fp, recipe.name, command))
         except Paused as err:
             console.print(f"[bold yellow]run paused at {step.name}[/bold yellow]: {err}", soft_wrap=True, highlight=False)
             return RunResult("waiting", run, ran, skipped, str(err))

@@ -12,41 +12,23 @@
       ...
 
 A stage's `with` holds the fields of that stage's own config class (`SFTConfig`, ...); the
-inputs and outputs it leaves out are filled in from the run folder (DESIGN.md section 3):
-
-    revise   -> RUN/revisions.jsonl (+ .demos.jsonl, .comparisons.jsonl)   [CAIReviseConfig]
-    sft      -> RUN/sft                 data: the revise stage's demos    [SFTConfig]
-    generate -> R/samples.jsonl          model: the newest policy          [GenerateConfig]
-    feedback -> R/comparisons.jsonl      kind: simulated | ai | human      [SimulateConfig | CAILabelConfig |
-                                         (human: a campaign in RUN/feedback.db)  FeedbackCreateConfig]
-    quality  -> R/quality/, R/consensus.jsonl   with: {report: {...}, consensus: {...}}
-    reward   -> R/reward                 data: consensus (else comparisons) [RewardConfig]
-    ppo      -> R/ppo                    policy: newest policy, reward: R/reward, prompts: generate's
-    evaluate -> RUN/eval                 policy: the last PPO, baseline: RUN/sft  [EvaluateConfig]
-    report   -> RUN/report.html                                             [ReportConfig]
-
-R is RUN for round 1 and RUN/round-r for round r > 1. Strings may use `{assets}` (the shipped
-data folder), `{run}` (the run folder) and `{model}` (the recipe's model).
+inputs and outputs it leaves out are filled in from the run folder by convention: each stage's
+row in stages.py says how (its wiring is listed there). Strings may use `{assets}` (the
+shipped data folder), `{run}` (the run folder) and `{model}` (the recipe's model).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignloop.assets import asset_dir
 from alignloop.config import DEFAULT_MODEL, ConfigError, build_config, load_yaml
-
-StageKind = Literal["revise", "sft", "generate", "feedback", "quality", "reward", "ppo", "evaluate", "report"]
-KINDS: tuple[str, ...] = StageKind.__args__
-# 0: once, before the rounds; 1: once per round (the online loop); 2: once, after the last round
-PHASE = {"revise": 0, "sft": 0, "generate": 1, "feedback": 1, "quality": 1, "reward": 1, "ppo": 1,
-         "evaluate": 2, "report": 2}
+from alignloop.stages import STAGES, FieldError, Step, Wiring
 
 
 class StageSpec(BaseModel):
@@ -54,7 +36,7 @@ class StageSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    stage: StageKind = Field(..., description="What the stage does.")
+    stage: str = Field(..., description="What the stage does: a row of stages.STAGES.")
     name: str | None = Field(None, description="Name in messages, `--set NAME.field=...` and RUN/.stages/ (default: stage).")
     with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="The stage config's fields.")
 
@@ -65,6 +47,13 @@ class StageSpec(BaseModel):
             (kind, values), = data.items()
             return {"stage": kind, "with": values or {}}
         return data
+
+    @field_validator("stage")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        if kind not in STAGES:
+            raise ValueError(f"{kind!r} is not one of {', '.join(STAGES)}")
+        return kind
 
     @property
     def id(self) -> str:
@@ -91,19 +80,19 @@ class Recipe(BaseModel):
             if s.id in seen:
                 raise ValueError(f"stages[{i}] ({s.id}): a second stage named {s.id!r}; give it another `name`")
             seen[s.id] = i
-            if PHASE[s.stage] < max((PHASE[t.stage] for t in self.stages[:i]), default=0):
-                raise ValueError(f"stages[{i}] ({s.id}): {s.stage} comes too late; the order is revise, sft, then "
-                                 "generate / feedback / quality / reward / ppo (repeated per round), then evaluate, report")
+            if STAGES[s.stage].phase < max((STAGES[t.stage].phase for t in self.stages[:i]), default=0):
+                order = [" / ".join(k for k, row in STAGES.items() if row.phase == p) for p in (0, 1, 2)]
+                raise ValueError(f"stages[{i}] ({s.id}): {s.stage} comes too late; the order is {order[0]}, then "
+                                 f"{order[1]} (repeated per round), then {order[2]}")
         kinds = [s.stage for s in self.stages]
-        if "revise" in kinds and "sft" in kinds and kinds.index("revise") > kinds.index("sft"):
-            raise ValueError(f"stages[{kinds.index('revise')}]: revise must come before sft (sft trains on its demos)")
+        for kind in kinds:
+            for before, why in STAGES[kind].after.items():
+                if before in kinds and kinds.index(before) > kinds.index(kind):
+                    raise ValueError(f"stages[{kinds.index(before)}]: {before} must come before {kind} ({why})")
         for kind in set(kinds):
             if kinds.count(kind) > 1:
                 raise ValueError(f"stages[{kinds.index(kind, kinds.index(kind) + 1)}]: more than one {kind} stage")
         return self
-
-    def get(self, kind: str) -> StageSpec | None:
-        return next((s for s in self.stages if s.stage == kind), None)
 
 
 # ---------------------------------------------------------------- files, overrides, errors
@@ -184,20 +173,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, Pa
         raise ConfigError(f"{path}: field '{_loc(loc)}': {msg}") from None
 
 
-# ---------------------------------------------------------------- wiring: one Step per stage and round
-
-@dataclass
-class Step:
-    """One stage to run: a recipe stage in a round, with its resolved configs and outputs."""
-
-    index: int  # position in the recipe's `stages`
-    kind: str
-    name: str  # unique in the run: the stage's name, "round-r/NAME" in round r > 1
-    round: int
-    configs: dict[str, Any]  # the stage configs it runs, e.g. {"sft": SFTConfig}
-    outputs: list[Path]  # removed before the stage re-runs
-    sources: list[Path] = field(default_factory=list)  # reward, reward_data all: every round's labels
-
+# ---------------------------------------------------------------- planning: one Step per stage and round
 
 def _fill(value: Any, subs: dict[str, str]) -> Any:
     if isinstance(value, str):
@@ -211,140 +187,42 @@ def _fill(value: Any, subs: dict[str, str]) -> Any:
     return value
 
 
-def round_dir(run: Path, r: int) -> Path:
-    return run if r == 1 else run / f"round-{r}"
-
-
 def plan(recipe: Recipe, run: Path, where: str) -> list[Step]:
-    """Every stage in the order it runs: phase 0, then the loop stages once per round, then phase 2."""
-    from alignloop.feedback.cli import FeedbackCreateConfig
-    from alignloop.configs import (CAILabelConfig, CAIReviseConfig, EvaluateConfig, GenerateConfig, PPOConfig,
-                                   ReportConfig, RewardConfig, SFTConfig)
-    from alignloop.quality.cli import ConsensusConfig, QualityConfig, SimulateConfig, gold_path
-
+    """Every stage in the order it runs: phase 0, then the loop stages once per round, then phase 2.
+    Each stage's config is its `with:` fields over the defaults its row in stages.py wires in."""
     subs = {"{assets}": str(asset_dir()), "{run}": str(run), "{model}": recipe.model}
-    has = {s.stage for s in recipe.stages}
-    last = recipe.rounds
-    seed = recipe.seed
+    w = Wiring(recipe.name, run, recipe.model, recipe.seed, recipe.rounds, recipe.reward_data,
+               {s.stage: _fill(dict(s.with_), subs) for s in recipe.stages})
 
-    def start_policy() -> str:
-        return str(run / "sft") if "sft" in has else recipe.model
+    def add(index: int, spec: StageSpec, r: int) -> None:
+        row, values = STAGES[spec.stage], _fill(dict(spec.with_), subs)
+        label = f"{where}: stages[{index}] ({spec.id}"
 
-    def policy_before(r: int) -> str:
-        return str(round_dir(run, r - 1) / "ppo") if r > 1 and "ppo" in has else start_policy()
+        def build(cls, values: dict, defaults: dict, part: str | None = None):
+            return build_config(cls, {**defaults, **values}, label + (f".{part})" if part else ")"))
 
-    def labels(r: int) -> Path:
-        return round_dir(run, r) / ("consensus.jsonl" if "quality" in has else "comparisons.jsonl")
+        try:
+            if row.configure is not None:
+                configs, outputs = row.configure(w, values, r, build)
+            else:
+                cfg = build(row.config, values, row.defaults(w, r))
+                configs, outputs = {spec.stage: cfg}, row.outputs(cfg)
+        except FieldError as err:
+            raise ConfigError(f"{label}): {err}") from None
+        sources = row.sources(w, r) if row.sources else []
+        outputs += [Path(configs[spec.stage].data)] if sources else []
+        name = spec.id if row.phase != 1 or r == 1 else f"round-{r}/{spec.id}"
+        w.steps.append(Step(index, spec.stage, name, r, configs, outputs, sources))
 
-    def build(cls, spec: StageSpec, values: dict, defaults: dict, label: str):
-        return build_config(cls, {**defaults, **values}, f"{where}: stages[{spec_index[spec.id]}] ({label})")
-
-    spec_index = {s.id: i for i, s in enumerate(recipe.stages)}
-    generate_spec = recipe.get("generate")
-    steps: list[Step] = []
-
-    def add(spec: StageSpec, r: int) -> None:
-        w = _fill(dict(spec.with_), subs)
-        R = round_dir(run, r)
-        label = spec.id
-        k = spec.stage
-        sources: list[Path] = []
-        if k == "revise":
-            cfg = build(CAIReviseConfig, spec, w, {"model": recipe.model, "out": run / "revisions.jsonl", "seed": seed}, label)
-            out = Path(cfg.out)
-            configs, outputs = {k: cfg}, [out] + [out.with_suffix(s) for s in (".demos.jsonl", ".comparisons.jsonl", ".config.yaml")]
-        elif k == "sft":
-            defaults = {"model": recipe.model, "out": run / "sft", "seed": seed}
-            if "revise" in has:
-                defaults["data"] = Path(steps_by_kind("revise").configs["revise"].out).with_suffix(".demos.jsonl")
-            cfg = build(SFTConfig, spec, w, defaults, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out)]
-        elif k == "generate":
-            cfg = build(GenerateConfig, spec, w, {"model": policy_before(r), "out": R / "samples.jsonl", "seed": seed + r - 1}, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out), Path(cfg.out).with_suffix(".config.yaml")]
-        elif k == "feedback":
-            kind = w.pop("kind", "simulated")
-            where_kind = {"simulated": SimulateConfig, "ai": CAILabelConfig, "human": FeedbackCreateConfig}
-            if kind not in where_kind:
-                raise ConfigError(f"{where}: stages[{spec_index[spec.id]}] ({label}): field 'kind': "
-                                  f"{kind!r} is not one of simulated, ai, human")
-            if kind == "human":  # the campaign's own kind (rank | compare); thumbs give no comparisons
-                w["kind"] = w.pop("campaign_kind", "rank")
-                if w["kind"] not in ("rank", "compare"):
-                    raise ConfigError(f"{where}: stages[{spec_index[spec.id]}] ({label}): field 'campaign_kind': "
-                                      f"{w['kind']!r} is not one of rank, compare (the reward model needs rankings)")
-            samples, out = R / "samples.jsonl", R / "comparisons.jsonl"
-            defaults = {"simulated": {"samples": samples, "out": out, "seed": seed + r - 1},
-                        "ai": {"judge": recipe.model, "data": samples, "out": out, "seed": seed + r - 1},
-                        "human": {"db": str(run / "feedback.db"), "samples": samples, "seed": seed + r - 1}}[kind]
-            cfg = build(where_kind[kind], spec, w, defaults, label)
-            out = R / "comparisons.jsonl" if kind == "human" else Path(cfg.out)
-            configs = {kind: cfg}
-            outputs = [out, out.with_suffix(".config.yaml")] + ([gold_path(out)] if kind == "simulated" else [])
-        elif k == "quality":
-            data = R / "comparisons.jsonl"
-            bad = set(w) - {"report", "consensus"}
-            if bad:
-                raise ConfigError(f"{where}: stages[{spec_index[spec.id]}] ({label}): field '{sorted(bad)[0]}': "
-                                  "unknown option (known: report, consensus)")
-            configs = {}
-            if w.get("report", {}) is not False:
-                configs["report"] = build(QualityConfig, spec, w.get("report") or {},
-                                          {"data": data, "out": R / "quality", "seed": seed}, f"{label}.report")
-            gold = {"gold_file": gold_path(data)} if (recipe.get("feedback") and
-                                                      recipe.get("feedback").with_.get("kind", "simulated") == "simulated") else {}
-            configs["consensus"] = build(ConsensusConfig, spec, w.get("consensus") or {},
-                                         {"data": data, "out": R / "consensus.jsonl", "seed": seed, **gold},
-                                         f"{label}.consensus")
-            cons = Path(configs["consensus"].out)
-            outputs = [R / "quality", cons, cons.with_suffix(".config.yaml")]
-        elif k == "reward":
-            data = labels(r)
-            if r > 1 and recipe.reward_data == "all" and "feedback" in has:
-                sources = [labels(q) for q in range(1, r + 1)]
-                data = R / "reward-data.jsonl"
-            cfg = build(RewardConfig, spec, w, {"model": recipe.model, "data": data, "out": R / "reward", "seed": seed}, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out)] + ([data] if sources else [])
-        elif k == "ppo":
-            defaults = {"model": policy_before(r), "out": R / "ppo", "seed": seed + r - 1}
-            if "reward" in has:
-                defaults["reward"] = str(R / "reward")
-            if generate_spec and "prompts" in generate_spec.with_:
-                defaults["prompts"] = _fill(generate_spec.with_["prompts"], subs)
-            cfg = build(PPOConfig, spec, w, defaults, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out)]
-        elif k == "evaluate":
-            final = str(round_dir(run, last) / "ppo") if "ppo" in has else start_policy()
-            defaults = {"policy": final, "out": run / "eval", "seed": seed}
-            if "ppo" in has and "sft" in has:
-                defaults["baseline"] = str(run / "sft")
-            if "ppo" in has and last > 1:
-                defaults["reference"] = start_policy()  # KL of all rounds together, not of the last one
-            cfg = build(EvaluateConfig, spec, w, defaults, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out)]
-        else:  # report
-            R = round_dir(run, last)
-            defaults = {"run": run, "out": run / "report.html", "title": f"alignloop run: {recipe.name}",
-                        **({"quality": R / "quality", "reward": R / "reward", "ppo": R / "ppo"} if last > 1 else {})}
-            evaluate = next((s for s in steps if s.kind == "evaluate"), None)
-            if evaluate is not None:
-                defaults["eval"] = evaluate.configs["evaluate"].out
-            cfg = build(ReportConfig, spec, w, defaults, label)
-            configs, outputs = {k: cfg}, [Path(cfg.out)]
-        name = spec.id if PHASE[k] != 1 or r == 1 else f"round-{r}/{spec.id}"
-        steps.append(Step(spec_index[spec.id], k, name, r, configs, outputs, sources))
-
-    def steps_by_kind(kind: str) -> Step:
-        return next(s for s in steps if s.kind == kind)
-
-    for spec in recipe.stages:
-        if PHASE[spec.stage] == 0:
-            add(spec, 1)
-    for r in range(1, last + 1):
-        for spec in recipe.stages:
-            if PHASE[spec.stage] == 1:
-                add(spec, r)
-    for spec in recipe.stages:
-        if PHASE[spec.stage] == 2:
-            add(spec, last)
-    return steps
+    indexed = list(enumerate(recipe.stages))
+    for i, spec in indexed:
+        if STAGES[spec.stage].phase == 0:
+            add(i, spec, 1)
+    for r in range(1, recipe.rounds + 1):
+        for i, spec in indexed:
+            if STAGES[spec.stage].phase == 1:
+                add(i, spec, r)
+    for i, spec in indexed:
+        if STAGES[spec.stage].phase == 2:
+            add(i, spec, recipe.rounds)
+    return w.steps

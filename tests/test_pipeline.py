@@ -4,17 +4,20 @@ resume, rounds, the human-feedback pause, validation errors, the CAI recipe."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 import alignloop.train.ppo as ppo_module
 import alignloop.train.reward as reward_module
 from alignloop.cli import main
-from alignloop.config import ConfigError
+from alignloop.config import ConfigError, StageConfig
 from alignloop.evaluate.report import SECTIONS
-from alignloop.pipeline import read_state, run_recipe
+from alignloop.pipeline import fingerprint, read_state, run_recipe
 from alignloop.recipe import find_recipe, load_recipe, plan, shipped_recipes
+from alignloop.stages import STAGES, Stage
 
 # the shipped quickstart, shrunk for the tiny model (every number is a recipe field)
 SMALL = ["sft.max_length=64", "generate.limit=16", "generate.max_new_tokens=10", "quality.report.n_boot=0",
@@ -89,14 +92,56 @@ def test_changing_one_stage_reruns_it_and_the_stages_after_it(quickstart_run, tm
     for f in ("reward/reward_config.json", "ppo/config.yaml", "eval/eval.json", "report.html"):
         assert f not in before or after[f] != before[f], f
     assert yaml.safe_load((copy / "reward/config.yaml").read_text())["epochs"] == 2
-    # a changed input file (not a config field) counts as a change too
+
+
+def test_a_changed_input_file_changes_every_fingerprint_from_its_stage_on(tiny_model_dir, tmp_path):
+    """A changed input file (not a config field) counts as a change too: the fingerprint of the
+    stage that reads it changes, and with it those of every stage after it (each includes the
+    one before), so a run would re-run them all."""
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i} it is."}) + "\n" for i in range(12)))
-    result = run_recipe("quickstart", copy, overrides=[*overrides, "reward.epochs=2", f"sft.data={demos}"])
-    assert result.ran == ALL
+    recipe, path = load_recipe("quickstart", [f"model={tiny_model_dir}", *SMALL, f"sft.data={demos}"])
+    steps = plan(recipe, tmp_path / "run", str(path))
+
+    def fingerprints():
+        out, before = [], ""
+        for step in steps:
+            before = fingerprint(step, before, tmp_path / "run")
+            out.append(before)
+        return out
+
+    first = fingerprints()
+    assert fingerprints() == first  # unchanged input: the same
     demos.write_text(demos.read_text().replace("it is", "it was"))
-    result = run_recipe("quickstart", copy, overrides=[*overrides, "reward.epochs=2", f"sft.data={demos}"])
-    assert result.ran == ALL
+    assert all(a != b for a, b in zip(first, fingerprints(), strict=True))
+
+
+class CountConfig(StageConfig):
+    """The config of a stage the test adds: count the lines of a file."""
+
+    data: Path = Field(..., description="The file whose lines are counted.")
+    out: Path = Field(..., description="Where the count goes.")
+
+
+def count_lines(cfg: CountConfig) -> None:
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).write_text(str(len(Path(cfg.data).read_text(encoding="utf-8").splitlines())))
+
+
+def test_a_new_stage_is_one_row_of_the_stage_table(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(STAGES, "count", Stage("count", "counting the training prompts", 1, CountConfig, count_lines,
+                                               defaults=lambda w, r: {"out": w.round_dir(r) / "count.txt"}))
+    recipe = tmp_path / "count.yaml"
+    recipe.write_text('name: counting\nrounds: 2\nstages:\n  - count: {data: "{assets}/prompts_train.jsonl"}\n')
+    run = tmp_path / "run"
+    result = run_recipe(recipe, run)
+    assert result.status == "done" and result.ran == ["count", "round-2/count"]
+    lines = str(len((shipped_recipes().parent / "assets/prompts_train.jsonl").read_text().splitlines()))
+    assert (run / "count.txt").read_text() == (run / "round-2/count.txt").read_text() == lines
+    assert "count — counting the training prompts" in capsys.readouterr().err
+    assert run_recipe(recipe, run).skipped == ["count", "round-2/count"]  # cached like every stage
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(count\): field 'dta': unknown option"):
+        run_recipe(recipe, run, overrides=["count.dta=x"])
 
 
 SMALL_RECIPE = """
