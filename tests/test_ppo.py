@@ -47,15 +47,15 @@ def test_full_finetuning_learns_the_rule_and_keeps_the_reference(tiny_model_dir,
     loaded = _recording_loader(monkeypatch)
     out = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "full"))
     m = read_metrics(out)
-    first = sum(x["objective/score"] for x in m[:3]) / 3
-    last = sum(x["objective/score"] for x in m[-3:]) / 3
-    assert last > first + 2.0, [x["objective/score"] for x in m]
-    assert max(x["objective/kl"] for x in m) < 100  # bounded by the penalty
+    first = sum(x["reward/score"] for x in m[:3]) / 3
+    last = sum(x["reward/score"] for x in m[-3:]) / 3
+    assert last > first + 2.0, [x["reward/score"] for x in m]
+    assert max(x["kl/mean"] for x in m) < 100  # bounded by the penalty
     reference = loaded[1].state_dict()  # [0] became the policy, [1] is the frozen reference
     fresh = loading.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
     assert all(torch.equal(reference[k], fresh[k]) for k in fresh)
-    for key in ("objective/rlhf_reward", "policy/approx_kl", "policy/clipfrac", "policy/entropy", "loss/policy",
-                "loss/value", "val/explained_variance", "kl/beta", "time/generate_s", "time/tokens_per_s",
+    for key in ("reward/rlhf", "policy/approx_kl", "policy/clipfrac", "policy/entropy", "loss/policy",
+                "loss/value", "value/explained_variance", "kl/beta", "time/generate_s", "time/tokens_per_s",
                 "response/length", "response/no_eos_share", "response/repeated_3gram_share"):
         assert key in m[-1], key
     tuned = loading.load_causal_lm(str(out)).state_dict()
@@ -72,7 +72,7 @@ def test_lora_learns_on_one_copy_with_the_base_untouched(tiny_model_dir, prompts
         plain = k.replace("base_model.model.", "").replace(".base_layer", "")
         assert torch.equal(v, fresh[plain]), k
     m = read_metrics(out)
-    assert sum(x["objective/score"] for x in m[-3:]) > sum(x["objective/score"] for x in m[:3]) + 1.5
+    assert sum(x["reward/score"] for x in m[-3:]) > sum(x["reward/score"] for x in m[:3]) + 1.5
     assert (out / "adapter_model.safetensors").exists()
 
 

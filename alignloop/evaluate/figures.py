@@ -6,19 +6,19 @@ and the dicts of eval.json. PNG encoding is shared with the feedback-quality rep
 
 from __future__ import annotations
 
+from alignloop import metric_names as M
 from alignloop.report_html import png, pyplot
 
 Series = tuple[list[float], list[float]]
 
 
 def short(source: str) -> str:
-    """A reward source's display name: a reward-model folder shows as its folder name
-    (`score//runs/x/reward` -> `score/reward`); rule: and judge: specs stay as they are."""
-    if source.startswith("score/"):
-        return "score/" + short(source[len("score/"):])
-    if source.startswith(("rule:", "judge:")) or "/" not in source:
-        return source
-    return source.rstrip("/").rsplit("/", 1)[-1]
+    """A reward source's display name (`metric_names.source_name`: a reward-model folder by its
+    base name), also inside a score metric (`score//runs/x/reward`, as older runs logged it ->
+    `score/reward`)."""
+    if source.startswith(M.SCORE_PREFIX):
+        return M.score(source[len(M.SCORE_PREFIX):])
+    return M.source_name(source)
 
 
 def series(rows: list[dict], key: str) -> Series:
@@ -42,7 +42,7 @@ def curves(rows: list[dict], panels: list[tuple[str, list[str], str]], ncols: in
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 2.9 * nrows), squeeze=False)
     for ax, (title, lines, ylabel) in zip(axes.flat, filled):
         for key, (x, y) in lines:
-            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, lw=1.4, label=short(key) if key.startswith("score/") else key)
+            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, lw=1.4, label=short(key) if key.startswith(M.SCORE_PREFIX) else key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
@@ -79,15 +79,15 @@ def win_rates(wins: dict) -> str | None:
 def proxy_gold_kl(points: list[dict], ppo_rows: list[dict] | None = None, gold_key: str | None = None) -> str | None:
     """Over-optimisation: proxy (reward model) and gold reward against KL to the reference.
     Points from eval.json (baseline, policy); with PPO metrics, the training trajectory too
-    (objective/score against objective/kl, and a gold source `gold_key` when PPO logged one)."""
+    (reward/score against kl/mean, and a gold source `gold_key` when PPO logged one)."""
     pts = [p for p in points if p.get("kl") is not None and (p.get("proxy") is not None or p.get("gold") is not None)]
     if not pts:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
     if ppo_rows:
-        kl = series(ppo_rows, "objective/kl")
-        score = series(ppo_rows, "objective/score")
+        kl = series(ppo_rows, M.KL)
+        score = series(ppo_rows, M.SCORE)
         if kl[0] and len(kl[1]) == len(score[1]):
             ax.plot(kl[1], score[1], color="tab:blue", alpha=0.35, lw=1, label="PPO training: score")
         if gold_key and len(series(ppo_rows, gold_key)[1]) == len(kl[1]):

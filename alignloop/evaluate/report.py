@@ -21,6 +21,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from alignloop import metric_names as M
 from alignloop.config import ConfigError, config_command
 from alignloop.configs import ReportConfig
 from alignloop.evaluate import figures
@@ -67,11 +68,11 @@ def section_sft(folder: Path | None) -> str:
     rows = _metrics(folder)
     if rows is None:
         return _missing("SFT stage", folder and folder / "metrics.jsonl")
-    fig = figures.curves(rows, [("Loss (response tokens, nats/token)", ["train/loss", "eval/loss"], "loss"),
-                                ("Learning rate", ["train/lr"], "lr")], ncols=2)
+    fig = figures.curves(rows, [("Loss (response tokens, nats/token)", [M.TRAIN_LOSS, M.EVAL_LOSS], "loss"),
+                                ("Learning rate", [M.LR], "lr")], ncols=2)
     summary = table(["steps", "final train loss", "final held-out loss", "best held-out loss"],
-                    [[_last(rows, "step") or max(r["step"] for r in rows), _last(rows, "train/loss"),
-                      _last(rows, "eval/loss"), min(figures.series(rows, "eval/loss")[1], default=None)]])
+                    [[_last(rows, "step") or max(r["step"] for r in rows), _last(rows, M.TRAIN_LOSS),
+                      _last(rows, M.EVAL_LOSS), min(figures.series(rows, M.EVAL_LOSS)[1], default=None)]])
     return summary + _img(fig, "sft curves", "Supervised fine-tuning: cross-entropy on response tokens, on training "
                           "batches and on held-out demonstrations. A held-out loss that rises while the training loss "
                           "falls is over-fitting.")
@@ -109,13 +110,13 @@ def section_reward(folder: Path | None) -> str:
     if rows is None:
         return _missing("reward-model stage", folder and folder / "metrics.jsonl")
     fig = figures.curves(rows, [
-        ("Loss (Bradley-Terry)", ["train/loss", "eval/loss"], "loss"),
-        ("Pairwise accuracy", ["train/accuracy", "eval/accuracy", "eval/soft_agreement"], "accuracy"),
-        ("Calibration (held-out)", ["eval/ece", "eval/soft_mae"], "error")])
+        ("Loss (Bradley-Terry)", [M.TRAIN_LOSS, M.EVAL_LOSS], "loss"),
+        ("Pairwise accuracy", [M.TRAIN_ACCURACY, M.EVAL_ACCURACY, M.EVAL_SOFT_AGREEMENT], "accuracy"),
+        ("Calibration (held-out)", [M.EVAL_ECE, M.EVAL_SOFT_MAE], "error")])
     final = table(["held-out accuracy", "held-out loss", "soft-label agreement", "soft-label MAE", "ECE",
                    "held-out pairs", "normalisation mean", "normalisation std"],
-                  [[_last(rows, k) for k in ("eval/accuracy", "eval/loss", "eval/soft_agreement", "eval/soft_mae",
-                                             "eval/ece", "eval/pairs", "normalization/mean", "normalization/std")]])
+                  [[_last(rows, k) for k in (M.EVAL_ACCURACY, M.EVAL_LOSS, M.EVAL_SOFT_AGREEMENT, M.EVAL_SOFT_MAE,
+                                             M.EVAL_ECE, M.EVAL_PAIRS, M.NORMALIZATION_MEAN, M.NORMALIZATION_STD)]])
     return final + _img(fig, "reward curves", "Accuracy: share of held-out pairs the reward model orders like the "
                         "people (InstructGPT's reward models reached about 0.72). Calibration: expected calibration "
                         "error of sigmoid(r_a - r_b) as a probability, and the mean gap to soft labels; 0 is perfect.")
@@ -125,21 +126,21 @@ def section_ppo(folder: Path | None, n_samples: int) -> str:
     rows = _metrics(folder)
     if rows is None:
         return _missing("PPO stage", folder and folder / "metrics.jsonl")
-    sources = sorted({k for r in rows for k in r if k.startswith("score/")})
+    sources = sorted({k for r in rows for k in r if k.startswith(M.SCORE_PREFIX)})
     fig = figures.curves(rows, [
-        ("Reward", ["objective/score", "objective/rlhf_reward", *sources], "reward"),
-        ("KL to reference (nats / response)", ["objective/kl"], "KL"),
-        ("KL coefficient beta", ["kl/beta"], "beta"),
-        ("Policy entropy (nats / token)", ["policy/entropy"], "entropy"),
-        ("Response length (tokens)", ["response/length"], "tokens"),
-        ("Update size", ["policy/clipfrac", "policy/approx_kl"], ""),
-        ("Value function", ["val/explained_variance"], "explained variance"),
-        ("Degeneration", ["response/no_eos_share", "response/repeated_3gram_share"], "share")], xlabel="iteration")
+        ("Reward", [M.SCORE, M.RLHF_REWARD, *sources], "reward"),
+        ("KL to reference (nats / response)", [M.KL], "KL"),
+        ("KL coefficient beta", [M.BETA], "beta"),
+        ("Policy entropy (nats / token)", [M.ENTROPY], "entropy"),
+        ("Response length (tokens)", [M.LENGTH], "tokens"),
+        ("Update size", [M.CLIPFRAC, M.APPROX_KL], ""),
+        ("Value function", [M.EXPLAINED_VARIANCE], "explained variance"),
+        ("Degeneration", [M.NO_EOS_SHARE, M.REPEATED_3GRAM_SHARE], "share")], xlabel="iteration")
     first, last = rows[0], rows[-1]
-    keys = ["objective/score", "objective/kl", "kl/beta", "policy/entropy", "response/length"]
+    keys = [M.SCORE, M.KL, M.BETA, M.ENTROPY, M.LENGTH]
     parts = [table(["", *keys], [["first iteration", *(first.get(k) for k in keys)],
                                  ["last iteration", *(last.get(k) for k in keys)]]),
-             _img(fig, "ppo curves", "score: the reward sources' weighted sum; rlhf_reward: score - beta * KL, what PPO "
+             _img(fig, "ppo curves", "score: the reward sources' weighted sum; rlhf: score - beta * KL, what PPO "
                   "maximises. A score that climbs while KL, length or repetition grows fast is a sign of reward "
                   "hacking; falling entropy is the policy becoming deterministic.")]
     samples = _jsonl(Path(folder) / "samples.jsonl")
@@ -183,7 +184,7 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
         parts.append(_img(figures.win_rates(w), "win rates", "Share of held-out prompts where the policy's response "
                           "beats the baseline's (ties count 1/2); 0.5 = no difference."))
     ppo_rows = _metrics(ppo_folder)
-    gold_key = next((k for r in ppo_rows or [] for k in r if k.startswith("score/") and s.get("gold")
+    gold_key = next((k for r in ppo_rows or [] for k in r if k.startswith(M.SCORE_PREFIX) and s.get("gold")
                      and s["gold"] in k), None)
     parts.append(_img(figures.proxy_gold_kl(e["overoptimization"], ppo_rows, gold_key), "proxy vs gold",
                       "Over-optimisation (Gao et al. 2022): the proxy (reward-model) score keeps rising with KL while "

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from alignloop.algorithms.reward_metrics import conservative_score, ensemble_stats
 from alignloop.models.forward import backbone_and_head
 
 REWARD_CONFIG = "reward_config.json"
@@ -178,11 +179,10 @@ class RewardModel:
         raw = torch.empty(len(responses), self.net.head.out_features)
         raw[order] = raw_rewards(self.net, groups, self.tokenizer.pad_token_id, batch_size)
         members = (raw - self.mean) / self.std
-        spread = members.std(dim=1) if members.shape[1] > 1 else torch.zeros(members.shape[0])
-        return members.mean(dim=1), spread, members
+        return (*ensemble_stats(members, dim=1), members)
 
     def score(self, prompts: list, responses: list[str], k: float = 0.0, batch_size: int = 16) -> list[float]:
         """Normalised reward per (prompt, response); with k > 0, mean - k * spread (ensembles)."""
         mean, spread, _ = self.score_ensemble(prompts, responses, batch_size)
-        return (mean - k * spread).tolist()
+        return conservative_score(mean, spread, k).tolist()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from alignloop import metric_names as M
 from alignloop.config import config_command
 from alignloop.configs import SFTConfig
 
@@ -100,7 +101,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     step = state.get("step", 0)
 
     if step == 0:  # the starting point of the held-out curve
-        tracker.log(0, {"eval/loss": heldout_loss(accelerator, model, heldout, pad_id, cfg.batch_size)})
+        tracker.log(0, {M.EVAL_LOSS: heldout_loss(accelerator, model, heldout, pad_id, cfg.batch_size)})
     stop = min(total_steps, cfg.stop_at_step or total_steps)
     with progress_bar("sft", total_steps, enabled=accelerator.is_main_process) as advance:
         advance(step)
@@ -130,10 +131,10 @@ def run_sft(cfg: SFTConfig) -> Path:
             step += 1
             # 5) log, evaluate, checkpoint.
             train_loss = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
-            metrics = {"train/loss": train_loss, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                       "train/epoch": step / steps_per_epoch, "time/step_s": time.time() - t0}
+            metrics = {M.TRAIN_LOSS: train_loss, M.GRAD_NORM: float(grad_norm), M.LR: scheduler.get_last_lr()[0],
+                       M.EPOCH: step / steps_per_epoch, M.STEP_S: time.time() - t0}
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                metrics["eval/loss"] = heldout_loss(accelerator, model, heldout, pad_id, cfg.batch_size)
+                metrics[M.EVAL_LOSS] = heldout_loss(accelerator, model, heldout, pad_id, cfg.batch_size)
             tracker.log(step, metrics)
             advance(1, loss=train_loss)
             if (cfg.save_every and step % cfg.save_every == 0 and step < total_steps) or step == stop < total_steps:
@@ -146,9 +147,9 @@ def run_sft(cfg: SFTConfig) -> Path:
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model).lm, tokenizer, out, base=cfg.model)
         drop_checkpoint(out, cfg.keep_checkpoint)
-        final = [m for m in _read(out) if m.get("eval/loss") is not None]
+        final = [m for m in _read(out) if m.get(M.EVAL_LOSS) is not None]
         if final:
-            first, last = final[0]["eval/loss"], final[-1]["eval/loss"]
+            first, last = final[0][M.EVAL_LOSS], final[-1][M.EVAL_LOSS]
             accelerator.print(f"held-out loss {first:.4f} -> {last:.4f} after {step} steps; model saved to {out}")
     accelerator.wait_for_everyone()
     return out
