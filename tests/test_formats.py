@@ -81,7 +81,7 @@ def test_explicit_prompt_repeated_in_the_completion_is_stripped():
 
 
 def test_soft_labels_and_weights_survive_a_trl_round_trip(tmp_path):
-    from alignloop.data.hf import write_as
+    from alignloop.data.io import write_as
 
     records = [Comparison(prompt="q", responses=["a", "b", "c"], ranking=[2, [0, 1]], weight=3.0, rater="r1",
                           source="human"),

@@ -49,8 +49,7 @@ def run_inspect(cfg: InspectConfig) -> dict:
 
 def run_convert(cfg: ConvertConfig) -> int:
     from alignloop.data.formats import hint, record_kind
-    from alignloop.data.hf import write_as
-    from alignloop.data.io import DataError, iter_converted, parse_record
+    from alignloop.data.io import DataError, iter_converted, parse_record, write_as
     from alignloop.data.records import RECORD_TYPES
 
     records, formats = [], {}

@@ -8,8 +8,8 @@ Every command that reads a file also reads (data/io.py):
     Anthropic/hh-rlhf        a hub id, `datasets.load_dataset(id, split=...)` (needs a network or the
     Anthropic/hh-rlhf:test   local hub cache); the split after ':' or --split, default train
 
-`write_table` writes rows as JSON Lines, Parquet or a `datasets` folder, by the path's suffix;
-`write_as` writes records that way as alignloop records or in TRL's formats.
+`save_folder` writes rows as a `datasets` folder (data/io.py's `write_table` and `write_as`
+write any of these outputs). It never imports data/io.py, which imports it.
 """
 
 from __future__ import annotations
@@ -81,13 +81,9 @@ def iter_dataset(rows) -> Iterator[dict[str, Any]]:
         yield {k: v for k, v in row.items() if v is not None}
 
 
-def write_table(path: str | Path, rows: Iterable[dict]) -> int:
-    """Rows as .jsonl or .parquet (by suffix), else a `datasets` folder (save_to_disk); atomic."""
-    from alignloop.data.io import write_records
-
+def save_folder(path: str | Path, rows: Iterable[dict]) -> int:
+    """Rows as a `datasets` folder (save_to_disk), atomically."""
     path = Path(path)
-    if path.suffix in (".jsonl", ".parquet"):
-        return write_records(path, rows)
     import datasets
 
     if path.exists() and not (path / "state.json").exists():
@@ -105,17 +101,3 @@ def write_table(path: str | Path, rows: Iterable[dict]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return len(rows)
-
-
-def write_as(path: str | Path, records: list, fmt: str) -> tuple[int, str]:
-    """(rows written, summary) of `records` written as alignloop records or TRL rows (`fmt`:
-    alignloop | trl, formats.to_trl) with `write_table`; a DataError when they cannot be."""
-    from alignloop.data.formats import FormatError, to_trl
-    from alignloop.data.io import DataError, record_dict
-
-    try:
-        rows, summary = to_trl(records) if fmt == "trl" else ([record_dict(r) for r in records],
-                                                              f"{len(records)} records")
-        return write_table(path, rows), summary
-    except (FormatError, DatasetSourceError) as err:
-        raise DataError(f"{path}: {err}") from None

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from alignloop.data import hf
-from alignloop.data.formats import FormatError, convert, detect, hint, rename_columns
+from alignloop.data.formats import FormatError, convert, detect, hint, rename_columns, to_trl
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -213,6 +213,24 @@ def write_records(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
         return len(rows)
     return write_jsonl(path, records)
+
+
+def write_table(path: str | Path, rows: Iterable[dict]) -> int:
+    """Rows as .jsonl or .parquet (by suffix), else a `datasets` folder (save_to_disk); atomic."""
+    if Path(path).suffix in (".jsonl", ".parquet"):
+        return write_records(path, rows)
+    return hf.save_folder(path, rows)
+
+
+def write_as(path: str | Path, records: list, fmt: str) -> tuple[int, str]:
+    """(rows written, summary) of `records` written as alignloop records or TRL rows (`fmt`:
+    alignloop | trl, formats.to_trl) with `write_table`; a DataError when they cannot be."""
+    try:
+        rows, summary = to_trl(records) if fmt == "trl" else ([record_dict(r) for r in records],
+                                                              f"{len(records)} records")
+        return write_table(path, rows), summary
+    except (FormatError, hf.DatasetSourceError) as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def to_dataset(records: Iterable[BaseModel | dict]):

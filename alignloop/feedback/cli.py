@@ -165,7 +165,7 @@ def run_status(cfg: FeedbackStatusConfig) -> None:
 
 
 def run_export(cfg: FeedbackExportConfig) -> None:
-    from alignloop.data.hf import write_as
+    from alignloop.data.io import write_as
     from alignloop.feedback import reports, store
 
     engine, sessions = _open(cfg.db, must_exist=True)

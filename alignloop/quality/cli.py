@@ -17,8 +17,7 @@ from pydantic import Field
 
 from alignloop.config import StageConfig, config_command, save_config
 from alignloop.data.formats import hint, record_kind
-from alignloop.data.hf import write_as
-from alignloop.data.io import DataError, iter_converted, parse_record, read_records, write_jsonl
+from alignloop.data.io import DataError, iter_converted, parse_record, read_records, write_as, write_jsonl
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
 
 DEFAULT_GOLD = "alignloop.quality.gold:helpful_harmless"
