@@ -168,7 +168,10 @@ def list_campaigns(_admin: Rater = Depends(api_admin), s: Session = Depends(db_s
     return reports.campaign_summaries(s)
 
 
-async def _upload_form(request: Request) -> FormData:
+async def _upload_form(request: Request, _admin: Rater = Depends(api_admin),
+                       s: Session = Depends(db_session)) -> FormData:
+    """The upload, read after the admin is known and with no transaction open meanwhile."""
+    s.commit()
     return await request.form(max_files=2, max_fields=20)
 
 

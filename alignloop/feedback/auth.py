@@ -98,7 +98,6 @@ def _session_rater(request: Request, s: Session) -> Rater | None:
     if "rater_id" not in request.session:
         return None
     rater = s.get(Rater, request.session["rater_id"]) if _session_is_current(request) else None
-    s.commit()  # end the read: the request may run long (an upload) and takes no lock meanwhile
     if rater is None or rater.session_version != request.session["sv"]:
         request.session.clear()
         return None
@@ -127,7 +126,6 @@ def api_rater(request: Request, s: Session = Depends(db_session)) -> Rater:
     token = bearer_token(request)
     if token is not None:
         rater = store.rater_for_api_token(s, token)
-        s.commit()
         if rater is None:
             raise LoginRequired()
         return rater

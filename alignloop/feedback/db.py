@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -219,12 +220,13 @@ def _sqlite_pragmas(busy_timeout: float):
 
 
 def _sqlite_begin(conn) -> None:
+    raw = conn.connection.driver_connection  # straight to sqlite3: these run for every transaction
     if conn.get_execution_options().get(WRITE):
-        conn.exec_driver_sql("PRAGMA query_only=0")
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raw.execute("PRAGMA query_only=0")
+        raw.execute("BEGIN IMMEDIATE")
     else:
-        conn.exec_driver_sql("PRAGMA query_only=1")
-        conn.exec_driver_sql("BEGIN")
+        raw.execute("PRAGMA query_only=1")
+        raw.execute("BEGIN")
 
 
 def make_engine(db: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, **kwargs: Any) -> Engine:
@@ -259,9 +261,12 @@ def is_busy(err: BaseException) -> bool:
     lock_timeout (or a deadlock, which a retry resolves), or a free pooled connection."""
     if isinstance(err, (DatabaseBusy, sqlalchemy.exc.TimeoutError)):
         return True
-    if not isinstance(err, sqlalchemy.exc.OperationalError):
+    if isinstance(err, sqlite3.OperationalError):  # from `_sqlite_begin`, on the driver's connection
+        orig = err
+    elif isinstance(err, sqlalchemy.exc.OperationalError):
+        orig = err.orig
+    else:
         return False
-    orig = err.orig
     code = getattr(orig, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
@@ -343,8 +348,8 @@ def writing(s: Session) -> Iterator[Session]:
     gate = write_gate(s.get_bind())
     timeout = s.info.get("busy_timeout", BUSY_TIMEOUT_S)
     with gate.hold(timeout) if gate is not None else nullcontext():
-        s.connection(execution_options={WRITE: True})
         try:
+            s.connection(execution_options={WRITE: True})
             yield s
             s.commit()
         except BaseException:

@@ -25,10 +25,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from alignloop.data.records import BinaryFeedback, Comparison, RankingEntry, Samples
 from alignloop.feedback.db import (ITEM_IS_OPEN, KINDS, Assignment, Campaign, Item, Judgment, Rater, Setting,
@@ -37,6 +37,8 @@ from alignloop.feedback.limits import (BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME, MAX_CO
                                        MAX_KEY, MAX_NAME, MAX_PROMPT_CHARS, MAX_RATERS_PER_ITEM, MAX_RESPONSE_CHARS,
                                        MAX_RESPONSES, MAX_SEED, MAX_TOKEN)
 
+ASSIGN_ATTEMPTS = 8  # a new assignment is looked for this often while other raters take the free items
+ASSIGNMENT_WITH = [joinedload(Assignment.item), joinedload(Assignment.campaign), joinedload(Assignment.judgment)]
 ITEM_BATCH_ROWS = 200  # a new campaign's items go in in transactions of at most this many items ...
 ITEM_BATCH_CHARS = 1_000_000  # ... or this many characters of text, so the write lock is held briefly
 
@@ -376,68 +378,84 @@ def _display_order(campaign: Campaign, item: Item, rater: Rater) -> list[int]:
     return order
 
 
-def _free_items(rater: Rater, campaign: Campaign, gold: bool, limit: int) -> Select:
-    """Items of `campaign` this rater has never had: gold ones, or regular ones with a free place."""
-    mine = select(Assignment.item_id).where(Assignment.rater_id == rater.id)
-    q = select(Item.id).where(Item.campaign_id == campaign.id, Item.id.not_in(mine))
-    q = q.where(Item.is_gold.is_(True)) if gold else q.where(ITEM_IS_OPEN)
-    return q.order_by(Item.id).limit(limit)
+def _mine(rater: Rater) -> Select:
+    return select(Assignment.item_id).where(Assignment.rater_id == rater.id)
 
 
-def _lock_free_items(s: Session, q: Select) -> list[int]:
-    """Run `_free_items` inside the write transaction. PostgreSQL: lock the items, skipping
-    those another rater is being given right now (so concurrent raters spread over items
-    instead of queueing on one); only when every free item is being given, wait for them."""
+def _free_items(rater: Rater, campaign_id: Any, gold: bool) -> Select:
+    """Items of the campaign this rater has never had: gold ones, or regular ones with a free
+    place (`campaign_id` may be a column: the query then correlates)."""
+    q = select(Item).where(Item.campaign_id == campaign_id, Item.id.not_in(_mine(rater)))
+    return q.where(Item.is_gold.is_(True)) if gold else q.where(ITEM_IS_OPEN)
+
+
+def _campaign_with_free_item(s: Session, rater: Rater, campaign_id: int | None) -> Campaign | None:
+    """The oldest ready campaign (or campaign `campaign_id`) with a free item for this rater."""
+    q = select(Campaign).where(Campaign.ready, _free_items(rater, Campaign.id, gold=False).exists())
+    if campaign_id is not None:
+        q = q.where(Campaign.id == campaign_id)
+    return s.scalars(q.order_by(Campaign.id).limit(1)).first()
+
+
+def _lock_free_item(s: Session, rater: Rater, campaign: Campaign) -> Item | None:
+    """Inside the write transaction: the first free regular item for this rater, fresh. On
+    PostgreSQL it is locked, skipping items another rater is being given right now (so
+    concurrent raters spread over items instead of queueing on one); only when every free
+    item is being given, wait for them. (SQLite's write lock already excludes every writer.)"""
+    q = _free_items(rater, campaign.id, gold=False).order_by(Item.id).limit(1)
+    q = q.execution_options(populate_existing=True)
     if s.get_bind().dialect.name != "postgresql":
-        return list(s.scalars(q))
-    return list(s.scalars(q.with_for_update(of=Item, skip_locked=True))) or list(
-        s.scalars(q.with_for_update(of=Item)))
+        return s.scalars(q).first()
+    return (s.scalars(q.with_for_update(of=Item, skip_locked=True)).first()
+            or s.scalars(q.with_for_update(of=Item)).first())
 
 
-def _free_slot(s: Session, item_id: int, raters_per_item: int) -> int | None:
-    used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id, Assignment.slot.is_not(None))))
+def _free_slot(s: Session, item: Item, raters_per_item: int) -> int | None:
+    used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item.id, Assignment.slot.is_not(None))))
     return next((k for k in range(raters_per_item) if k not in used), None)
 
 
-def _new_assignment(s: Session, rater: Rater, campaign: Campaign, item_id: int, gold: bool,
-                    shown: bool) -> Assignment | None:
+def _new_assignment(s: Session, rater: Rater, campaign: Campaign, item: Item, shown: bool) -> Assignment | None:
     """Give the rater the item (a free slot of a regular item); None if a race took it."""
-    item = s.get(Item, item_id)
-    slot = None if gold else _free_slot(s, item_id, campaign.raters_per_item)
-    if not gold and slot is None:
+    slot = None if item.is_gold else _free_slot(s, item, campaign.raters_per_item)
+    if not item.is_gold and slot is None:
         return None
-    a = Assignment(campaign_id=campaign.id, item_id=item_id, rater_id=rater.id, slot=slot,
-                   display_order=_display_order(campaign, item, rater), status="open",
-                   shown_at=utcnow() if shown else None)
+    a = Assignment(campaign=campaign, item=item, rater=rater, slot=slot, status="open",
+                   display_order=_display_order(campaign, item, rater), shown_at=utcnow() if shown else None)
     try:
         with s.begin_nested():  # the unique constraints settle a race the locks did not prevent
             s.add(a)
-            if not gold:
-                s.execute(update(Item).where(Item.id == item_id).values(open_slots=Item.open_slots - 1))
+            if not item.is_gold:
+                item.open_slots = Item.open_slots - 1
     except IntegrityError:
         return None
     return a
+
+
+def _gold_item(s: Session, rater: Rater, campaign: Campaign) -> Item | None:
+    """With probability `gold_rate` (seeded by the rater's count of items in the campaign) a
+    gold item of the campaign the rater has not seen; else None."""
+    n_had = s.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.rater_id == rater.id, Assignment.campaign_id == campaign.id))
+    rng = random.Random(f"{campaign.seed}:gold:{rater.id}:{n_had}")
+    if rng.random() >= campaign.gold_rate:
+        return None
+    gold = list(s.scalars(select(Item.id).where(Item.campaign_id == campaign.id, Item.is_gold.is_(True),
+                                                Item.id.not_in(_mine(rater))).order_by(Item.id).limit(50)))
+    return s.get(Item, rng.choice(gold)) if gold else None
 
 
 def _assign(s: Session, rater: Rater, campaign: Campaign, shown: bool) -> Assignment | None:
     """Inside a write transaction: a new assignment in `campaign`, or None when it has nothing
     left for this rater. With probability `gold_rate` a gold item they have not seen is
     mixed in instead of the first free regular item."""
-    regular = _lock_free_items(s, _free_items(rater, campaign, gold=False, limit=3))
-    if not regular:
+    item = _lock_free_item(s, rater, campaign)
+    if item is None:
         return None
-    if campaign.gold_rate > 0:
-        n_had = s.scalar(select(func.count()).select_from(Assignment).where(
-            Assignment.rater_id == rater.id, Assignment.campaign_id == campaign.id))
-        rng = random.Random(f"{campaign.seed}:gold:{rater.id}:{n_had}")
-        if rng.random() < campaign.gold_rate:
-            gold = list(s.scalars(_free_items(rater, campaign, gold=True, limit=50)))
-            if gold and (a := _new_assignment(s, rater, campaign, rng.choice(gold), True, shown)) is not None:
-                return a
-    for item_id in regular:
-        if (a := _new_assignment(s, rater, campaign, item_id, False, shown)) is not None:
-            return a
-    return None
+    gold = _gold_item(s, rater, campaign) if campaign.gold_rate > 0 else None
+    if gold is not None and (a := _new_assignment(s, rater, campaign, gold, shown)) is not None:
+        return a
+    return _new_assignment(s, rater, campaign, item, shown)
 
 
 def _open_assignment(s: Session, rater: Rater, campaign_id: int | None) -> Assignment | None:
@@ -461,12 +479,10 @@ def next_assignment(s: Session, rater: Rater, campaign_id: int | None = None,
         if shown:
             mark_shown(s, current)
         return current
-    cq = select(Campaign).where(Campaign.ready).order_by(Campaign.id)
-    if campaign_id is not None:
-        cq = cq.where(Campaign.id == campaign_id)
-    for campaign in s.scalars(cq).all():
-        if s.scalar(_free_items(rater, campaign, gold=False, limit=1)) is None:
-            continue  # nothing here for this rater: no need for the write lock
+    for _attempt in range(ASSIGN_ATTEMPTS):  # the read found a free item; under the lock it may be gone
+        campaign = _campaign_with_free_item(s, rater, campaign_id)
+        if campaign is None:
+            return None
         with writing(s):
             a = _assign(s, rater, campaign, shown)
         if a is not None:
@@ -475,8 +491,9 @@ def next_assignment(s: Session, rater: Rater, campaign_id: int | None = None,
 
 
 def get_assignment(s: Session, rater: Rater, assignment_id: int) -> Assignment:
-    """The rater's own assignment; anyone else's (or a missing one) is the same NotFound."""
-    a = s.get(Assignment, assignment_id) if is_db_id(assignment_id) else None
+    """The rater's own assignment (with its item, campaign and judgment); anyone else's (or a
+    missing one) is the same NotFound."""
+    a = s.get(Assignment, assignment_id, options=ASSIGNMENT_WITH) if is_db_id(assignment_id) else None
     if a is None or a.rater_id != rater.id:
         raise NotFound(f"no assignment {assignment_id} for you")
     return a
@@ -574,22 +591,18 @@ def _replay(stored: Judgment | None, key: str | None) -> tuple[Judgment, bool]:
     raise Conflict("This item was already answered; its judgment is stored.")
 
 
-def _stored_judgment(s: Session, assignment_id: int) -> Judgment | None:
-    return s.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
-
-
 def _store_judgment(s: Session, assignment_id: int, answer: dict[str, Any], comment: str,
                     key: str | None) -> tuple[Judgment, bool]:
     """Inside a write transaction: the judgment, unless the assignment was answered (a replay
     or a Conflict), skipped or the key was used for another one (Conflict)."""
     a = s.get(Assignment, assignment_id, populate_existing=True, with_for_update=True)
-    stored = _stored_judgment(s, a.id)
-    if stored is not None:
-        return _replay(stored, key)
+    same = Judgment.assignment_id == a.id
+    stored = s.scalars(select(Judgment).where(or_(same, Judgment.idempotency_key == key) if key else same)).all()
+    own = next((j for j in stored if j.assignment_id == a.id), None)
+    if own is not None or stored:
+        return _replay(own, key)
     if a.status == "skipped":
         raise Conflict("This item was skipped; it cannot be answered any more.")
-    if key is not None and s.scalar(select(Judgment.id).where(Judgment.idempotency_key == key)) is not None:
-        raise Conflict("This idempotency key was used for another submission.")
     now = utcnow()
     shown = a.shown_at or a.created_at
     j = Judgment(assignment=a, idempotency_key=key, comment=comment, display_order=list(a.display_order),
@@ -617,15 +630,15 @@ def submit_judgment(
     if not isinstance(comment, str) or len(comment.strip()) > MAX_COMMENT:
         raise Invalid(f"comment: {len(str(comment).strip())} characters; at most {MAX_COMMENT}")
     a = get_assignment(s, rater, assignment_id)
-    stored = _stored_judgment(s, a.id)
-    if stored is not None:
-        return _replay(stored, key)
+    if a.judgment is not None:
+        return _replay(a.judgment, key)
     answer = _answer(a, ranking, labels, unsafe)
     try:
         with writing(s):
             return _store_judgment(s, a.id, answer, comment.strip(), key)
     except IntegrityError:  # the same submission won a race on another connection
-        return _replay(_stored_judgment(s, a.id), key)
+        stored = s.scalar(select(Judgment).where(Judgment.assignment_id == a.id))
+        return _replay(stored, key)
 
 
 def skip_assignment(s: Session, rater: Rater, assignment_id: int) -> Assignment:
