@@ -32,8 +32,6 @@ verl load.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -75,19 +73,13 @@ print(model(**tok(text, add_special_tokens=False, return_tensors="pt")).logits[0
 def export_folder(out: Path):
     """A temporary folder beside `out`, renamed onto it when the block succeeds. An existing
     `out` is replaced only when it is empty or an earlier export."""
+    from alignloop.data.io import atomic_folder
+
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_INFO).exists():
         raise ConfigError(f"--out {out}: exists and is not an alignloop export; give a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def pad_distinct_from_eos(tokenizer) -> int:

@@ -9,16 +9,13 @@ Every command that reads a file also reads (data/io.py):
     Anthropic/hh-rlhf:test   local hub cache); the split after ':' or --split, default train
 
 `save_folder` writes rows as a `datasets` folder (data/io.py's `write_table` and `write_as`
-write any of these outputs). It never imports data/io.py, which imports it.
+write any of these outputs, atomically). It never imports data/io.py, which imports it.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,23 +78,13 @@ def iter_dataset(rows) -> Iterator[dict[str, Any]]:
         yield {k: v for k, v in row.items() if v is not None}
 
 
-def save_folder(path: str | Path, rows: Iterable[dict]) -> int:
-    """Rows as a `datasets` folder (save_to_disk), atomically."""
-    path = Path(path)
+def is_dataset_folder(path: str | Path) -> bool:
+    """A folder `save_to_disk` wrote (a Dataset or a DatasetDict)."""
+    return (Path(path) / "state.json").exists() or (Path(path) / "dataset_dict.json").exists()
+
+
+def save_folder(path: str | Path, rows: list[dict]) -> None:
+    """Rows as a `datasets` folder (save_to_disk) at `path`."""
     import datasets
 
-    if path.exists() and not (path / "state.json").exists():
-        raise DatasetSourceError(f"{path}: exists and is no `datasets` folder; give a new folder (or a .jsonl / "
-                                 ".parquet file)")
-    rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return len(rows)
+    datasets.Dataset.from_list(rows).save_to_disk(str(path))

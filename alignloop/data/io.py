@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -191,6 +192,23 @@ def atomic_path(path: str | Path):
         raise
 
 
+@contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds
+    (callers check first that an existing `path` may be replaced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
     """Write records atomically; returns how many were written."""
     n = 0
@@ -219,7 +237,13 @@ def write_table(path: str | Path, rows: Iterable[dict]) -> int:
     """Rows as .jsonl or .parquet (by suffix), else a `datasets` folder (save_to_disk); atomic."""
     if Path(path).suffix in (".jsonl", ".parquet"):
         return write_records(path, rows)
-    return hf.save_folder(path, rows)
+    if Path(path).exists() and not hf.is_dataset_folder(path):
+        raise hf.DatasetSourceError(f"{path}: exists and is no `datasets` folder; give a new folder (or a .jsonl / "
+                                    ".parquet file)")
+    rows = list(rows)
+    with atomic_folder(path) as tmp:
+        hf.save_folder(tmp, rows)
+    return len(rows)
 
 
 def write_as(path: str | Path, records: list, fmt: str) -> tuple[int, str]:
