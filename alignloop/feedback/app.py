@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from alignloop.feedback import store
 from alignloop.feedback.auth import AdminRequired, CsrfFailed, LoginRequired, check_base_url, csrf_token
 from alignloop.feedback.db import is_busy
-from alignloop.feedback.limits import DEFAULT_BASE_URL, RETRY_AFTER_S
+from alignloop.feedback.limits import BUSY_TIMEOUT_S, DEFAULT_BASE_URL, RETRY_AFTER_S
 from alignloop.feedback.secret import session_key
 
 HERE = Path(__file__).parent
@@ -141,14 +141,14 @@ def _error(request: Request, status: int, message: str, title: str = "Error",
         status_code=status, headers=headers)
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> str:
-    """The Allow header for a path: the methods of every route that matches it."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        if route.matches(scope)[0] is Match.NONE:
-            continue
-        methods |= {"GET", "HEAD"} if isinstance(route, Mount) else set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    """The methods some route (not a mount: /static gives its own Allow) takes at this path."""
+    routes = [r for r in app.router.routes if not isinstance(r, Mount)]
+    return ", ".join(m for m in HTTP_METHODS
+                     if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -181,27 +181,28 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, err: StarletteHTTPException):
         headers = dict(err.headers or {})
         if err.status_code == 405:
-            headers["Allow"] = allowed_methods(request.app, request.scope)
+            headers["Allow"] = allowed_methods(request.app, request.scope) or headers.get("Allow", "")
         return _error(request, err.status_code, str(err.detail), headers=headers)
 
 
 def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False,
                gold_threshold: float = 0.75, base_url: str | None = None,
                default_base_url: str = DEFAULT_BASE_URL, session_hours: float = DEFAULT_SESSION_HOURS,
-               secret_key_file: Path | None = None) -> FastAPI:
+               secret_key_file: Path | None = None, busy_timeout: float = BUSY_TIMEOUT_S) -> FastAPI:
     """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
 
     `secure_cookies` marks the session cookie Secure (when served over HTTPS); `gold_threshold`
     is the gold accuracy below which the admin page flags a rater. Login links shown to admins
     start with `base_url`, else the address the first admin was added with, else
     `default_base_url`. A session lasts `session_hours` from sign-in. The cookies are signed
-    with `secret.session_key(secret_key_file)`."""
+    with `secret.session_key(secret_key_file)`. A request waits up to `busy_timeout` seconds
+    for the database's write lock, then answers 503."""
     if not 0.5 < gold_threshold <= 1.0:
         raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
     if not 0 < session_hours <= 24 * 366:
         raise ValueError(f"session_hours {session_hours}: must be in (0, {24 * 366}]")
     key = session_key(secret_key_file)
-    engine, sessions = store.open_db(db, upgrade=upgrade)
+    engine, sessions = store.open_db(db, upgrade=upgrade, busy_timeout=busy_timeout)
 
     app = FastAPI(
         title="alignloop feedback",

@@ -16,7 +16,8 @@ import click
 from pydantic import Field
 
 from alignloop.config import ConfigError, StageConfig, config_command
-from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, DEFAULT_BASE_URL, MAX_RATERS_PER_ITEM, MAX_SEED
+from alignloop.feedback.limits import (BUSY_TIMEOUT_S, CLI_BUSY_TIMEOUT_S, DEFAULT_BASE_URL, MAX_RATERS_PER_ITEM,
+                                      MAX_SEED)
 
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
@@ -72,7 +73,9 @@ class ServeConfig(StageConfig):
                                  "http://HOST:PORT). Never taken from a request's Host header.")
     session_hours: float = Field(14 * 24, gt=0, le=24 * 366, description="How long a session cookie lasts from sign-in "
                                  "(hours); then the rater needs a new login link.")
-    secret_key_file: Path | None = Field(None, description="File with the key that signs session cookies, made with mode "
+    busy_timeout: float = Field(BUSY_TIMEOUT_S, gt=0, le=600, description="Seconds a request waits for the database's "
+                                "write lock (another process writing) before it answers 503 with Retry-After.")
+    secret_key_file: str | None = Field(None, description="File with the key that signs session cookies, made with mode "
                                          "0600 on first start (default $ALIGNLOOP_HOME/feedback-secret-key); "
                                          "ALIGNLOOP_SECRET_KEY, when set, is used instead.")
 
@@ -180,6 +183,10 @@ def run_export(cfg: FeedbackExportConfig) -> None:
     click.echo(f"wrote {n} {'TRL rows' if cfg.format == 'trl' else 'records'} to {cfg.out}")
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def run_serve(cfg: ServeConfig) -> None:
     import uvicorn
 
@@ -187,8 +194,10 @@ def run_serve(cfg: ServeConfig) -> None:
 
     try:
         app = create_app(cfg.db, secure_cookies=cfg.secure_cookies, gold_threshold=cfg.gold_threshold,
-                         base_url=cfg.base_url, default_base_url=f"http://{cfg.host}:{cfg.port}",
-                         session_hours=cfg.session_hours, secret_key_file=cfg.secret_key_file)
+                         base_url=cfg.base_url, default_base_url=f"http://{_url_host(cfg.host)}:{cfg.port}",
+                         session_hours=cfg.session_hours,
+                         secret_key_file=Path(cfg.secret_key_file) if cfg.secret_key_file else None,
+                         busy_timeout=cfg.busy_timeout)
     except ValueError as err:  # a bad --base-url or session key
         raise ConfigError(str(err)) from None
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")

@@ -10,8 +10,9 @@ session signing key out of the database.
 - `campaigns.ready`: false while a new campaign's items are being inserted (existing
   campaigns are ready).
 - The `session_secret` row of `settings` is deleted: the key now lives outside the database
-  (ALIGNLOOP_SECRET_KEY or a key file), so a copy of the database cannot sign a session.
-  Every existing session ends with this upgrade.
+  (ALIGNLOOP_SECRET_KEY or a key file), so a copy of the database cannot sign a session. On
+  SQLite its bytes are overwritten (secure_delete), not left in a free page. Every existing
+  session ends with this upgrade.
 
 Revision ID: 0003
 Revises: 0002
@@ -48,7 +49,12 @@ def upgrade() -> None:
     op.create_index("ix_items_gold", "items", ["campaign_id", "is_gold"])
 
     settings = sa.table("settings", sa.column("key"))
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:  # overwrite the deleted key's bytes instead of leaving them in a free page
+        op.execute("PRAGMA secure_delete = ON")
     op.execute(sa.delete(settings).where(settings.c.key == "session_secret"))
+    if sqlite:
+        op.execute("PRAGMA secure_delete = OFF")
 
 
 def downgrade() -> None:
