@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.two_processes import two_process_runs  # noqa: F401  (one launch for the whole session)
+
 os.environ.setdefault("ALIGNLOOP_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,16 +1,18 @@
-"""PPO on a tiny model with a rule reward: learns, keeps its reference, resumes, scales to 2 processes."""
+"""PPO on a tiny model with a rule reward: learns, keeps its reference, resumes, scales to 2
+processes; advantages by hand; weighted reward sources; the ratio guard; the NaN stop."""
 
 import json
-import os
-import subprocess
-import sys
+import math
+import statistics
 
 import pytest
 import torch
 
 import alignloop.models.loading as loading
-from alignloop.train.ppo import PPOConfig, run_ppo
+from alignloop.train import ppo
+from alignloop.train.ppo import PPOConfig, Rollout, compute_advantages, run_ppo
 from alignloop.train.tracking import read_metrics
+from tests.two_processes import job_config, nan_on_call
 
 RULE = "rule:tests.rules:count_e"
 
@@ -51,6 +53,7 @@ def test_full_finetuning_learns_the_rule_and_keeps_the_reference(tiny_model_dir,
     last = sum(x["reward/score"] for x in m[-3:]) / 3
     assert last > first + 2.0, [x["reward/score"] for x in m]
     assert max(x["kl/mean"] for x in m) < 100  # bounded by the penalty
+    assert all(x["policy/skipped_minibatches"] == 0 for x in m)  # the ratio guard stays quiet
     reference = loaded[1].state_dict()  # [0] became the policy, [1] is the frozen reference
     fresh = loading.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
     assert all(torch.equal(reference[k], fresh[k]) for k in fresh)
@@ -77,19 +80,145 @@ def test_lora_learns_on_one_copy_with_the_base_untouched(tiny_model_dir, prompts
 
 
 @pytest.mark.parametrize("advantage,extra", [("rloo", {}), ("grpo", {"kl_in_loss": True}), ("gae", {"adaptive_kl": True, "kl_estimator": "k3", "whiten_rewards": True, "minibatches": 2, "micro_batch_size": 4})])
-def test_other_options_run(tiny_model_dir, prompts, tmp_path, advantage, extra):
+def test_other_options_train_the_policy_and_keep_the_reference(tiny_model_dir, prompts, tmp_path, monkeypatch,
+                                                               advantage, extra):
+    loaded = _recording_loader(monkeypatch)
     out = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / advantage, advantage=advantage, iterations=2, batch_size=4,
                        num_samples=2 if advantage != "gae" else 1, ppo_epochs=2, **extra))
     m = read_metrics(out)
     assert len(m) == 2 and all(torch.isfinite(torch.tensor(x["loss/policy"])) for x in m)
     if extra.get("adaptive_kl"):
         assert m[-1]["kl/next_beta"] != 0.05
+    fresh = loading.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    assert all(torch.equal(loaded[1].state_dict()[k], fresh[k]) for k in fresh)  # the reference: bit-identical
+    assert _max_diff(_final(out), fresh) > 1e-4  # the policy: trained
+
+
+def _rollout(mask, scores, kl, values=None) -> Rollout:
+    """A hand-made rollout: only what compute_advantages reads is real."""
+    mask = torch.tensor(mask, dtype=torch.float32)
+    kl = torch.tensor(kl) * mask
+    zeros = torch.zeros_like(mask)
+    return Rollout(inputs={}, mask=mask, logprobs=zeros, ref_logprobs=zeros,
+                   values=zeros if values is None else torch.tensor(values), kl=kl, scores=torch.tensor(scores),
+                   finished=torch.ones(len(scores), dtype=torch.bool), source_scores={}, chats=[], texts=[],
+                   response_ids=[], timing={})
+
+
+def _whitened(per_row: list[list[float]]) -> list[list[float]]:
+    """Whiten the real tokens by the textbook formula: (x - mean) / sqrt(unbiased variance + 1e-8)."""
+    flat = [x for row in per_row for x in row]
+    mean, var = statistics.fmean(flat), statistics.variance(flat)
+    return [[(x - mean) / math.sqrt(var + 1e-8) for x in row] for row in per_row]
+
+
+def _assert_rows(tensor, mask, rows):
+    for b, row in enumerate(rows):
+        real = tensor[b][torch.tensor(mask[b], dtype=torch.bool)].tolist()
+        assert real == pytest.approx(row, abs=1e-5), (b, real, row)
+    assert (tensor[~torch.tensor(mask, dtype=torch.bool)] == 0).all()  # padding
+
+
+MASK = [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]]  # 2 prompts x K = 2 samples, prompt-major
+SCORES = [1.0, 0.0, 2.0, 1.0]
+KL = [[0.1, 0.1, 0.1], [0.2, 0.0, 9.0], [0.5, 9.0, 9.0], [0.0, 0.0, 0.0]]  # 9.0: padding, never read
+
+
+@pytest.mark.numerics
+def test_rloo_advantages_by_hand():
+    # KL-penalised sequence scores, beta 0.1: 1 - 0.03, 0 - 0.02, 2 - 0.05, 1 - 0 = 0.97, -0.02, 1.95, 1.0
+    # leave-one-out with K = 2: each minus the other of its prompt: 0.99, -0.99, 0.95, -0.95, on every token
+    cfg = PPOConfig(model="m", reward="r", prompts="p", out="o", advantage="rloo", num_samples=2)
+    adv, returns = compute_advantages(cfg, _rollout(MASK, SCORES, KL), beta=0.1)
+    assert returns is None
+    _assert_rows(adv, MASK, _whitened([[0.99] * 3, [-0.99] * 2, [0.95], [-0.95] * 3]))
+
+
+@pytest.mark.numerics
+def test_grpo_with_kl_in_the_loss_by_hand():
+    # --kl-in-loss: the KL stays out of the scores. Groups (1, 0) and (2, 1): mean 0.5 / 1.5, sample std
+    # sqrt(0.5); A = +-0.5 / (sqrt(0.5) + 1e-6) = +-0.70711
+    cfg = PPOConfig(model="m", reward="r", prompts="p", out="o", advantage="grpo", num_samples=2, kl_in_loss=True)
+    adv, _ = compute_advantages(cfg, _rollout(MASK, SCORES, KL), beta=0.1)
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)
+    _assert_rows(adv, MASK, _whitened([[a] * 3, [-a] * 2, [a], [-a] * 3]))
+
+
+@pytest.mark.numerics
+def test_gae_with_whitened_rewards_by_hand():
+    # per-token rewards, beta 0.5: -0.5 kl_t, + the score on the last real token
+    #   row 0: -0.05, -0.05, -0.05 + 1 ; row 1: -0.1, 0 + 0 ; row 2: -0.25 + 2 ; row 3: 0, 0, 0 + 1
+    # whitened keeping their mean (shift_mean False); then GAE with V = 0, gamma 1, lam 0.5:
+    # A_t = r_t + 0.5 A_{t+1}; the returns are A + V = A; the advantages whitened again
+    rewards = [[-0.05, -0.05, 0.95], [-0.1, 0.0], [1.75], [0.0, 0.0, 1.0]]
+    flat = [x for row in rewards for x in row]
+    mean = statistics.fmean(flat)
+    rewards = [[x + mean for x in row] for row in _whitened(rewards)]
+    adv = []
+    for row in rewards:
+        a, out = 0.0, []
+        for r in reversed(row):
+            a = r + 0.5 * a
+            out.insert(0, a)
+        adv.append(out)
+    cfg = PPOConfig(model="m", reward="r", prompts="p", out="o", advantage="gae", whiten_rewards=True, gamma=1.0, lam=0.5)
+    got, returns = compute_advantages(cfg, _rollout(MASK, SCORES, KL), beta=0.5)
+    _assert_rows(returns, MASK, adv)
+    _assert_rows(got, MASK, _whitened(adv))
+
+
+def test_weighted_reward_sources_are_summed(tiny_model_dir, prompts, tmp_path):
+    counts, words = "rule:tests.rules:count_e", "rule:tests.rules:word_count"
+    out = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "mix", reward=f"2*{counts},-0.5*{words}", iterations=2,
+                       batch_size=4, score_clip=None))
+    for row in read_metrics(out):
+        assert row[f"score/{counts}"] > 0 and row[f"score/{words}"] > 0  # each source's raw mean, named as given
+        assert row["reward/score"] == pytest.approx(2 * row[f"score/{counts}"] - 0.5 * row[f"score/{words}"], abs=1e-4)
+
+
+def test_the_ratio_guard_skips_minibatches_whose_policy_jumped(tiny_model_dir, prompts, tmp_path, monkeypatch):
+    """Learning rate 0.05: after a minibatch's step the policy has jumped, so the next minibatch's
+    mean ratio exceeds 1.001 and it is skipped. The first of an iteration has ratio 1: it steps."""
+    steps = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **kw: steps.append(1) or step(self, *a, **kw))
+    out = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "guard", iterations=2, batch_size=4, ppo_epochs=2,
+                       minibatches=2, learning_rate=0.05, ratio_threshold=1.001))
+    skipped = sum(x["policy/skipped_minibatches"] for x in read_metrics(out))
+    assert 1 <= skipped <= 6 and len(steps) + skipped == 2 * 2 * 2
+
+
+def _checkpoint(out):
+    folder = out / "checkpoint"
+    return torch.load(folder / "trainable.pt"), json.loads((folder / "state.json").read_text())
+
+
+@pytest.mark.parametrize("nan_call", [5, 6])
+def test_a_nan_stops_with_the_state_before_its_iteration(tiny_model_dir, prompts, tmp_path, monkeypatch, nan_call):
+    """Two minibatches per iteration, so policy_loss call 5 is iteration 3's first (nothing of it
+    applied yet) and call 6 its second, after one optimizer step: then the state before iteration
+    3 is rebuilt by replaying. Either way the checkpoint is bit-identical to a run stopped after 2."""
+    kw = dict(iterations=4, batch_size=8, ppo_epochs=1, minibatches=2, adaptive_kl=True)
+    before = _checkpoint(run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "two", stop_at_iteration=2, **kw)))
+    monkeypatch.setattr(ppo, "policy_loss", nan_on_call(ppo.policy_loss, nan_call))
+    with pytest.raises(FloatingPointError, match="not finite at iteration 3"):
+        run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "nan", **kw))
+    weights, state = _checkpoint(tmp_path / "nan")
+    assert state == before[1] and state["iteration"] == 2  # the KL controller's state too
+    assert weights.keys() == before[0].keys() and all(torch.equal(weights[k], before[0][k]) for k in weights)
+    assert [x["step"] for x in read_metrics(tmp_path / "nan")] == [1, 2]
+    assert read_metrics(tmp_path / "nan")[1]["kl/beta"] == read_metrics(tmp_path / "two")[1]["kl/beta"]
 
 
 def _final(out):
     return loading.load_causal_lm(str(out)).state_dict()
 
 
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.numerics
 def test_resume_equals_uninterrupted_run(tiny_model_dir, prompts, tmp_path):
     kw = dict(iterations=6, batch_size=8, adaptive_kl=True)
     whole = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "whole", **kw))
@@ -100,25 +229,36 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, prompts, tmp_path):
     assert [x["kl/beta"] for x in read_metrics(whole)] == [x["kl/beta"] for x in read_metrics(part)]
 
 
-def test_two_processes_match_one(tiny_model_dir, prompts, tmp_path):
-    """Greedy sampling (tiny top-p) makes the rollouts independent of each rank's seed; gradients are
-    token-averaged over both processes, so the update equals one process with the same global batch."""
-    common = ["--model", str(tiny_model_dir), "--reward", RULE, "--prompts", str(prompts), "--iterations", "2",
-              "--max-new-tokens", "8", "--no-lora", "--learning-rate", "1e-3", "--top-p", "1e-6", "--save-every", "0",
-              "--log-samples-every", "0", "--seed", "0"]
-    one = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "one", iterations=2, batch_size=8, max_new_tokens=8,
-                       learning_rate=1e-3, top_p=1e-6, missing_eos_penalty=1.0))
-    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    r = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "alignloop.cli", "ppo", *common,
-                        "--batch-size", "4", "--out", str(tmp_path / "two")],
-                       capture_output=True, text=True, timeout=300, cwd=os.getcwd(),
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = _final(one), _final(tmp_path / "two")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+@pytest.mark.numerics
+def test_two_processes_match_one(two_process_runs, tmp_path):
+    """Greedy sampling (tiny top-p) makes the rollouts independent of each rank's seed; the loss is
+    token-averaged over both processes and the advantages whitened with statistics of both, so the
+    update equals one process with the same global batch. Plain SGD: the weights differ by lr x
+    the gradients' rounding (gloo sums in another order); Adam would amplify it, differently on
+    every CPU."""
+    run = two_process_runs
+    assert [r["ppo"] for r in run["results"]] == ["ok", "ok"]
+    one = _final(run_ppo(job_config("ppo", run["files"], tmp_path / "one", processes=1)))
+    assert _max_diff(one, _final(run["files"]["model"])) > 1e-3  # the steps were not negligible
+    assert _max_diff(one, _final(run["root"] / "ppo")) < 1e-6
 
 
+@pytest.mark.numerics
+def test_a_nan_on_one_process_stops_every_process_with_the_state_before_its_iteration(two_process_runs, tmp_path):
+    """Rank 1 alone gets a NaN loss in iteration 2 (rank 0's is finite): both stop there, and the
+    checkpoint is the state after iteration 1, what one process stopped after 1 holds."""
+    run = two_process_runs
+    assert all("not finite at iteration 2" in r["ppo_nan"] for r in run["results"]), run["results"]
+    weights, state = _checkpoint(run["root"] / "ppo_nan")
+    assert state["iteration"] == 1 and [x["step"] for x in read_metrics(run["root"] / "ppo_nan")] == [1]
+    cfg = job_config("ppo_nan", run["files"], tmp_path / "one", processes=1).model_copy(update={"stop_at_iteration": 1})
+    one, _ = _checkpoint(run_ppo(cfg))
+    fresh = _final(run["files"]["model"])
+    assert max((one[f"lm.{k}"] - v).abs().max().item() for k, v in fresh.items() if f"lm.{k}" in one) > 1e-3  # it stepped
+    assert _max_diff(one, weights) < 1e-6
+
+
+@pytest.mark.numerics
 def test_sampling_copy_follows_the_lora_policy_and_leaves_it_alone(tiny_model_dir):
     from alignloop.config import LoraOptions
     from alignloop.models.loading import apply_lora
@@ -151,6 +291,7 @@ def test_sampling_copy_follows_the_lora_policy_and_leaves_it_alone(tiny_model_di
     assert all(torch.equal(after[k], v) for k, v in before.items() if "lora_B" not in k)  # only read
 
 
+@pytest.mark.numerics
 def test_sampling_copy_of_a_fully_trained_policy_in_bf16(tiny_model_dir):
     from alignloop.models.policy import SamplingCopy
 

@@ -122,6 +122,7 @@ def _weights(out):
     return {**rm.net.head.state_dict(), **rm.net.lm.state_dict()}
 
 
+@pytest.mark.numerics
 def test_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
     kw = dict(epochs=1, lora=True, learning_rate=1e-3, save_every=5)
     whole = run_reward(_cfg(tiny_model_dir, data["train"], data["heldout"], tmp_path / "whole", **kw))
@@ -146,6 +147,26 @@ def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, data, tmp_p
     a, b = first_step("big", batch_size=8), first_step("acc", batch_size=2, grad_accum=4)
     assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.mark.numerics
+def test_two_processes_match_one(two_process_runs, tmp_path):
+    """Each head's loss is divided by its weight over the WHOLE global batch, so two processes give
+    one process's gradient: one plain-SGD step (weights differ by lr x rounding) and the same
+    losses; the held-out metrics over uneven halves (7 and 6 records) are those of one process."""
+    from tests.two_processes import job_config
+
+    run = two_process_runs
+    assert [r["reward"] for r in run["results"]] == ["ok", "ok"]
+    one, two = run_reward(job_config("reward", run["files"], tmp_path / "one", processes=1)), run["root"] / "reward"
+    a, b = (torch.load(out / "checkpoint" / "trainable.pt") for out in (one, two))
+    assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    rows_one, rows_two = read_metrics(one), read_metrics(two)
+    assert [r["step"] for r in rows_one] == [r["step"] for r in rows_two] == [0, 1]
+    for r1, r2 in zip(rows_one, rows_two):
+        for key in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "eval/pairs", "eval/soft_mae", "eval/ece"):
+            assert (key in r1) == (key in r2) and r1.get(key) == pytest.approx(r2.get(key), abs=1e-5), key
 
 
 def test_lora_trains_the_adapters_and_head_with_the_base_untouched(tiny_model_dir, data, tmp_path, monkeypatch):

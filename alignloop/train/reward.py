@@ -201,8 +201,9 @@ def evaluate(accelerator, model, rows: list[dict], pad_id: int, cfg: RewardConfi
         d_all.append(r[pairs.winner] - r[pairs.loser])
         p_all.append(pairs.p)
     model.train()
-    d = accelerator.gather_for_metrics(torch.cat(d_all))
-    p = accelerator.gather_for_metrics(torch.cat(p_all))
+    # processes hold different numbers of pairs: pad (p = 0 marks padding) for the all-gather
+    d, p = (accelerator.gather(accelerator.pad_across_processes(torch.cat(x), dim=0)) for x in (d_all, p_all))
+    d, p = d[p > 0], p[p > 0]
     loss, weight, correct, decided = accelerator.reduce(totals, "sum").tolist()
     metrics = {M.EVAL_LOSS: loss / max(weight, 1e-12), M.EVAL_PAIRS: int(d.numel())}
     if decided:

@@ -12,6 +12,8 @@ from alignloop.algorithms.advantages import (
     sequence_to_tokens,
 )
 
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
+
 
 def naive_gae(rewards, values, mask, gamma, lam):
     """Textbook GAE on each row's real tokens, one Python float at a time."""

@@ -12,6 +12,8 @@ from alignloop.algorithms.kl import (
     kl_penalty,
 )
 
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
+
 LN2 = math.log(2.0)
 
 

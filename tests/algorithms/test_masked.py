@@ -6,6 +6,8 @@ import torch
 
 from alignloop.algorithms.masked import last_index, masked_mean, masked_sum, masked_var, masked_whiten, zero_padded
 
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
+
 X = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, -7.0, 8.0]])
 M = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
 
@@ -103,7 +105,6 @@ def _whiten_my_half(rank: int, world: int, init_file: str, x: torch.Tensor, mask
         dist.destroy_process_group()
 
 
-@pytest.mark.numerics
 def test_whiten_over_two_processes_equals_one(tmp_path):
     """Two gloo processes, each whitening half the rows with all-reduced statistics, give what
     one process gives on the whole batch (float64: the sums differ only in rounding order)."""

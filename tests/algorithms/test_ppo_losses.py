@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from alignloop.algorithms.ppo_losses import (
@@ -10,6 +11,8 @@ from alignloop.algorithms.ppo_losses import (
     policy_loss,
     value_loss,
 )
+
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
 
 E = math.e
 

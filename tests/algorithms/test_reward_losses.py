@@ -16,6 +16,8 @@ from alignloop.algorithms.reward_losses import (
 )
 from alignloop.algorithms.reward_metrics import pairwise_accuracy
 
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
+
 L1 = math.log(1 + math.exp(-1))  # -log s(1) = 0.31326
 L2 = math.log(1 + math.exp(-2))  # -log s(2) = 0.12693
 LN2 = math.log(2)

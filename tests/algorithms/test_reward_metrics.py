@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from alignloop.algorithms.reward_losses import build_pair_batch
@@ -11,6 +12,8 @@ from alignloop.algorithms.reward_metrics import (
     pairwise_accuracy,
     soft_label_agreement,
 )
+
+pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
 
 L1 = math.log(1 + math.exp(-1))  # -log s(1) = 0.31326
 LN2 = math.log(2)
