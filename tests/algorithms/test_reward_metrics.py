@@ -13,14 +13,9 @@ from alignloop.algorithms.reward_metrics import (
     soft_label_agreement,
 )
 
+from tests.algorithms.test_reward_losses import L1, LN2, close  # -log s(1), log 2, a float comparison
+
 pytestmark = pytest.mark.numerics  # float results against hand values and naive loops
-
-L1 = math.log(1 + math.exp(-1))  # -log s(1) = 0.31326
-LN2 = math.log(2)
-
-
-def close(t, x, tol=1e-6):
-    return math.isclose(float(t), x, rel_tol=tol, abs_tol=tol)
 
 
 def test_pairwise_accuracy():
