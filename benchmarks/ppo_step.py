@@ -44,6 +44,7 @@ def make_reward_model(folder: Path) -> None:
 
 def child(variant: str, iterations: int, work: Path) -> None:
     os.environ["ALIGNLOOP_NO_PROGRESS"] = "1"
+    from alignloop import metric_names as M
     from alignloop.assets import asset
     from alignloop.train.ppo import PPOConfig, run_ppo
     from alignloop.train.tracking import read_metrics
@@ -55,7 +56,7 @@ def child(variant: str, iterations: int, work: Path) -> None:
                       save_every=0, log_samples_every=0, **VARIANTS[variant]))
     m = read_metrics(out)
     steady = m[1:] or m
-    per_it = sum(x["time/iteration_s"] for x in steady) / len(steady)
+    per_it = sum(x[M.ITERATION_S] for x in steady) / len(steady)
     phases = {k: sum(x[k] for x in steady) / len(steady) for k in steady[0] if k.startswith("time/") and k.endswith("_s")}
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({"variant": variant, "s_per_iteration": per_it, "episodes_per_s": 8 / per_it,

@@ -43,14 +43,15 @@ def make_pairs(path: Path, n: int) -> None:
 
 def run_alignloop(data: Path, steps: int, out: Path, mixed_precision: str) -> dict:
     os.environ["ALIGNLOOP_NO_PROGRESS"] = "1"
+    from alignloop import metric_names as M
     from alignloop.train.reward import RewardConfig, run_reward
     from alignloop.train.tracking import read_metrics
 
     run_reward(RewardConfig(data=data, out=out, heldout_fraction=0.0, batch_size=BATCH, epochs=1, lora=False,
                             learning_rate=1e-5, max_length=256, eval_every=0, save_every=0,
                             mixed_precision=mixed_precision, stop_at_step=steps))
-    m = [x for x in read_metrics(out) if "time/step_s" in x][1:]
-    return {"pairs_per_s": BATCH * len(m) / sum(x["time/step_s"] for x in m)}
+    m = [x for x in read_metrics(out) if M.STEP_S in x][1:]
+    return {"pairs_per_s": BATCH * len(m) / sum(x[M.STEP_S] for x in m)}
 
 
 def run_trl(data: Path, steps: int, out: Path) -> dict:
