@@ -71,6 +71,7 @@ class LoadResult:
     failures: list[str] = field(default_factory=list)  # replies that were neither success nor 503
     acknowledged: dict[int, int] = field(default_factory=dict)  # assignment id -> judgment id
     stored: dict[int, int] = field(default_factory=dict)
+    campaign_items: dict[str, int] = field(default_factory=dict)  # items of each campaign after the run
     create: str = ""  # what the second process printed (or its error)
     create_s: float = 0.0
     upload_status: int = 0
@@ -156,17 +157,18 @@ def prepare(db: str, cfg: LoadConfig) -> tuple[list[str], str]:
     return tokens, admin
 
 
-def read_stored(db: str) -> dict[int, int]:
+def read_database(db: str, result: LoadResult) -> None:
+    """The stored judgments (assignment id -> judgment id) and the items of each campaign."""
     from sqlalchemy import select
 
-    from alignloop.feedback import store
+    from alignloop.feedback import reports, store
     from alignloop.feedback.db import Judgment
 
     engine, sessions = store.open_db(db, upgrade=False)
     with sessions() as s:
-        stored = dict(s.execute(select(Judgment.assignment_id, Judgment.id)).all())
+        result.stored = dict(s.execute(select(Judgment.assignment_id, Judgment.id)).all())
+        result.campaign_items = {c["name"]: c["items"] for c in reports.campaign_summaries(s)}
     engine.dispose()
-    return stored
 
 
 def child_env(work: Path) -> dict[str, str]:
@@ -331,7 +333,7 @@ def run_load(cfg: LoadConfig) -> LoadResult:
             finally:
                 errors = server.stop()
             result.server_errors = errors
-            result.stored = read_stored(database.url)
+            read_database(database.url, result)
         finally:
             database.drop()
     return result
@@ -377,6 +379,7 @@ def report(r: LoadResult) -> str:
         f"  concurrent writers: `alignloop feedback create` of {cfg.create_items} items in another process "
         f"({r.create_s:.1f} s: {r.create.splitlines()[-1] if r.create else '-'}); admin upload of "
         f"{cfg.upload_items} items sent over {cfg.upload_seconds:g} s: {r.upload_status} after {r.upload_s:.1f} s",
+        f"  campaigns after the run (items): {r.campaign_items}",
         f"  judgments: {len(r.acknowledged)} acknowledged, {len(r.stored)} stored, "
         f"stored == acknowledged: {'yes' if r.consistent else 'NO'}; "
         f"{len(r.acknowledged) / r.elapsed_s:.1f} judgments/s",

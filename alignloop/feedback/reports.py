@@ -31,23 +31,19 @@ log = logging.getLogger(__name__)
 ADMIN_QUALITY_MAX = 50_000  # judgments: above this the admin page points to `alignloop quality report`
 
 
-def _available(s: Session, rater: Rater) -> int:
-    """Regular items of ready campaigns this rater has never had that still have a free place:
-    the free items (a count over the partial index) minus the free ones they had."""
-    ready = select(Campaign.id).where(Campaign.ready)
-    free = s.scalar(select(func.count()).select_from(Item).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready)))
-    had = s.scalar(select(func.count()).select_from(Assignment).join(Item, Item.id == Assignment.item_id)
-                   .where(Assignment.rater_id == rater.id, ITEM_IS_OPEN, Item.campaign_id.in_(ready)))
-    return (free or 0) - (had or 0)
-
-
 def rater_progress(s: Session, rater: Rater) -> dict[str, int]:
-    """done: judgments given; open: assigned, not answered; assigned: done + open + what is
-    still available to this rater (items fill up as others work, so it can shrink)."""
-    counts = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.rater_id == rater.id)
-                            .group_by(Assignment.status)).all())
-    done, open_, skipped = counts.get("done", 0), counts.get("open", 0), counts.get("skipped", 0)
-    available = _available(s, rater)
+    """done: judgments given; open: assigned, not answered; available: regular items of ready
+    campaigns this rater never had that still have a free place (the free items, a count over
+    the partial index, minus the free ones they had); assigned: done + open + available (items
+    fill up as others work, so it can shrink). One query: it runs on every rating page."""
+    ready = select(Campaign.id).where(Campaign.ready)
+    mine = select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater.id)
+    free = select(func.count()).select_from(Item).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready))
+    had = mine.join(Item, Item.id == Assignment.item_id).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready))
+    done, open_, skipped, n_free, n_had = s.execute(select(
+        *(mine.where(Assignment.status == status).scalar_subquery() for status in ("done", "open", "skipped")),
+        free.scalar_subquery(), had.scalar_subquery())).one()
+    available = n_free - n_had
     return {"done": done, "open": open_, "skipped": skipped, "available": available,
             "assigned": done + open_ + available}
 
