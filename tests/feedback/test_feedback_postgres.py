@@ -1,21 +1,25 @@
-"""The same store on PostgreSQL: migrations with data, the models against the schema, and
-many raters at once (slot races resolved by the unique constraints). Skipped unless a server
+"""The same store on PostgreSQL: migrations with data, the models against the schema, many
+raters at once (items locked with SKIP LOCKED, slot races settled by the unique constraints),
+and a lock wait past the busy timeout reported as busy (a 503 in the app). Skipped unless a server
 is reachable: set ALIGNLOOP_TEST_POSTGRES_URL (default
 postgresql+psycopg://postgres:postgres@127.0.0.1/postgres)."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from alignloop.data.records import Samples
 from alignloop.feedback import reports, store
-from alignloop.feedback.db import Assignment, Base, Judgment, Rater, make_engine
+from alignloop.feedback.db import Assignment, Base, Item, Judgment, Rater, is_busy, make_engine, writing
 
 URL = os.environ.get("ALIGNLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1/postgres")
 
@@ -98,4 +102,62 @@ def test_postgres_quality_figures_read_the_database_as_it_is(pg_url):
     assert len(records) == 3 * (N_ITEMS + N_GOLD) and records == exported
     head = summary_for_admin(records)
     assert head["raters"]["sloppy"]["status"] == "below" and "position:lefty" in head["detected"]
+    engine.dispose()
+
+
+def pg_campaign(sessions, n_items: int, raters_per_item: int) -> tuple[list[int], Rater]:
+    with sessions() as s:
+        store.create_campaign(s, "pg", "rank", [Samples(prompt=f"p{i}", responses=["a", "b"]) for i in range(n_items)],
+                              raters_per_item=raters_per_item, gold_rate=0.0)
+        return list(s.scalars(select(Item.id).order_by(Item.id))), store.add_rater(s, "ann")[0]
+
+
+def test_postgres_a_rater_skips_an_item_being_given_to_another(pg_url):
+    engine, sessions = store.open_db(pg_url, busy_timeout=2)
+    items, ann = pg_campaign(sessions, n_items=3, raters_per_item=1)
+    holder = sessions()
+    with writing(holder):  # another rater's assignment transaction holds the first item's row
+        holder.execute(select(Item).where(Item.id == items[0]).with_for_update())
+        with sessions() as s:  # SKIP LOCKED: no wait (a wait would end in lock_timeout, an error)
+            assert store.next_assignment(s, s.get(Rater, ann.id)).item_id == items[1]
+    holder.close()
+    engine.dispose()
+
+
+def test_postgres_when_every_free_item_is_being_given_the_rater_waits_for_it(pg_url):
+    engine, sessions = store.open_db(pg_url, busy_timeout=10)
+    items, ann = pg_campaign(sessions, n_items=1, raters_per_item=2)
+    holder = sessions()
+    locked = threading.Event()
+
+    def hold_then_release():
+        with writing(holder):
+            holder.execute(select(Item).where(Item.id == items[0]).with_for_update())
+            locked.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold_then_release)
+    thread.start()
+    locked.wait(10)
+    with sessions() as s:
+        assert store.next_assignment(s, s.get(Rater, ann.id)).item_id == items[0]  # not "nothing left"
+    thread.join()
+    holder.close()
+    engine.dispose()
+
+
+def test_postgres_a_lock_wait_past_the_busy_timeout_is_busy(pg_url):
+    engine, sessions = store.open_db(pg_url, busy_timeout=0.3)
+    _, ann = pg_campaign(sessions, n_items=1, raters_per_item=1)
+    with sessions() as s:
+        a = store.next_assignment(s, ann)
+    holder = sessions()
+    with writing(holder):
+        holder.execute(select(Assignment).where(Assignment.id == a.id).with_for_update())
+        with sessions() as s, pytest.raises(OperationalError) as err:
+            store.submit_judgment(s, s.get(Rater, ann.id), a.id, ranking=[0, 1])
+        assert is_busy(err.value)
+    holder.close()
+    with sessions() as s:
+        assert store.submit_judgment(s, s.get(Rater, ann.id), a.id, ranking=[0, 1])[1] is True
     engine.dispose()
