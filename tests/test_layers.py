@@ -9,6 +9,7 @@ import ast
 import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+@cache
 def imported_names(name: str, path: Path) -> list[tuple[str, int]]:
     """(dotted name, line) of every import in the file, at any depth (lazy ones too)."""
     out = []
@@ -52,6 +54,7 @@ def _module_of(dotted: str) -> str | None:
     return dotted or None
 
 
+@cache
 def edges() -> dict[str, dict[str, int]]:
     """module -> {alignloop module it imports: line}; imports of its own packages left out."""
     graph: dict[str, dict[str, int]] = {m: {} for m in MODULES}
@@ -108,6 +111,22 @@ def test_every_import_points_down_the_layers():
     up = [f"{MODULES[m].relative_to(ROOT)}:{line}: {m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
           for m, targets in edges().items() for t, line in targets.items() if layer(t) > layer(m)]
     assert not up, "imports that point up the layers of README.md's Layout:\n" + "\n".join(up)
+
+
+def test_modules_named_in_strings_are_below_too():
+    """A "module:function" or module string (the stage table's run functions, the command
+    table of cli.py) is an import made later: it too must point down."""
+    named = re.compile(r"^(alignloop(?:\.\w+)+)(?::\w+)?$")
+    up, found = [], 0
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            hit = named.match(node.value) if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+            if hit:
+                found += 1
+                assert hit.group(1) in MODULES, f"{path.relative_to(ROOT)}:{node.lineno}: no module {hit.group(1)}"
+                if layer(hit.group(1)) > layer(m):
+                    up.append(f"{path.relative_to(ROOT)}:{node.lineno}: {m} names {hit.group(1)}")
+    assert found >= 10 and not up, up
 
 
 def test_no_import_cycle():
