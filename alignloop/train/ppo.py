@@ -39,11 +39,16 @@ from torch import Tensor
 from alignloop import metric_names as M
 from alignloop.algorithms.advantages import (gae, grpo_advantages, kl_penalized_scores, per_token_rewards,
                                              rloo_advantages, sequence_to_tokens)
-from alignloop.algorithms.kl import kl_penalty
+from alignloop.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from alignloop.algorithms.masked import masked_mean, masked_whiten
 from alignloop.algorithms.ppo_losses import explained_variance, k3_loss_term, policy_loss, value_loss
 from alignloop.config import ConfigError, config_command
 from alignloop.configs import PPOConfig
+from alignloop.data.io import append_jsonl, read_records
+from alignloop.data.records import PromptRecord
+from alignloop.progress import console, progress_bar
+from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
+from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
 
 
 @dataclass
@@ -330,8 +335,6 @@ def load_models(cfg: PPOConfig, device):
 def iteration_prompts(prompts: list, cfg: PPOConfig, iteration: int, rank: int, world: int) -> list[list[dict]]:
     """This process's chats of an iteration: the epoch's permutation (a function of seed and
     epoch, so resuming needs only the iteration), batch_size x world per iteration."""
-    from alignloop.train.common import epoch_order
-
     per_iteration = cfg.batch_size * world
     if len(prompts) < per_iteration:
         raise ConfigError(f"{cfg.prompts}: {len(prompts)} prompts, fewer than one iteration's "
@@ -342,8 +345,7 @@ def iteration_prompts(prompts: list, cfg: PPOConfig, iteration: int, rank: int, 
 
 
 def log_samples(out: Path, iteration: int, rollout: Rollout, n: int = 4) -> None:
-    from alignloop.data.io import append_jsonl
-
+    """The first n prompts, responses and scores of the rollout, into out/samples.jsonl."""
     for j in range(min(n, len(rollout.texts))):
         append_jsonl(out / "samples.jsonl", {"iteration": iteration, "prompt": rollout.chats[j][-1]["content"],
                                               "response": rollout.texts[j], "score": rollout.scores[j].item()})
@@ -351,13 +353,8 @@ def log_samples(out: Path, iteration: int, rollout: Rollout, n: int = 4) -> None
 
 @replay_before_nonfinite
 def run_ppo(cfg: PPOConfig) -> Path:
-    from alignloop.algorithms.kl import AdaptiveKLController, FixedKLController
-    from alignloop.data.io import read_records
-    from alignloop.data.records import PromptRecord
+    """`alignloop ppo`: the loop of the module docstring, its steps numbered as there."""
     from alignloop.models.policy import SamplingCopy
-    from alignloop.progress import console, progress_bar
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
-    from alignloop.train.common import make_accelerator, make_optimizer, seed_everything
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -377,7 +374,8 @@ def run_ppo(cfg: PPOConfig) -> Path:
         kl_ctl.load_state_dict(state["kl_controller"])
     elif cfg.resume:  # nothing to resume: a fresh start, so nothing logged before counts
         tracker.resume_from(0)
-    iteration, policy = state.get("iteration", 0), accelerator.unwrap_model(model)
+    iteration = state.get("iteration", 0)
+    policy = accelerator.unwrap_model(model)  # the module inside DDP / FSDP
     sampler = SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm)) if (
         cfg.sampling_copy and not sharded_weights(accelerator)) else None
     stop = cfg.iterations if cfg.stop_at_iteration is None else min(cfg.iterations, cfg.stop_at_iteration)
@@ -439,7 +437,6 @@ def save_policy(cfg: PPOConfig, accelerator, policy, tokenizer) -> None:
     from safetensors.torch import save_file
 
     from alignloop.models.loading import save_model
-    from alignloop.train.checkpoint import drop_checkpoint
 
     out = Path(cfg.out)
     if accelerator.is_main_process:
