@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.auth import api_admin, api_rater, db_session, login_link
+from alignloop.feedback.auth import DB, api_admin, api_rater, login_link
 from alignloop.feedback.db import Assignment, Rater
 from alignloop.feedback.limits import MAX_RATERS_PER_ITEM, MAX_SEED
 from alignloop.feedback.web import IdPath, IdQuery, campaign_from_form, jsonl_response
@@ -129,14 +129,14 @@ def assignment_out(a: Assignment) -> AssignmentOut:
 
 
 @router.get("/next", response_model=NextOut, summary="Your next item (assigned now if needed)")
-def next_item(campaign_id: IdQuery = None, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def next_item(campaign_id: IdQuery = None, rater: Rater = Depends(api_rater), s: Session = DB):
     a = store.next_assignment(s, rater, campaign_id, shown=True)
     out = assignment_out(a) if a is not None else None
     return NextOut(assignment=out, progress=ProgressOut(**reports.rater_progress(s, rater)))
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentOut, summary="One of your assignments")
-def get_assignment(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def get_assignment(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = DB):
     return assignment_out(store.get_assignment(s, rater, assignment_id))
 
 
@@ -144,7 +144,7 @@ def get_assignment(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: 
              summary="Answer an assignment (idempotent with Idempotency-Key)")
 def post_judgment(assignment_id: IdPath, body: JudgmentIn, response: Response,
                   idempotency_key: str | None = Header(None, max_length=store.MAX_KEY),
-                  rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+                  rater: Rater = Depends(api_rater), s: Session = DB):
     j, created = store.submit_judgment(s, rater, assignment_id, ranking=body.ranking, labels=body.labels,
                                        unsafe=body.unsafe, comment=body.comment, key=idempotency_key)
     if not created:
@@ -154,23 +154,22 @@ def post_judgment(assignment_id: IdPath, body: JudgmentIn, response: Response,
 
 
 @router.post("/assignments/{assignment_id}/skip", response_model=AssignmentOut, summary="Give an item back")
-def post_skip(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def post_skip(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = DB):
     return assignment_out(store.skip_assignment(s, rater, assignment_id))
 
 
 @router.get("/me/progress", response_model=ProgressOut, summary="Your progress")
-def my_progress(rater: Rater = Depends(api_rater), s: Session = Depends(db_session)):
+def my_progress(rater: Rater = Depends(api_rater), s: Session = DB):
     return ProgressOut(**reports.rater_progress(s, rater))
 
 
 @router.get("/campaigns", response_model=list[CampaignOut], summary="Campaigns with progress (admin)")
-def list_campaigns(_admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+def list_campaigns(_admin: Rater = Depends(api_admin), s: Session = DB):
     return reports.campaign_summaries(s)
 
 
-async def _upload_form(request: Request, _admin: Rater = Depends(api_admin),
-                       s: Session = Depends(db_session)) -> FormData:
-    """The upload, read after the admin is known and with no transaction open meanwhile."""
+async def _upload_form(request: Request, _admin: Rater = Depends(api_admin), s: Session = DB) -> FormData:
+    """The upload, read after the admin is known, with no transaction open meanwhile."""
     s.commit()
     return await request.form(max_files=2, max_fields=20)
 
@@ -188,7 +187,7 @@ async def _upload_form(request: Request, _admin: Rater = Depends(api_admin),
                      "gold_rate": {"type": "number", "default": 0.1, "minimum": 0, "maximum": 1},
                      "seed": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_SEED}}}}}}})
 def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends(_upload_form),
-                    s: Session = Depends(db_session)):
+                    s: Session = DB):
     campaign = campaign_from_form(s, form)
     return next(c for c in reports.campaign_summaries(s) if c["id"] == campaign.id)
 
@@ -196,26 +195,26 @@ def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends
 @router.get("/campaigns/{campaign_id}/export", summary="Judgments as JSONL, one record per judgment (admin)",
             response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
 def export_campaign(campaign_id: IdPath, include_gold: bool = True, _admin: Rater = Depends(api_admin),
-                    s: Session = Depends(db_session)):
+                    s: Session = DB):
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id], include_gold), f"{campaign.name}.jsonl")
 
 
 @router.get("/raters", summary="Raters with counts and time per item (admin)")
-def list_raters(_admin: Rater = Depends(api_admin), s: Session = Depends(db_session)) -> list[dict[str, Any]]:
+def list_raters(_admin: Rater = Depends(api_admin), s: Session = DB) -> list[dict[str, Any]]:
     return reports.rater_summaries(s)
 
 
 @router.post("/raters", response_model=RaterOut, status_code=201,
              summary="Add a rater, or issue fresh tokens to an existing one (admin)")
-def add_rater(body: RaterIn, request: Request, _admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+def add_rater(body: RaterIn, request: Request, _admin: Rater = Depends(api_admin), s: Session = DB):
     rater, login, api = store.add_rater(s, body.name, admin=body.admin, api_token=body.api_token)
     return RaterOut(id=rater.id, name=rater.name, role=rater.role, api_token=api, login_url=login_link(request, s, login))
 
 
 @router.post("/raters/{rater_id}/sign-out", status_code=204, response_class=Response,
              summary="Sign a rater out everywhere: sessions, unused login link and API token (admin)")
-def sign_out_rater(rater_id: IdPath, _admin: Rater = Depends(api_admin), s: Session = Depends(db_session)):
+def sign_out_rater(rater_id: IdPath, _admin: Rater = Depends(api_admin), s: Session = DB):
     store.find_rater(s, rater_id)
     store.end_sessions(s, rater_id, everywhere=True)
     return Response(status_code=204)

@@ -29,6 +29,7 @@ from starlette.datastructures import FormData
 
 from alignloop.feedback import store
 from alignloop.feedback.db import Rater
+from alignloop.feedback.limits import MAX_DB_REQUESTS
 
 MAX_FORM_FIELDS = 200
 CLOCK_SKEW_S = 60  # a sign-in time this far in the future is still accepted (several servers)
@@ -53,6 +54,15 @@ async def db_session(request: Request) -> AsyncIterator[Session]:
         yield s
     finally:
         s.close()
+
+
+# The one way a request gets its Session (`s: Session = DB`). It is closed as soon as the
+# endpoint returns, and at most MAX_DB_REQUESTS requests hold one at a time (the others wait
+# without a thread or a connection). A Session holds at most one pooled connection, and the
+# pool has more than MAX_DB_REQUESTS, so a request never waits for a connection while holding
+# a worker thread: a crowd of requests cannot tie up every thread and every connection with
+# none of them able to finish.
+DB = Depends(db_session, scope="function", max_concurrency=MAX_DB_REQUESTS)
 
 
 def csrf_token(request: Request) -> str:
@@ -104,11 +114,11 @@ def _session_rater(request: Request, s: Session) -> Rater | None:
     return rater
 
 
-def optional_rater(request: Request, s: Session = Depends(db_session)) -> Rater | None:
+def optional_rater(request: Request, s: Session = DB) -> Rater | None:
     return _session_rater(request, s)
 
 
-def page_rater(request: Request, s: Session = Depends(db_session)) -> Rater:
+def page_rater(request: Request, s: Session = DB) -> Rater:
     rater = _session_rater(request, s)
     if rater is None:
         raise LoginRequired()
@@ -121,7 +131,7 @@ def page_admin(rater: Rater = Depends(page_rater)) -> Rater:
     return rater
 
 
-def api_rater(request: Request, s: Session = Depends(db_session)) -> Rater:
+def api_rater(request: Request, s: Session = DB) -> Rater:
     """Bearer API token, or the session cookie (then POSTs need the X-CSRF-Token header)."""
     token = bearer_token(request)
     if token is not None:

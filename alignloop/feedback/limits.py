@@ -15,6 +15,7 @@ MAX_INSTRUCTIONS = 20_000
 MAX_KEY = 100
 MAX_TOKEN = 200
 
+MAX_DB_REQUESTS = 32  # requests working with the database at once; fewer than the pool's 40 connections
 BUSY_TIMEOUT_S = 5.0  # a request waits this long for the database's write lock, then answers 503
 CLI_BUSY_TIMEOUT_S = 60.0  # a command line tool waits longer: nobody is waiting on a page
 RETRY_AFTER_S = 2  # the Retry-After of a 503

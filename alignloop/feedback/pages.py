@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.auth import (csrf_form, csrf_token, db_session, login_link, optional_rater, page_admin,
+from alignloop.feedback.auth import (DB, csrf_form, csrf_token, login_link, optional_rater, page_admin,
                                      page_rater, start_session)
 from alignloop.feedback.db import Assignment, Rater
 from alignloop.feedback.web import (MAX_UPLOAD_BYTES, IdPath, IdQuery, campaign_from_form, form_int, form_text,
@@ -40,7 +40,7 @@ def see_other(url: str) -> RedirectResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, saved: int = 0, rater: Rater | None = Depends(optional_rater),
-         s: Session = Depends(db_session)):
+         s: Session = DB):
     if rater is None:
         return render(request, "welcome.html", {})
     a = store.next_assignment(s, rater)
@@ -51,7 +51,7 @@ def home(request: Request, saved: int = 0, rater: Rater | None = Depends(optiona
 
 
 @router.get("/login/{token}", response_class=HTMLResponse)
-def login_page(request: Request, token: str, s: Session = Depends(db_session)):
+def login_page(request: Request, token: str, s: Session = DB):
     rater = store.rater_for_login_token(s, token)
     if rater is None:
         raise store.NotFound("This login link is not valid or was used already. Ask an admin for a new one.")
@@ -59,7 +59,7 @@ def login_page(request: Request, token: str, s: Session = Depends(db_session)):
 
 
 @router.post("/login/{token}")
-def login(request: Request, token: str, _form: FormData = Depends(csrf_form), s: Session = Depends(db_session)):
+def login(request: Request, token: str, _form: FormData = Depends(csrf_form), s: Session = DB):
     rater = store.redeem_login_token(s, token)
     if rater is None:
         raise store.NotFound("This login link is not valid or was used already. Ask an admin for a new one.")
@@ -69,7 +69,7 @@ def login(request: Request, token: str, _form: FormData = Depends(csrf_form), s:
 
 @router.post("/logout")
 def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Rater | None = Depends(optional_rater),
-           s: Session = Depends(db_session)):
+           s: Session = DB):
     """Sign out: this cookie, and any copy of it, stops working (so do the rater's other sessions)."""
     if rater is not None:
         store.end_sessions(s, rater.id)
@@ -103,7 +103,7 @@ def render_item(request: Request, s: Session, rater: Rater, a: Assignment, error
 
 @router.get("/assignments/{assignment_id}", response_class=HTMLResponse)
 def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rater: Rater = Depends(page_rater),
-                    s: Session = Depends(db_session)):
+                    s: Session = DB):
     a = store.get_assignment(s, rater, assignment_id)
     if a.status != "open":
         return render(request, "done.html", {"rater": rater, "progress": reports.rater_progress(s, rater),
@@ -114,7 +114,7 @@ def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rat
 
 @router.post("/assignments/{assignment_id}/judgment")
 def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csrf_form),
-           rater: Rater = Depends(page_rater), s: Session = Depends(db_session)):
+           rater: Rater = Depends(page_rater), s: Session = DB):
     a = store.get_assignment(s, rater, assignment_id)
     k = len(a.item.responses)
     try:
@@ -142,7 +142,7 @@ def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csr
 
 @router.post("/assignments/{assignment_id}/skip")
 def skip(request: Request, assignment_id: IdPath, _form: FormData = Depends(csrf_form),
-         rater: Rater = Depends(page_rater), s: Session = Depends(db_session)):
+         rater: Rater = Depends(page_rater), s: Session = DB):
     store.skip_assignment(s, rater, assignment_id)
     return see_other("/")
 
@@ -163,13 +163,13 @@ def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, 
 
 @router.get("/admin", response_class=HTMLResponse)
 def admin(request: Request, created: str = "", quality: IdQuery = None, admin: Rater = Depends(page_admin),
-          s: Session = Depends(db_session)):
+          s: Session = DB):
     return render_admin(request, s, admin, quality_id=quality, created=created[:200])
 
 
 @router.post("/admin/campaigns")
 def admin_create_campaign(request: Request, form: FormData = Depends(csrf_form),
-                          admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
+                          admin: Rater = Depends(page_admin), s: Session = DB):
     try:
         campaign = campaign_from_form(s, form)
     except (store.Invalid, store.Conflict) as err:
@@ -180,7 +180,7 @@ def admin_create_campaign(request: Request, form: FormData = Depends(csrf_form),
 
 @router.post("/admin/raters", response_class=HTMLResponse)
 def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin: Rater = Depends(page_admin),
-                    s: Session = Depends(db_session)):
+                    s: Session = DB):
     try:
         rater, login, api = store.add_rater(s, form_text(form, "name"), admin=form.get("admin") == "1",
                                             api_token=form.get("api_token") == "1")
@@ -193,7 +193,7 @@ def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin
 
 @router.post("/admin/raters/{rater_id}/sign-out", response_class=HTMLResponse)
 def admin_sign_out(request: Request, rater_id: IdPath, _form: FormData = Depends(csrf_form),
-                   admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
+                   admin: Rater = Depends(page_admin), s: Session = DB):
     """Sign a rater out everywhere: their cookies, unused login link and API token stop working."""
     name = store.find_rater(s, rater_id).name
     store.end_sessions(s, rater_id, everywhere=True)
@@ -204,6 +204,6 @@ def admin_sign_out(request: Request, rater_id: IdPath, _form: FormData = Depends
 
 
 @router.get("/admin/campaigns/{campaign_id}/export")
-def admin_export(campaign_id: IdPath, _admin: Rater = Depends(page_admin), s: Session = Depends(db_session)):
+def admin_export(campaign_id: IdPath, _admin: Rater = Depends(page_admin), s: Session = DB):
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id]), f"{campaign.name}.jsonl")
