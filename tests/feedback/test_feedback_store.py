@@ -297,3 +297,46 @@ def test_progress_counts_done_open_and_available(sessions):
         store.submit_judgment(s, a, asg.id, ranking=[0, 1, 2, 3])
         asg = store.next_assignment(s, a)
         assert reports.rater_progress(s, a) == {"done": 1, "open": 1, "skipped": 0, "available": 1, "assigned": 3}
+
+
+def test_a_campaign_is_hidden_until_all_its_items_are_in_and_gone_if_loading_fails(sessions, monkeypatch):
+    monkeypatch.setattr(store, "ITEM_BATCH_ROWS", 2)  # 5 items: 3 short transactions
+    seen_while_loading = []
+    batches = store._batches
+
+    def watched(rows):
+        for i, batch in enumerate(batches(rows)):
+            with sessions() as other:  # what everyone else sees meanwhile
+                rater = store.add_rater(other, "watcher")[0]
+                seen_while_loading.append((reports.campaign_summaries(other), store.next_assignment(other, rater),
+                                           reports.rater_progress(other, rater)["available"]))
+            if i == 2:
+                raise RuntimeError("the disk is full")
+            yield batch
+
+    monkeypatch.setattr(store, "_batches", watched)
+    with sessions() as s:
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            store.create_campaign(s, "c", "rank", samples(5), raters_per_item=1)
+        assert seen_while_loading == [([], None, 0)] * 3
+        assert s.scalar(select(func.count()).select_from(Item)) == 0  # discarded, items and all
+        with pytest.raises(store.NotFound):
+            store.find_campaign(s, "c")
+    monkeypatch.setattr(store, "_batches", batches)
+    with sessions() as s:
+        c = store.create_campaign(s, "c", "rank", samples(5), raters_per_item=1)
+        assert c.ready and len(reports.export_records(s)) == 0 and reports.campaign_summaries(s)[0]["items"] == 5
+
+
+def test_an_interrupted_creation_is_replaced_by_the_next_one(sessions):
+    from alignloop.feedback.db import Campaign, writing
+
+    with sessions() as s:
+        with writing(s):  # what a killed `feedback create` leaves: a hidden campaign, part of its items
+            left = Campaign(name="c", kind="rank", raters_per_item=1, instructions="", gold_rate=0.0, seed=0, ready=False)
+            left.items.append(Item(prompt={"prompt": "old"}, responses=["a", "b"], sampling={}, meta={}, open_slots=1))
+            s.add(left)
+        assert reports.campaign_summaries(s) == []
+        c = store.create_campaign(s, "c", "rank", samples(2), raters_per_item=1)
+        assert [(x["name"], x["items"]) for x in reports.campaign_summaries(s)] == [("c", 2)] and c.ready
+        assert sorted(s.scalars(select(Item.prompt))) == [{"prompt": "prompt 0"}, {"prompt": "prompt 1"}]
