@@ -339,4 +339,4 @@ def test_an_interrupted_creation_is_replaced_by_the_next_one(sessions):
         assert reports.campaign_summaries(s) == []
         c = store.create_campaign(s, "c", "rank", samples(2), raters_per_item=1)
         assert [(x["name"], x["items"]) for x in reports.campaign_summaries(s)] == [("c", 2)] and c.ready
-        assert sorted(s.scalars(select(Item.prompt))) == [{"prompt": "prompt 0"}, {"prompt": "prompt 1"}]
+        assert sorted(p["prompt"] for p in s.scalars(select(Item.prompt))) == ["prompt 0", "prompt 1"]
