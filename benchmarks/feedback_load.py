@@ -77,6 +77,7 @@ class LoadResult:
     upload_status: int = 0
     upload_s: float = 0.0
     server_errors: list[str] = field(default_factory=list)  # tracebacks in the server's log
+    machine_load: str = ""  # what else ran on the machine meanwhile (load average, CPU pressure)
     server_cpu_s: float = 0.0  # CPU time the server process used during the run
     client_cpu_s: float = 0.0  # CPU time of this process (the raters) during the run
 
@@ -304,7 +305,9 @@ class Load:
                              *([self.slow_upload(client)] if self.cfg.upload_items else []))
 
     async def run(self) -> LoadResult:
-        limits = httpx.Limits(max_connections=self.cfg.raters + 2, max_keepalive_connections=self.cfg.raters + 2)
+        # idle connections are dropped before uvicorn's 5 s keep-alive would close them under a request
+        limits = httpx.Limits(max_connections=self.cfg.raters + 2, max_keepalive_connections=self.cfg.raters + 2,
+                              keepalive_expiry=4.0)
         async with httpx.AsyncClient(base_url=self.server.url, limits=limits, timeout=120) as client:
             start, server_cpu, client_cpu = time.perf_counter(), self.server.cpu_s(), time.process_time()
             self.deadline = start + self.cfg.seconds
@@ -314,6 +317,7 @@ class Load:
             await asyncio.gather(*tasks)
             self.result.elapsed_s = time.perf_counter() - start
             self.result.server_cpu_s = self.server.cpu_s() - server_cpu
+            self.result.machine_load = machine_load()
             self.result.client_cpu_s = time.process_time() - client_cpu
         return self.result
 
@@ -351,6 +355,18 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def machine_load() -> str:
+    """The 1-minute load average and, where Linux reports it, the share of the last minute in
+    which runnable tasks waited for a CPU: how much else was running meanwhile."""
+    text = f"load average {os.getloadavg()[0]:.1f}"
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split()[2]  # "avg60=12.34"
+        text += f", CPU pressure {some.split('=')[1]}% (time in which tasks waited for a CPU)"
+    except (OSError, IndexError):
+        pass
+    return text
+
+
 def percentile(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] if values else 0.0
@@ -375,7 +391,7 @@ def report(r: LoadResult) -> str:
     everything = [v for vs in r.latencies.values() for v in vs]
     lines = [
         f"feedback load on {db}: {cfg.raters} raters for {cfg.seconds:g} s, think {cfg.think:g} s; "
-        f"{cpu_name()}, {os.cpu_count()} cores",
+        f"{cpu_name()}, {os.cpu_count()} cores; over the last minute: {r.machine_load}",
         f"  concurrent writers: `alignloop feedback create` of {cfg.create_items} items in another process "
         f"({r.create_s:.1f} s: {r.create.splitlines()[-1] if r.create else '-'}); admin upload of "
         f"{cfg.upload_items} items sent over {cfg.upload_seconds:g} s: {r.upload_status} after {r.upload_s:.1f} s",

@@ -19,6 +19,7 @@ from alignloop.config import ConfigError, StageConfig, config_command
 from alignloop.feedback.limits import (BUSY_TIMEOUT_S, CLI_BUSY_TIMEOUT_S, DEFAULT_BASE_URL, MAX_RATERS_PER_ITEM,
                                       MAX_SEED)
 
+KEEP_ALIVE_S = 65
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
 
 
@@ -201,7 +202,9 @@ def run_serve(cfg: ServeConfig) -> None:
     except ValueError as err:  # a bad --base-url or session key
         raise ConfigError(str(err)) from None
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    # Idle keep-alive connections stay open longer than clients keep them (httpx: 5 s), so a
+    # client never sends a request on a connection the server is closing at that moment.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 group = click.Group("feedback", help="Human feedback: campaigns of items that raters rank in the web app (alignloop serve).",
