@@ -29,6 +29,7 @@ from typing import Any
 import click
 import yaml
 
+from alignloop import metric_names as M
 from alignloop.campaign import Paused
 from alignloop.recipe import load_recipe, plan
 from alignloop.stages import STAGES, Context, Step, call
@@ -245,11 +246,9 @@ def headline(run: Path, steps: list[Step]) -> dict:
     rw = [s for s in steps if s.kind == "reward"]
     if rw and (Path(rw[-1].configs["reward"].out) / "metrics.jsonl").exists():
         rows = read_metrics(rw[-1].configs["reward"].out)
-        for key in ("eval/accuracy", "eval/soft_agreement"):  # hard labels; soft labels: agreement with p > 0.5
-            values = [m[key] for m in rows if m.get(key) is not None]
-            if values:
-                out["reward_accuracy"], out["reward_accuracy_kind"] = values[-1], key
-                break
+        values = [m[M.EVAL_ACCURACY] for m in rows if m.get(M.EVAL_ACCURACY) is not None]
+        if values:  # hard pairs and soft labels alike (algorithms.reward_metrics.pairwise_accuracy)
+            out["reward_accuracy"] = values[-1]
     return out
 
 
@@ -278,8 +277,7 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
         console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
                       f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
     if "reward_accuracy" in h:
-        kind = " (agreement with the soft labels' majority)" if h["reward_accuracy_kind"] == "eval/soft_agreement" else ""
-        console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}{kind}")
+        console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}")
 
 
 # ---------------------------------------------------------------- the command

@@ -119,8 +119,15 @@ class CombinedReward:
         self.sources = [(w, load_source(s, device, ensemble_k)) for w, s in parse_specs(specs)]
 
     def score_all(self, prompts, responses) -> tuple[list[float], dict[str, list[float]]]:
-        per_source = {src.name: src.score(prompts, responses) for _, src in self.sources}
-        total = [sum(w * per_source[src.name][i] for w, src in self.sources) for i in range(len(responses))]
+        """(total, {source name: scores}); a name given twice gets #2, #3 (each keeps its own scores)."""
+        scores = [src.score(prompts, responses) for _, src in self.sources]
+        total = [sum(w * s[i] for (w, _), s in zip(self.sources, scores)) for i in range(len(responses))]
+        per_source: dict[str, list[float]] = {}
+        for (_, src), s in zip(self.sources, scores):
+            name, k = src.name, 2
+            while name in per_source:
+                name, k = f"{src.name}#{k}", k + 1
+            per_source[name] = s
         return total, per_source
 
     def score(self, prompts, responses) -> list[float]:
