@@ -67,6 +67,7 @@ class LoadResult:
     config: LoadConfig
     elapsed_s: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    during_writers: list[float] = field(default_factory=list)  # raters' requests answered while the writers ran
     statuses: Counter = field(default_factory=Counter)  # (kind, status) of every reply
     failures: list[str] = field(default_factory=list)  # replies that were neither success nor 503
     acknowledged: dict[int, int] = field(default_factory=dict)  # assignment id -> judgment id
@@ -221,6 +222,7 @@ class Load:
         self.cfg, self.server, self.tokens, self.admin, self.work, self.db = cfg, server, tokens, admin, work, db
         self.result = LoadResult(cfg)
         self.deadline = 0.0
+        self.writers_running = False
 
     async def request(self, client: httpx.AsyncClient, kind: str, method: str, url: str, retry: bool = True,
                       **kw) -> httpx.Response | None:
@@ -234,6 +236,8 @@ class Load:
                 self.result.failures.append(f"{kind}: {type(err).__name__}: {err}")
                 return None
             self.result.latencies[kind].append(time.perf_counter() - start)
+            if self.writers_running and kind != "upload":
+                self.result.during_writers.append(time.perf_counter() - start)
             self.result.statuses[kind, r.status_code] += 1
             if r.status_code != 503 or not retry:
                 if r.status_code >= 400:
@@ -301,8 +305,10 @@ class Load:
 
     async def concurrent_writers(self, client: httpx.AsyncClient) -> None:
         await asyncio.sleep(2.0)
+        self.writers_running = True
         await asyncio.gather(*([self.second_process()] if self.cfg.create_items else []),
                              *([self.slow_upload(client)] if self.cfg.upload_items else []))
+        self.writers_running = False
 
     async def run(self) -> LoadResult:
         # idle connections are dropped before uvicorn's 5 s keep-alive would close them under a request
@@ -375,9 +381,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def latency_line(name: str, values: list[float]) -> str:
     if not values:
-        return f"    {name:<9} none"
+        return f"    {name}: none"
     ms = [v * 1000 for v in values]
-    return (f"    {name:<9} n={len(ms):<6} p50 {percentile(ms, 0.5):6.1f} ms   p99 {percentile(ms, 0.99):6.1f} ms"
+    return (f"    {name + ':':<10} n={len(ms):<6} p50 {percentile(ms, 0.5):6.1f} ms   p99 {percentile(ms, 0.99):6.1f} ms"
             f"   max {max(ms):7.1f} ms")
 
 
@@ -404,6 +410,7 @@ def report(r: LoadResult) -> str:
         f"{r.client_cpu_s:.1f} s; latency from the client:",
         latency_line("all", everything),
         *(latency_line(kind, r.latencies[kind]) for kind in ("next", "judgment", "upload")),
+        latency_line("raters' requests while the concurrent writers ran", r.during_writers),
         f"  replies by status: {dict(sorted(statuses.items()))}; errors (4xx/5xx): {errors or 'none'}; "
         f"5xx: {r.five_xx}",
     ]
