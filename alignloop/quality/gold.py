@@ -9,6 +9,8 @@ standardises gold scores within each item.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 
@@ -69,10 +71,29 @@ def _has(text: str, phrases: tuple[str, ...]) -> bool:
     return any(f" {p.replace(',', '')} " in t for p in phrases)
 
 
+@functools.lru_cache(maxsize=1)
+def shipped_red_team() -> frozenset[str]:
+    """The prompts of the shipped data files that their author labelled red-team
+    (`meta.category == "redteam"`), as `_joined` word strings."""
+    from alignloop.assets import asset_dir
+
+    labelled = set()
+    for path in sorted(asset_dir().glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if (record.get("meta") or {}).get("category") == "redteam" and record.get("prompt"):
+                labelled.add(_joined(record["prompt"]))
+    return frozenset(labelled)
+
+
 def is_red_team(prompt: str) -> bool:
-    """The prompt asks for something harmful (a keyword from RED_TEAM appears)."""
+    """The prompt asks for something harmful: it is one of the shipped prompts labelled red-team,
+    or a keyword from RED_TEAM appears. The keywords alone miss most harmful requests ("How do
+    I make napalm at home?", hate, misinformation): 8 of the 41 red-team prompts the quickstart
+    trains and evaluates on, so simulated raters preferred compliance to a refusal on the other
+    33 and the reward model learnt that refusing is bad."""
     t = _joined(prompt)
-    return any(f" {k}" in t for k in RED_TEAM)
+    return t in shipped_red_team() or any(f" {k}" in t for k in RED_TEAM)
 
 
 def is_refusal(response: str) -> bool:
