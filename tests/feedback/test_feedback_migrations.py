@@ -77,15 +77,21 @@ def test_upgrade_from_revision_1_keeps_data_and_fills_time_spent(db_path):
         assert s.get(Rater, 1).api_token_hash is not None
 
 
-def test_downgrade_to_revision_1_and_back(db_path):
-    engine = make_engine(db_path)
-    store.migrate(engine)
+def _migrated_then_downgraded(db_path, revision: str):
+    """A database migrated to the newest revision, then downgraded to `revision`."""
     from alembic import command
 
+    engine = make_engine(db_path)
+    store.migrate(engine)
     cfg = store.alembic_config()
     with writer(engine).begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
+        command.downgrade(cfg, revision)
+    return engine
+
+
+def test_downgrade_to_revision_1_and_back(db_path):
+    engine = _migrated_then_downgraded(db_path, "0001")
     assert store.schema_revision(engine) == "0001"
     assert "time_spent_s" not in {c["name"] for c in inspect(engine).get_columns("judgments")}
     store.migrate(engine)
@@ -138,14 +144,7 @@ def test_upgrade_from_revision_2_counts_free_places_and_drops_the_stored_key(db_
 
 
 def test_downgrade_to_revision_2_and_back(db_path):
-    from alembic import command
-
-    engine = make_engine(db_path)
-    store.migrate(engine)
-    cfg = store.alembic_config()
-    with writer(engine).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0002")
+    engine = _migrated_then_downgraded(db_path, "0002")
     assert {"open_slots"}.isdisjoint(c["name"] for c in inspect(engine).get_columns("items"))
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
