@@ -8,6 +8,7 @@ in `--help`); quality/ and feedback/ keep the configs of their own commands besi
 
     OptimOptions, StepRunOptions      shared by the training stages (with config.py's LoraOptions)
     SFTConfig, RewardConfig, PPOConfig                 alignloop sft | reward | ppo   (train/)
+    DPOConfig, KTOConfig (PreferenceOptions)           alignloop dpo | kto   (train/)
     GenerateConfig, ScoreConfig                        alignloop generate | score
     CAIReviseConfig, CAILabelConfig, CAIScoreConfig, CAIImportConfig   alignloop cai ... (cai/cli.py)
     EvaluateConfig, ReportConfig                       alignloop evaluate | report   (evaluate/)
@@ -153,6 +154,58 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions):
         None, ge=1, description="Stop (with a checkpoint) after this iteration; --resume continues. (An iteration, not a "
                                 "step as in sft / reward: one iteration takes ppo_epochs x minibatches optimizer steps.)")
     keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+
+
+# ---------------------------------------------------------------- alignloop dpo | kto
+
+
+class PreferenceOptions(BaseModel):
+    """What DPO and KTO share: the data split, batching, beta and the reference."""
+
+    heading: ClassVar[str] = "Preference-optimisation options (dpo, kto)"
+
+    heldout: Path | None = Field(None, description="Held-out records; default: a split of --data.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data's prompts held out, with all their "
+                                    "records, when --heldout is not given.")
+    epochs: int = Field(1, ge=1, description="Passes over the training records.")
+    batch_size: int = Field(4, ge=1, description="Records per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(384, ge=8, description="Longest tokenised prompt + response (the prompt keeps its end).")
+    beta: float = Field(0.1, gt=0, description="beta: the implicit reward is beta x (log pi - log pi_ref); "
+                        "larger keeps the policy closer to the reference.")
+    group_by_length: bool = Field(True, description="Batch records of similar length together (less padding).")
+    precompute_reference: bool = Field(
+        False, description="Compute the reference log-probs once, in a first pass stored in OUT (resumable), instead of "
+                           "with the adapter off at every step (LoRA). Full fine-tuning always does.")
+
+
+class DPOConfig(StageConfig, ModelOptions, PreferenceOptions, OptimOptions, StepRunOptions):
+    """`alignloop dpo`: direct preference optimisation on comparisons (no reward model)."""
+
+    data: Path = Field(..., description="Comparisons (.jsonl / .parquet / datasets folder, TRL preference formats): "
+                       "K-way rankings, pairs, soft labels p, weights.")
+    out: Path = Field(..., description="Output folder: the policy (adapter or full), config.yaml, metrics.jsonl.")
+    loss: Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"] = Field(
+        "sigmoid", description="sigmoid: DPO -log s(beta h); cdpo / robust: DPO under labels flipped with probability "
+                               "--label-smoothing (Mitchell 2023 / Chowdhury et al. 2024); ipo: (h - 1/(2 beta))^2; "
+                               "hinge: max(0, 1 - beta h). A soft label p trains every one on p l(h) + (1 - p) l(-h).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo / robust: the assumed label-flip probability.")
+    tie_mode: Literal["skip", "soft"] = Field("skip", description="Ties: skip them, or train tied pairs toward p = 0.5.")
+    group_by_prompt: bool = Field(
+        True, description="Batch the records of one prompt together; a batch encodes each prompt and each distinct "
+                          "response once.")
+
+
+class KTOConfig(StageConfig, ModelOptions, PreferenceOptions, OptimOptions, StepRunOptions):
+    """`alignloop kto`: Kahneman-Tversky optimisation on binary feedback (thumbs up / down)."""
+
+    data: Path = Field(..., description="Binary feedback (label 1 / 0; TRL's unpaired prompt/completion/label) or "
+                       "comparisons, converted: the best response desirable, the worst undesirable.")
+    out: Path = Field(..., description="Output folder: the policy (adapter or full), config.yaml, metrics.jsonl.")
+    desirable_weight: float = Field(1.0, gt=0, description="lambda_D, the weight of desirable examples.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="lambda_U, the weight of undesirable examples; the paper keeps lambda_D n_D / "
+                               "(lambda_U n_U) in [1, 4/3] (a warning says when it is not).")
 
 
 # ---------------------------------------------------------------- alignloop generate | score

@@ -1,14 +1,16 @@
 """Every metric name the training stages write to metrics.jsonl, defined once.
 
-Writers: train/sft.py, train/reward.py, train/ppo.py. Readers: evaluate/report.py (plots and
+Writers: train/sft.py, train/reward.py, train/ppo.py, train/dpo.py, train/kto.py. Readers: evaluate/report.py (plots and
 tables), pipeline.py (the summary), benchmarks/. A name is GROUP/WHAT; the groups:
 
     train/          on the training batches (sft, reward)
-    eval/           on held-out data (sft, reward)
+    eval/           on held-out data (sft, reward, dpo, kto: eval/rewards/..., eval/logps/...)
     normalization/  the reward model's stored normalisation (reward)
     reward/         what PPO maximises: the combined score, and score - beta * KL
     score/NAME      one reward source's mean raw score (PPO), NAME from `source_name`
-    kl/             KL to the reference and its coefficient beta (PPO)
+    kl/             KL to the reference and its coefficient beta (PPO); KTO's reference point z0
+    rewards/        DPO / KTO implicit rewards beta x (log pi - log pi_ref): chosen, rejected, margin, accuracy
+    logps/          DPO / KTO sequence log-probs of the chosen and rejected responses
     loss/           PPO's loss terms
     policy/         the policy update: clipping, ratios, entropy, skipped minibatches (PPO)
     value/          the value head (PPO with GAE)
@@ -39,6 +41,22 @@ NORMALIZATION_MEAN = "normalization/mean"
 NORMALIZATION_STD = "normalization/std"
 STEP_S = "time/step_s"
 PAIRS_PER_S = "time/pairs_per_s"
+
+# dpo and kto: the implicit reward beta x (log pi(y|x) - log pi_ref(y|x)); DPO: chosen / rejected are the
+# winner / loser of the decided pairs (p > 0.5), KTO: the desirable / undesirable examples
+REWARDS_CHOSEN = "rewards/chosen"  # mean implicit reward of the chosen (desirable) responses
+REWARDS_REJECTED = "rewards/rejected"
+REWARDS_MARGIN = "rewards/margin"  # chosen - rejected
+REWARDS_ACCURACY = "rewards/accuracy"  # dpo: share of decided pairs whose winner has the larger implicit reward
+LOGPS_CHOSEN = "logps/chosen"  # mean sequence log-prob under the policy, nats
+LOGPS_REJECTED = "logps/rejected"
+EVAL_REWARDS_CHOSEN = "eval/rewards/chosen"  # the same on the held-out records
+EVAL_REWARDS_REJECTED = "eval/rewards/rejected"
+EVAL_REWARDS_MARGIN = "eval/rewards/margin"
+EVAL_REWARDS_ACCURACY = "eval/rewards/accuracy"
+EVAL_LOGPS_CHOSEN = "eval/logps/chosen"
+EVAL_LOGPS_REJECTED = "eval/logps/rejected"
+KTO_Z0 = "kl/z0"  # kto: the reference point, mean log-ratio of mismatched prompt / completion pairs, clamped at 0
 
 # ppo
 SCORE = "reward/score"  # weighted sum of the sources, after the missing-EOS penalty and the clip

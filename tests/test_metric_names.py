@@ -20,7 +20,7 @@ def test_names_are_unique_and_grouped():
     names = {k: v for k, v in vars(M).items() if k.isupper() and isinstance(v, str)}
     assert len(set(names.values())) == len(names)
     groups = {"train", "eval", "normalization", "reward", "score", "kl", "loss", "policy", "value", "response",
-              "optim", "time"}
+              "optim", "time", "rewards", "logps"}
     assert {v.split("/")[0] for v in names.values()} <= groups
 
 
@@ -28,7 +28,7 @@ def test_the_training_loops_spell_no_metric_name_themselves():
     """train/ writes metrics only through metric_names (a string GROUP/what in a metrics dict is a second definition)."""
     train = pathlib.Path(alignloop.__file__).parent / "train"
     groups = ("train/", "eval/", "reward/", "score/", "kl/", "loss/", "policy/", "value/", "response/", "optim/", "time/",
-              "objective/", "val/")
+              "objective/", "val/", "rewards/", "logps/")
     for path in sorted(train.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Dict):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from alignloop.algorithms.reward_losses import PairBatch
 
-LOSSES = ("sigmoid", "soft", "cdpo", "robust", "ipo", "hinge")
+LOSSES = ("sigmoid", "cdpo", "robust", "ipo", "hinge")
 
 
 def logratio_difference(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor) -> Tensor:
@@ -53,8 +53,7 @@ def hinge_loss(h: Tensor, beta: float) -> Tensor:
     return torch.relu(1.0 - beta * h)
 
 
-BASE = {"sigmoid": sigmoid_loss, "soft": sigmoid_loss, "cdpo": sigmoid_loss, "robust": sigmoid_loss,
-        "ipo": ipo_loss, "hinge": hinge_loss}
+BASE = {"sigmoid": sigmoid_loss, "ipo": ipo_loss, "hinge": hinge_loss}
 
 
 def soft_pair_loss(h: Tensor, p: Tensor | float, beta: float, base=sigmoid_loss) -> Tensor:
@@ -92,8 +91,8 @@ def robust_loss(h: Tensor, p: Tensor | float, beta: float, eps: float) -> Tensor
 def pair_losses(h: Tensor, p: Tensor, beta: float, loss: str = "sigmoid", eps: float = 0.0) -> Tensor:
     """Per-pair loss `(P,)` of log-ratio differences h `(P,)` with soft labels p `(P,)` in [0.5, 1].
 
-    loss: "sigmoid" / "soft" (DPO; the same function, a hard label is p = 1), "cdpo" and
-    "robust" (uniform label noise eps), "ipo", "hinge" (each with the soft-label form above)."""
+    loss: "sigmoid" (DPO; a hard label is p = 1), "cdpo" and "robust" (uniform label noise
+    eps), "ipo", "hinge"; every one takes the soft labels as above."""
     if loss == "cdpo":
         return cdpo_loss(h, p, beta, eps)
     if loss == "robust":

@@ -48,14 +48,14 @@ def test_a_soft_label():
     h = t(2.0)  # margin 1 at beta 0.5
     # -[0.8 log s(1) + 0.2 log s(-1)] = 0.8 x 0.31326 + 0.2 x 1.31326 = L1 + 0.2
     assert close(soft_pair_loss(h, 0.8, 0.5), L1 + 0.2)
-    assert close(pair_losses(h, t(0.8), 0.5, "soft"), L1 + 0.2)
+    assert close(pair_losses(h, t(0.8), 0.5, "sigmoid"), L1 + 0.2)
     # a tie (p = 1/2) is minimal at h = 0: log 2
     assert close(soft_pair_loss(t(0.0), 0.5, 0.5), math.log(2))
 
 
 def test_soft_label_one_is_hard_dpo():
     h = torch.linspace(-5, 5, 21, dtype=torch.float64)
-    assert torch.allclose(pair_losses(h, torch.ones_like(h), 0.1, "soft"), sigmoid_loss(h, 0.1))
+    assert torch.allclose(soft_pair_loss(h, 1.0, 0.1), sigmoid_loss(h, 0.1))
     assert torch.allclose(pair_losses(h, torch.ones_like(h), 0.1, "sigmoid"), -torch.nn.functional.logsigmoid(0.1 * h))
 
 
