@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("alignloop.train.sft", "command", "Supervised fine-tuning on demonstrations (LoRA or full)."),
     "reward": ("alignloop.train.reward", "command", "Train a reward model from rankings, pairs and soft labels."),
     "dpo": ("alignloop.train.dpo", "command", "Direct preference optimisation (DPO, IPO, cDPO, robust) on comparisons."),
+    "kto": ("alignloop.train.kto", "command", "KTO on binary feedback (thumbs up / down), or on comparisons."),
     "score": ("alignloop.score", "command", "Add reward-model scores to a samples file."),
     "ppo": ("alignloop.train.ppo", "command", "PPO against reward models / rules / judges with a KL penalty."),
     "cai": ("alignloop.cai.cli", "group",

@@ -12,6 +12,7 @@ in `--help`); quality/ and feedback/ keep the configs of their own commands besi
     GenerateConfig, ScoreConfig                        alignloop generate | score
     CAIReviseConfig, CAILabelConfig, CAIScoreConfig, CAIImportConfig   alignloop cai ... (cai/cli.py)
     EvaluateConfig, ReportConfig                       alignloop evaluate | report   (evaluate/)
+    ControlConfig                                      alignloop control   (control/)
 
 The trained model's input is `model` everywhere; `cai label/score --judge` and `evaluate
 --policy/--baseline` name models that are judged or compared, not trained.
@@ -355,3 +356,74 @@ class ReportConfig(StageConfig):
     eval: Path | None = Field(None, description="Evaluation folder of `alignloop evaluate` (default: RUN/eval).")
     samples: int = Field(6, ge=0, description="Sample completions shown before/after.")
     title: str | None = Field(None, description="Report title (default: the run folder's name).")
+
+
+# ---------------------------------------------------------------- alignloop control
+
+
+class ControlConfig(StageConfig):
+    """`alignloop control`: a Gymnasium control task learned from preferences between clips (Christiano et al. 2017)."""
+
+    env: str = Field("Pendulum-v1", description="Gymnasium environment id (classic control, or MuJoCo through the "
+                                                "mujoco wheel: InvertedDoublePendulum-v5, HalfCheetah-v5, ...).")
+    out: Path = Field(..., description="Output folder: agent.zip, reward/ (the ensemble), clips.npz, comparisons.jsonl, "
+                                       "metrics.jsonl, summary.json, config.yaml.")
+    env_options: list[str] = Field(default_factory=list, description="Keyword arguments of gym.make as KEY=VALUE "
+                                                                     "(YAML values), e.g. terminate_when_unhealthy=false.")
+    reward: Literal["learned", "true"] = Field(
+        "learned", description="learned: the agent sees the reward ensemble's prediction (the preference loop); "
+                               "true: the baseline, the same agent on the environment's own reward (no labels).")
+    algo: Literal["ppo", "sac"] = Field("ppo", description="The stable-baselines3 agent: ppo or sac.")
+    baseline: bool = Field(False, description="Also train the same agent on the true reward for the same steps "
+                                              "(OUT/baseline/) and print both true returns at the same env steps.")
+    total_steps: int = Field(98_304, ge=1, description="Agent environment steps in all (split evenly over the rounds; "
+                                                       "PPO rounds each a whole number of rollouts).")
+    rounds: int = Field(12, ge=1, description="Rounds of (labels -> reward ensemble -> agent training).")
+    labels: int = Field(700, ge=0, description="Comparisons asked for in all (the label budget).")
+    initial_label_share: float = Field(
+        0.25, ge=0, le=1, description="Share of the labels asked before any training, about clips of the initial "
+                                      "(random) policy, as in the paper.")
+    label_decay: float = Field(
+        1.0, ge=0, description="The rest of the labels go to rounds 2..R in proportion to 1 / (1 + label_decay x (r - 2)): "
+                               "the label rate decays over training (0: evenly).")
+    fragment_length: int | None = Field(None, ge=2, description="Steps per clip (default: --fragment-seconds of "
+                                                                "simulated time at the env's time step, at most half an episode).")
+    fragment_seconds: float = Field(1.5, gt=0, description="Default clip length in seconds of simulated time (the paper's 1.5 s).")
+    queries: Literal["disagreement", "random"] = Field(
+        "disagreement", description="Which pairs to ask about: those the ensemble members disagree on most, or random ones.")
+    candidates: int = Field(10, ge=1, description="disagreement: draw this many times more candidate pairs than are asked.")
+    labeller_noise: float = Field(0.1, ge=0, le=1, description="Share of the synthetic labeller's answers that are random.")
+    labeller_temperature: float = Field(
+        0.0, ge=0, description="Bradley-Terry temperature of the synthetic labeller, in units of true return: "
+                               "P(a) = s((R_a - R_b) / T); 0 always prefers the higher return.")
+    equal_tolerance: float = Field(0.0, ge=0, description="The labeller says 'equal' when the true returns differ by at "
+                                                          "most this much (trained toward p = 0.5).")
+    ensemble: int = Field(3, ge=1, description="Reward-model members (MLPs r(o, a), each on a bootstrap resample).")
+    hidden: int = Field(64, ge=1, description="Width of the reward MLPs' two hidden layers.")
+    rm_epochs: int = Field(20, ge=1, description="Passes over the labels each time the ensemble is retrained (each round).")
+    rm_batch_size: int = Field(32, ge=1, description="Comparisons per reward-model step.")
+    rm_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the reward ensemble.")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of comparisons held out (validation loss and accuracy).")
+    weight_decay: float = Field(1e-3, ge=0, description="Initial L2 coefficient; adapted after each epoch to keep the "
+                                                        "validation loss at 1.1-1.5x the training loss (the paper's rule).")
+    assumed_random_share: float = Field(0.1, ge=0, lt=1, description="The reward model assumes this share of answers "
+                                                                     "is random: P = (1 - e) s(d) + e / 2.")
+    n_envs: int = Field(4, ge=1, description="Parallel environments of the agent.")
+    n_steps: int = Field(1024, ge=1, description="PPO: steps per environment per rollout.")
+    batch_size: int = Field(64, ge=1, description="Agent minibatch size.")
+    n_epochs: int = Field(10, ge=1, description="PPO: epochs per rollout.")
+    agent_learning_rate: float = Field(1e-3, gt=0, description="Agent learning rate.")
+    gamma: float = Field(0.9, ge=0, le=1, description="Agent discount.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda.")
+    ent_coef: float = Field(0.0, ge=0, description="PPO: entropy bonus.")
+    use_sde: bool = Field(True, description="State-dependent exploration (gSDE), as the RL Zoo's Pendulum settings.")
+    learning_starts: int = Field(1000, ge=0, description="SAC: random steps before learning.")
+    eval_episodes: int = Field(5, ge=1, description="Episodes of the deterministic policy per round (true return, "
+                                                    "learned return, learned-vs-true reward correlation).")
+    seed: int = Field(0, description="Random seed (environments, agent, clips, labels, reward models).")
+    threads: int = Field(1, ge=1, description="torch threads (small MLPs: 1 is fastest).")
+    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    stop_at_round: int | None = Field(
+        None, ge=1, description="Stop (with a checkpoint) in this round after its labels, before its reward model and "
+                                "agent training; --resume continues.")
+    keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after the loop finishes.")

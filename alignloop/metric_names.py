@@ -83,6 +83,15 @@ TRAIN_S = "time/train_s"
 ITERATION_S = "time/iteration_s"
 TOKENS_PER_S = "time/tokens_per_s"
 
+# control (the preference loop on a Gymnasium task; also TRAIN_LOSS, EVAL_LOSS, EVAL_ACCURACY of its reward ensemble)
+TRUE_RETURN = "eval/true_return"  # the environment's own return of the deterministic policy, mean over episodes
+LEARNED_RETURN = "eval/learned_return"  # the same episodes' return under the learned (normalised) reward
+REWARD_CORRELATION = "eval/reward_correlation"  # Pearson correlation of learned and true per-step reward on them
+ENV_STEPS = "train/env_steps"  # agent training steps so far
+LABELS = "train/labels"  # comparisons labelled so far
+WEIGHT_DECAY = "train/weight_decay"  # the reward ensemble's adapted L2 coefficient
+ROUND_S = "time/elapsed_s"  # seconds since the loop started
+
 SCORE_PREFIX = "score/"
 
 

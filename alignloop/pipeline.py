@@ -12,7 +12,7 @@ For each stage (recipe.py turns the recipe into steps with resolved configs):
   4) human feedback makes a campaign in RUN/feedback.db and pauses the run until the
      campaign is complete; running the recipe again re-checks it and goes on.
 Fields that change how a stage runs but not what it makes (resume, stop_at_step,
-stop_at_iteration, keep_checkpoint) are left out of the fingerprint.
+stop_at_iteration, stop_at_round, keep_checkpoint) are left out of the fingerprint.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from alignloop.campaign import Paused
 from alignloop.recipe import load_recipe, plan
 from alignloop.stages import STAGES, Context, Step, call
 
-NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "keep_checkpoint"}
+NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "stop_at_round", "keep_checkpoint"}
 EXIT_WAITING, EXIT_STOPPED = 3, 4
 
 

@@ -21,6 +21,7 @@ The wiring (DESIGN.md section 3); R is RUN in round 1 and RUN/round-r in round r
     ppo      -> R/ppo                    model: newest policy, reward: R/reward, prompts: generate's
     evaluate -> RUN/eval                 policy: the last PPO, baseline: RUN/sft  [EvaluateConfig]
     report   -> RUN/report.html                                             [ReportConfig]
+    control  -> RUN/control              a Gymnasium task from clip preferences (control/)  [ControlConfig]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from alignloop.configs import (CAIReviseConfig, EvaluateConfig, GenerateConfig, PPOConfig, ReportConfig,
+from alignloop.configs import (CAIReviseConfig, ControlConfig, EvaluateConfig, GenerateConfig, PPOConfig, ReportConfig,
                                RewardConfig, SFTConfig)
 
 
@@ -281,6 +282,8 @@ STAGES: dict[str, Stage] = {s.kind: s for s in [
           resumable=True, done="reward_config.json", sources=_reward_sources),
     Stage("ppo", "PPO against the reward model", 1, PPOConfig, "alignloop.train.ppo:run_ppo", defaults=_ppo,
           resumable=True, done="alignloop_model.json"),
+    Stage("control", "a control task learned from clip preferences", 0, ControlConfig, "alignloop.control.cli:run_control",
+          defaults=lambda w, r: {"out": w.run / "control", "seed": w.seed}, resumable=True, done="summary.json"),
     Stage("evaluate", "policy vs baseline on held-out prompts", 2, EvaluateConfig,
           "alignloop.evaluate.evaluate:run_evaluate", defaults=_evaluate),
     Stage("report", "HTML report", 2, ReportConfig, "alignloop.evaluate.report:run_report", defaults=_report),

@@ -8,6 +8,7 @@ the jobs in order and writes JOBS.json.rank<r>: per job, "ok" or the error it st
     ppo_nan  PPO whose loss is NaN on rank 1 only, in iteration 2: both ranks must stop
     reward   one reward-model SGD step, and a held-out evaluation at step 0, on uneven halves
     dpo      one DPO SGD step (LoRA, the reference with the adapter off), the same held-out evaluations
+    kto      one KTO SGD step on the comparisons converted (z0 summed over both processes), the same
 
 The one-process runs to compare with are the same configs with batch_size x 2 (`one_process`).
 """
@@ -33,6 +34,8 @@ JOBS = {
                               stop_at_step=1, eval_every=1, save_every=0, seed=0, max_length=48), None),
     "dpo": ("dpo", dict(epochs=1, batch_size=4, lora=True, optimizer="sgd", learning_rate=0.5, warmup_ratio=0.0,
                         stop_at_step=1, eval_every=1, save_every=0, seed=0, max_length=48, keep_checkpoint=True), None),
+    "kto": ("kto", dict(epochs=1, batch_size=4, lora=True, optimizer="sgd", learning_rate=0.5, warmup_ratio=0.0,
+                        stop_at_step=1, eval_every=1, save_every=0, seed=0, max_length=48), None),
 }
 
 
@@ -50,14 +53,15 @@ def nan_on_call(policy_loss, call: int):
 
 def job_config(name: str, files: dict, out: Path, processes: int = 2):
     """The config of job `name`; with processes=1, the one-process run it must equal (batch x 2)."""
-    from alignloop.configs import DPOConfig, PPOConfig, RewardConfig
+    from alignloop.configs import DPOConfig, KTOConfig, PPOConfig, RewardConfig
 
     stage, values, _ = JOBS[name]
     values = {**values, "batch_size": values["batch_size"] * (2 // processes), "out": out}
     if stage == "ppo":
         return PPOConfig(model=files["model"], prompts=files["prompts"], **values)
-    if stage == "dpo":
-        return DPOConfig(model=files["model"], data=files["comparisons"], heldout=files["heldout"], **values)
+    if stage in ("dpo", "kto"):
+        cls = DPOConfig if stage == "dpo" else KTOConfig
+        return cls(model=files["model"], data=files["comparisons"], heldout=files["heldout"], **values)
     return RewardConfig(model=files["model"], data=files["comparisons"], heldout=files["heldout"], **values)
 
 
@@ -83,10 +87,11 @@ def main(jobs_file: str) -> None:
                 results[name] = str(err)
             finally:
                 ppo.policy_loss = original
-        elif stage == "dpo":
+        elif stage in ("dpo", "kto"):
             from alignloop.train.dpo import run_dpo
+            from alignloop.train.kto import run_kto
 
-            run_dpo(cfg)
+            (run_dpo if stage == "dpo" else run_kto)(cfg)
             results[name] = "ok"
         else:
             from alignloop.train.reward import run_reward
