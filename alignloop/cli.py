@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quality": ("alignloop.quality.cli", "group", "Feedback quality: agreement, calibration, bias, consensus labels."),
     "data": ("alignloop.data.cli", "group", "Data files in any format (TRL, HH-RLHF, ratings, datasets): inspect, convert."),
     "export": ("alignloop.export", "group", "Plain Hugging Face folders of a policy (causal LM) or a reward model."),
+    "control": ("alignloop.control.cli", "command",
+                "A Gymnasium control task learned from clip preferences (Christiano et al. 2017), stable-baselines3 agent."),
 }
 
 # commands that one package's group shows from another package, attached here (the top layer)
