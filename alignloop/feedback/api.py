@@ -15,14 +15,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
 from alignloop.feedback.auth import DB, api_admin, api_rater, login_link
-from alignloop.feedback.db import Assignment, Rater
-from alignloop.feedback.limits import MAX_RATERS_PER_ITEM, MAX_SEED
+from alignloop.feedback.limits import MAX_COMMENT, MAX_KEY, MAX_NAME, MAX_RATERS_PER_ITEM, MAX_RESPONSES, MAX_SEED
+from alignloop.feedback.raters import Caller
 from alignloop.feedback.web import IdPath, IdQuery, campaign_from_form, jsonl_response
 
 router = APIRouter(prefix="/api", tags=["feedback"])
@@ -67,12 +68,12 @@ class StrictIn(BaseModel):
 
 class JudgmentIn(StrictIn):
     ranking: list[StrictInt | list[StrictInt]] | None = Field(
-        None, max_length=store.MAX_RESPONSES, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
-    labels: list[StrictInt] | None = Field(None, max_length=store.MAX_RESPONSES,
+        None, max_length=MAX_RESPONSES, description="rank/compare: positions best first; a nested list is a tie, e.g. [2, [0, 3], 1].")
+    labels: list[StrictInt] | None = Field(None, max_length=MAX_RESPONSES,
                                            description="thumbs: per position 1 (good) or 0 (bad).")
-    unsafe: list[StrictInt] = Field(default_factory=list, max_length=store.MAX_RESPONSES,
+    unsafe: list[StrictInt] = Field(default_factory=list, max_length=MAX_RESPONSES,
                                     description="Positions of responses flagged unsafe.")
-    comment: StrictStr = Field("", max_length=store.MAX_COMMENT)
+    comment: StrictStr = Field("", max_length=MAX_COMMENT)
 
 
 class JudgmentOut(BaseModel):
@@ -105,7 +106,7 @@ class CampaignOut(BaseModel):
 
 
 class RaterIn(StrictIn):
-    name: StrictStr = Field(min_length=1, max_length=store.MAX_NAME)
+    name: StrictStr = Field(min_length=1, max_length=MAX_NAME)
     admin: StrictBool = False
     api_token: StrictBool = True
 
@@ -118,57 +119,57 @@ class RaterOut(BaseModel):
     api_token: str | None = Field(description="Shown once; only its hash is stored.")
 
 
-def assignment_out(a: Assignment) -> AssignmentOut:
-    item = a.item
-    messages = item.prompt.get("messages") or [{"role": "user", "content": item.prompt["prompt"]}]
-    return AssignmentOut(
-        assignment_id=a.id, campaign_id=a.campaign_id, campaign=a.campaign.name, kind=a.campaign.kind,
-        instructions=a.campaign.instructions, messages=messages, status=a.status,
-        responses=[ResponseOut(position=p, label=store.letter(p), text=item.responses[o])
-                   for p, o in enumerate(a.display_order)])
+def assignment_json(a: store.AssignmentView) -> dict[str, Any]:
+    """An assignment as `AssignmentOut` (built directly: the hot path skips pydantic's
+    validation of what it built itself)."""
+    texts = a.item.responses
+    return {"assignment_id": a.id, "campaign_id": a.campaign.id, "campaign": a.campaign.name,
+            "kind": a.campaign.kind, "instructions": a.campaign.instructions, "messages": a.item.messages,
+            "responses": [{"position": p, "label": store.letter(p), "text": texts[o]}
+                          for p, o in enumerate(a.display_order)],
+            "status": a.status}
 
 
 @router.get("/next", response_model=NextOut, summary="Your next item (assigned now if needed)")
-def next_item(campaign_id: IdQuery = None, rater: Rater = Depends(api_rater), s: Session = DB):
-    a = store.next_assignment(s, rater, campaign_id, shown=True)
-    out = assignment_out(a) if a is not None else None
-    return NextOut(assignment=out, progress=ProgressOut(**reports.rater_progress(s, rater)))
+def next_item(campaign_id: IdQuery = None, rater: Caller = Depends(api_rater), s: Session = DB):
+    a = store.next_assignment_view(s, rater.id, campaign_id, shown=True)
+    return JSONResponse({"assignment": None if a is None else assignment_json(a),
+                         "progress": reports.rater_progress(s, rater)})
 
 
 @router.get("/assignments/{assignment_id}", response_model=AssignmentOut, summary="One of your assignments")
-def get_assignment(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = DB):
-    return assignment_out(store.get_assignment(s, rater, assignment_id))
+def get_assignment(assignment_id: IdPath, rater: Caller = Depends(api_rater), s: Session = DB):
+    return JSONResponse(assignment_json(store.view_of(store.get_assignment(s, rater, assignment_id))))
 
 
 @router.post("/assignments/{assignment_id}/judgment", response_model=JudgmentOut, status_code=201,
              summary="Answer an assignment (idempotent with Idempotency-Key)")
-def post_judgment(assignment_id: IdPath, body: JudgmentIn, response: Response,
-                  idempotency_key: str | None = Header(None, max_length=store.MAX_KEY),
-                  rater: Rater = Depends(api_rater), s: Session = DB):
-    j, created = store.submit_judgment(s, rater, assignment_id, ranking=body.ranking, labels=body.labels,
-                                       unsafe=body.unsafe, comment=body.comment, key=idempotency_key)
-    if not created:
-        response.status_code = 200
-    return JudgmentOut(judgment_id=j.id, assignment_id=j.assignment_id, created=created, ranking=j.ranking,
-                       labels=j.labels, display_order=j.display_order, submitted_at=j.submitted_at.isoformat() + "Z")
+def post_judgment(assignment_id: IdPath, body: JudgmentIn,
+                  idempotency_key: str | None = Header(None, max_length=MAX_KEY),
+                  rater: Caller = Depends(api_rater), s: Session = DB):
+    j, created = store.judge(s, rater.id, assignment_id, ranking=body.ranking, labels=body.labels,
+                             unsafe=body.unsafe, comment=body.comment, key=idempotency_key)
+    return JSONResponse({"judgment_id": j.id, "assignment_id": j.assignment_id, "created": created,
+                         "ranking": j.ranking, "labels": j.labels, "display_order": j.display_order,
+                         "submitted_at": j.submitted_at.isoformat() + "Z"}, status_code=201 if created else 200)
 
 
 @router.post("/assignments/{assignment_id}/skip", response_model=AssignmentOut, summary="Give an item back")
-def post_skip(assignment_id: IdPath, rater: Rater = Depends(api_rater), s: Session = DB):
-    return assignment_out(store.skip_assignment(s, rater, assignment_id))
+def post_skip(assignment_id: IdPath, rater: Caller = Depends(api_rater), s: Session = DB):
+    return JSONResponse(assignment_json(store.view_of(store.skip_assignment(s, rater, assignment_id))))
 
 
 @router.get("/me/progress", response_model=ProgressOut, summary="Your progress")
-def my_progress(rater: Rater = Depends(api_rater), s: Session = DB):
+def my_progress(rater: Caller = Depends(api_rater), s: Session = DB):
     return ProgressOut(**reports.rater_progress(s, rater))
 
 
 @router.get("/campaigns", response_model=list[CampaignOut], summary="Campaigns with progress (admin)")
-def list_campaigns(_admin: Rater = Depends(api_admin), s: Session = DB):
+def list_campaigns(_admin: Caller = Depends(api_admin), s: Session = DB):
     return reports.campaign_summaries(s)
 
 
-async def _upload_form(request: Request, _admin: Rater = Depends(api_admin), s: Session = DB) -> FormData:
+async def _upload_form(request: Request, _admin: Caller = Depends(api_admin), s: Session = DB) -> FormData:
     """The upload, read after the admin is known, with no transaction open meanwhile."""
     s.commit()
     return await request.form(max_files=2, max_fields=20)
@@ -186,7 +187,7 @@ async def _upload_form(request: Request, _admin: Rater = Depends(api_admin), s: 
                      "instructions": {"type": "string"},
                      "gold_rate": {"type": "number", "default": 0.1, "minimum": 0, "maximum": 1},
                      "seed": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_SEED}}}}}}})
-def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends(_upload_form),
+def create_campaign(_admin: Caller = Depends(api_admin), form: FormData = Depends(_upload_form),
                     s: Session = DB):
     campaign = campaign_from_form(s, form)
     return next(c for c in reports.campaign_summaries(s) if c["id"] == campaign.id)
@@ -194,27 +195,27 @@ def create_campaign(_admin: Rater = Depends(api_admin), form: FormData = Depends
 
 @router.get("/campaigns/{campaign_id}/export", summary="Judgments as JSONL, one record per judgment (admin)",
             response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
-def export_campaign(campaign_id: IdPath, include_gold: bool = True, _admin: Rater = Depends(api_admin),
+def export_campaign(campaign_id: IdPath, include_gold: bool = True, _admin: Caller = Depends(api_admin),
                     s: Session = DB):
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id], include_gold), f"{campaign.name}.jsonl")
 
 
 @router.get("/raters", summary="Raters with counts and time per item (admin)")
-def list_raters(_admin: Rater = Depends(api_admin), s: Session = DB) -> list[dict[str, Any]]:
+def list_raters(_admin: Caller = Depends(api_admin), s: Session = DB) -> list[dict[str, Any]]:
     return reports.rater_summaries(s)
 
 
 @router.post("/raters", response_model=RaterOut, status_code=201,
              summary="Add a rater, or issue fresh tokens to an existing one (admin)")
-def add_rater(body: RaterIn, request: Request, _admin: Rater = Depends(api_admin), s: Session = DB):
+def add_rater(body: RaterIn, request: Request, _admin: Caller = Depends(api_admin), s: Session = DB):
     rater, login, api = store.add_rater(s, body.name, admin=body.admin, api_token=body.api_token)
     return RaterOut(id=rater.id, name=rater.name, role=rater.role, api_token=api, login_url=login_link(request, s, login))
 
 
 @router.post("/raters/{rater_id}/sign-out", status_code=204, response_class=Response,
              summary="Sign a rater out everywhere: sessions, unused login link and API token (admin)")
-def sign_out_rater(rater_id: IdPath, _admin: Rater = Depends(api_admin), s: Session = DB):
+def sign_out_rater(rater_id: IdPath, _admin: Caller = Depends(api_admin), s: Session = DB):
     store.find_rater(s, rater_id)
     store.end_sessions(s, rater_id, everywhere=True)
     return Response(status_code=204)

@@ -29,7 +29,8 @@ from starlette.datastructures import FormData
 
 from alignloop.feedback import store
 from alignloop.feedback.db import Rater
-from alignloop.feedback.limits import MAX_DB_REQUESTS
+from alignloop.feedback.limits import MAX_DB_REQUESTS, is_db_id
+from alignloop.feedback.raters import Caller
 
 MAX_FORM_FIELDS = 200
 CLOCK_SKEW_S = 60  # a sign-in time this far in the future is still accepted (several servers)
@@ -80,7 +81,7 @@ def check_csrf(request: Request, submitted: str | None) -> None:
         raise CsrfFailed()
 
 
-def start_session(request: Request, rater: Rater) -> None:
+def start_session(request: Request, rater: Rater | Caller) -> None:
     """A fresh session for `rater` (new CSRF token: nothing from before the login carries over)."""
     request.session.clear()
     request.session.update(rater_id=rater.id, sv=rater.session_version, iat=int(time.time()),
@@ -97,45 +98,45 @@ def _session_is_current(request: Request) -> bool:
     """The cookie's fields are well formed and its sign-in is within the session lifetime."""
     data = request.session
     issued = data.get("iat")
-    if not store.is_db_id(data.get("rater_id")) or type(data.get("sv")) is not int or type(issued) is not int:
+    if not is_db_id(data.get("rater_id")) or type(data.get("sv")) is not int or type(issued) is not int:
         return False
     return -CLOCK_SKEW_S <= time.time() - issued <= request.app.state.session_lifetime_s
 
 
-def _session_rater(request: Request, s: Session) -> Rater | None:
+def _session_rater(request: Request, s: Session) -> Caller | None:
     """The signed-in rater, or None (and the session is emptied) when the cookie is missing,
     malformed, expired or revoked."""
     if "rater_id" not in request.session:
         return None
-    rater = s.get(Rater, request.session["rater_id"]) if _session_is_current(request) else None
+    rater = store.caller(s, request.session["rater_id"]) if _session_is_current(request) else None
     if rater is None or rater.session_version != request.session["sv"]:
         request.session.clear()
         return None
     return rater
 
 
-def optional_rater(request: Request, s: Session = DB) -> Rater | None:
+def optional_rater(request: Request, s: Session = DB) -> Caller | None:
     return _session_rater(request, s)
 
 
-def page_rater(request: Request, s: Session = DB) -> Rater:
+def page_rater(request: Request, s: Session = DB) -> Caller:
     rater = _session_rater(request, s)
     if rater is None:
         raise LoginRequired()
     return rater
 
 
-def page_admin(rater: Rater = Depends(page_rater)) -> Rater:
+def page_admin(rater: Caller = Depends(page_rater)) -> Caller:
     if not rater.is_admin:
         raise AdminRequired()
     return rater
 
 
-def api_rater(request: Request, s: Session = DB) -> Rater:
+def api_rater(request: Request, s: Session = DB) -> Caller:
     """Bearer API token, or the session cookie (then POSTs need the X-CSRF-Token header)."""
     token = bearer_token(request)
     if token is not None:
-        rater = store.rater_for_api_token(s, token)
+        rater = store.caller_for_api_token(s, token)
         if rater is None:
             raise LoginRequired()
         return rater
@@ -147,7 +148,7 @@ def api_rater(request: Request, s: Session = DB) -> Rater:
     return rater
 
 
-def api_admin(rater: Rater = Depends(api_rater)) -> Rater:
+def api_admin(rater: Caller = Depends(api_rater)) -> Caller:
     if not rater.is_admin:
         raise AdminRequired()
     return rater

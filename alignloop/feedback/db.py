@@ -42,6 +42,7 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy import (
     JSON,
+    Select,
     Boolean,
     DateTime,
     Float,
@@ -123,7 +124,7 @@ class Item(Base):
 
 # The one spelling of "this item has a free place": a literal 0, so that SQLite can use the
 # partial index (it cannot prove that `open_slots > ?` implies the index's condition).
-ITEM_IS_OPEN = Item.open_slots > literal_column("0")
+ITEM_IS_OPEN = Item.__table__.c.open_slots > literal_column("0")
 
 
 class Rater(Base):
@@ -249,6 +250,12 @@ def make_engine(db: str | Path, busy_timeout: float = BUSY_TIMEOUT_S, **kwargs: 
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("connect_args", {"options": f"-c lock_timeout={int(busy_timeout * 1000)}"})
     return create_engine(url, **kwargs)
+
+
+def locked(stmt: Select) -> Select:
+    """An ORM `stmt` inside a write transaction: fresh values, and the rows locked on PostgreSQL
+    (SQLite's write lock already excludes every other writer)."""
+    return stmt.with_for_update().execution_options(populate_existing=True)
 
 
 def writer(engine: Engine) -> Engine:

@@ -21,3 +21,8 @@ CLI_BUSY_TIMEOUT_S = 60.0  # a command line tool waits longer: nobody is waiting
 RETRY_AFTER_S = 2  # the Retry-After of a 503
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"  # login links, when no address is configured
+
+
+def is_db_id(value: object) -> bool:
+    """An id the database can hold (anything else is simply not found)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID

@@ -20,7 +20,9 @@ from starlette.datastructures import FormData
 from alignloop.feedback import reports, store
 from alignloop.feedback.auth import (DB, csrf_form, csrf_token, login_link, optional_rater, page_admin,
                                      page_rater, start_session)
-from alignloop.feedback.db import Assignment, Rater
+from alignloop.feedback.db import Assignment
+from alignloop.feedback.limits import MAX_COMMENT
+from alignloop.feedback.raters import Caller
 from alignloop.feedback.web import (MAX_UPLOAD_BYTES, IdPath, IdQuery, campaign_from_form, form_int, form_text,
                                     jsonl_response)
 
@@ -39,7 +41,7 @@ def see_other(url: str) -> RedirectResponse:
 # --- login -----------------------------------------------------------------------------------
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, saved: int = 0, rater: Rater | None = Depends(optional_rater),
+def home(request: Request, saved: int = 0, rater: Caller | None = Depends(optional_rater),
          s: Session = DB):
     if rater is None:
         return render(request, "welcome.html", {})
@@ -68,7 +70,7 @@ def login(request: Request, token: str, _form: FormData = Depends(csrf_form), s:
 
 
 @router.post("/logout")
-def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Rater | None = Depends(optional_rater),
+def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Caller | None = Depends(optional_rater),
            s: Session = DB):
     """Sign out: this cookie, and any copy of it, stops working (so do the rater's other sessions)."""
     if rater is not None:
@@ -79,7 +81,7 @@ def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Rater 
 
 # --- rating ----------------------------------------------------------------------------------
 
-def render_item(request: Request, s: Session, rater: Rater, a: Assignment, error: str | None = None,
+def render_item(request: Request, s: Session, rater: Caller, a: Assignment, error: str | None = None,
                 form: FormData | None = None, saved: bool = False) -> HTMLResponse:
     item = a.item
     k = len(item.responses)
@@ -96,13 +98,13 @@ def render_item(request: Request, s: Session, rater: Rater, a: Assignment, error
         "messages": item.prompt.get("messages") or [{"role": "user", "content": item.prompt["prompt"]}],
         "cards": cards, "progress": reports.rater_progress(s, rater), "key": secrets.token_urlsafe(18),
         "error": error, "comment": (form.get("comment") if form else "") or "", "saved": saved,
-        "max_comment": store.MAX_COMMENT,
+        "max_comment": MAX_COMMENT,
     }
     return render(request, "item.html", ctx, status=422 if error else 200)
 
 
 @router.get("/assignments/{assignment_id}", response_class=HTMLResponse)
-def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rater: Rater = Depends(page_rater),
+def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rater: Caller = Depends(page_rater),
                     s: Session = DB):
     a = store.get_assignment(s, rater, assignment_id)
     if a.status != "open":
@@ -114,7 +116,7 @@ def show_assignment(request: Request, assignment_id: IdPath, saved: int = 0, rat
 
 @router.post("/assignments/{assignment_id}/judgment")
 def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csrf_form),
-           rater: Rater = Depends(page_rater), s: Session = DB):
+           rater: Caller = Depends(page_rater), s: Session = DB):
     a = store.get_assignment(s, rater, assignment_id)
     k = len(a.item.responses)
     try:
@@ -131,8 +133,8 @@ def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csr
         else:
             ranks = [form_int(form.get(f"rank_{p}"), 1, k, f"rank of {store.letter(p)}") for p in range(k)]
             ranking = store.ranking_from_ranks(ranks)
-        store.submit_judgment(s, rater, assignment_id, ranking=ranking, labels=labels,
-                              unsafe=[p for p in unsafe if p is not None], comment=comment, key=key or None)
+        store.judge(s, rater.id, assignment_id, ranking=ranking, labels=labels,
+                    unsafe=[p for p in unsafe if p is not None], comment=comment, key=key or None)
     except store.Invalid as err:
         s.rollback()
         return render_item(request, s, rater, store.get_assignment(s, rater, assignment_id), error=err.message,
@@ -142,14 +144,14 @@ def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csr
 
 @router.post("/assignments/{assignment_id}/skip")
 def skip(request: Request, assignment_id: IdPath, _form: FormData = Depends(csrf_form),
-         rater: Rater = Depends(page_rater), s: Session = DB):
+         rater: Caller = Depends(page_rater), s: Session = DB):
     store.skip_assignment(s, rater, assignment_id)
     return see_other("/")
 
 
 # --- admin -----------------------------------------------------------------------------------
 
-def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, quality_id: int | None = None,
+def render_admin(request: Request, s: Session, rater: Caller, status: int = 200, quality_id: int | None = None,
                  **extra: Any) -> HTMLResponse:
     """The dashboard; the quality figures are of campaign `quality_id` (default: the newest)."""
     campaigns = reports.campaign_summaries(s)
@@ -162,14 +164,14 @@ def render_admin(request: Request, s: Session, rater: Rater, status: int = 200, 
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin(request: Request, created: str = "", quality: IdQuery = None, admin: Rater = Depends(page_admin),
+def admin(request: Request, created: str = "", quality: IdQuery = None, admin: Caller = Depends(page_admin),
           s: Session = DB):
     return render_admin(request, s, admin, quality_id=quality, created=created[:200])
 
 
 @router.post("/admin/campaigns")
 def admin_create_campaign(request: Request, form: FormData = Depends(csrf_form),
-                          admin: Rater = Depends(page_admin), s: Session = DB):
+                          admin: Caller = Depends(page_admin), s: Session = DB):
     try:
         campaign = campaign_from_form(s, form)
     except (store.Invalid, store.Conflict) as err:
@@ -179,7 +181,7 @@ def admin_create_campaign(request: Request, form: FormData = Depends(csrf_form),
 
 
 @router.post("/admin/raters", response_class=HTMLResponse)
-def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin: Rater = Depends(page_admin),
+def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin: Caller = Depends(page_admin),
                     s: Session = DB):
     try:
         rater, login, api = store.add_rater(s, form_text(form, "name"), admin=form.get("admin") == "1",
@@ -193,7 +195,7 @@ def admin_add_rater(request: Request, form: FormData = Depends(csrf_form), admin
 
 @router.post("/admin/raters/{rater_id}/sign-out", response_class=HTMLResponse)
 def admin_sign_out(request: Request, rater_id: IdPath, _form: FormData = Depends(csrf_form),
-                   admin: Rater = Depends(page_admin), s: Session = DB):
+                   admin: Caller = Depends(page_admin), s: Session = DB):
     """Sign a rater out everywhere: their cookies, unused login link and API token stop working."""
     name = store.find_rater(s, rater_id).name
     store.end_sessions(s, rater_id, everywhere=True)
@@ -204,6 +206,6 @@ def admin_sign_out(request: Request, rater_id: IdPath, _form: FormData = Depends
 
 
 @router.get("/admin/campaigns/{campaign_id}/export")
-def admin_export(campaign_id: IdPath, _admin: Rater = Depends(page_admin), s: Session = DB):
+def admin_export(campaign_id: IdPath, _admin: Caller = Depends(page_admin), s: Session = DB):
     campaign = store.find_campaign(s, campaign_id)
     return jsonl_response(reports.export_records(s, [campaign.id]), f"{campaign.name}.jsonl")

@@ -20,29 +20,37 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from alignloop.data.records import BinaryFeedback, Comparison
 from alignloop.feedback.db import ITEM_IS_OPEN, Assignment, Campaign, Item, Judgment, Rater
-from alignloop.feedback.store import Invalid
+from alignloop.feedback.errors import Invalid
+from alignloop.feedback.raters import Caller
 
 log = logging.getLogger(__name__)
 ADMIN_QUALITY_MAX = 50_000  # judgments: above this the admin page points to `alignloop quality report`
 
 
-def rater_progress(s: Session, rater: Rater) -> dict[str, int]:
+def _progress_statement():
+    A, C, I = Assignment.__table__, Campaign.__table__, Item.__table__
+    ready = select(C.c.id).where(C.c.ready)
+    mine = select(func.count()).select_from(A).where(A.c.rater_id == bindparam("rater"))
+    free = select(func.count()).select_from(I).where(ITEM_IS_OPEN, I.c.campaign_id.in_(ready))
+    had = mine.join(I, I.c.id == A.c.item_id).where(ITEM_IS_OPEN, I.c.campaign_id.in_(ready))
+    return select(*(mine.where(A.c.status == status).scalar_subquery() for status in ("done", "open", "skipped")),
+                  free.scalar_subquery(), had.scalar_subquery())
+
+
+_PROGRESS = _progress_statement()  # prepared once: it runs on every rating page and /api/next
+
+
+def rater_progress(s: Session, rater: Rater | Caller) -> dict[str, int]:
     """done: judgments given; open: assigned, not answered; available: regular items of ready
     campaigns this rater never had that still have a free place (the free items, a count over
     the partial index, minus the free ones they had); assigned: done + open + available (items
-    fill up as others work, so it can shrink). One query: it runs on every rating page."""
-    ready = select(Campaign.id).where(Campaign.ready)
-    mine = select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater.id)
-    free = select(func.count()).select_from(Item).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready))
-    had = mine.join(Item, Item.id == Assignment.item_id).where(ITEM_IS_OPEN, Item.campaign_id.in_(ready))
-    done, open_, skipped, n_free, n_had = s.execute(select(
-        *(mine.where(Assignment.status == status).scalar_subquery() for status in ("done", "open", "skipped")),
-        free.scalar_subquery(), had.scalar_subquery())).one()
+    fill up as others work, so it can shrink). One query."""
+    done, open_, skipped, n_free, n_had = s.connection().execute(_PROGRESS, {"rater": rater.id}).one()
     available = n_free - n_had
     return {"done": done, "open": open_, "skipped": skipped, "available": available,
             "assigned": done + open_ + available}

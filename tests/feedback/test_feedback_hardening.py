@@ -227,7 +227,7 @@ def test_a_busy_database_is_a_503_with_retry_after_and_the_headers(env, monkeypa
     def busy(*_args, **_kw):
         raise DatabaseBusy("the write lock was busy")
 
-    monkeypatch.setattr(store, "next_assignment", busy)
+    monkeypatch.setattr(store, "next_assignment_view", busy)
     r = api["ann"].get("/api/next")
     assert r.status_code == 503 and r.headers["retry-after"] == "2" and has_security_headers(r)
     assert "nothing was stored" in r.json()["detail"]

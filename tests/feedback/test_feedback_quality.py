@@ -18,6 +18,7 @@ from alignloop.data.io import DataError
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
 from alignloop.feedback import reports, store
 from alignloop.feedback.app import create_app
+from alignloop.feedback.db import make_engine
 from alignloop.quality.cli import load_judgments_from_db
 from alignloop.quality.judgments import load_judgments
 from alignloop.quality.report import summary_for_admin
@@ -134,7 +135,7 @@ def test_reading_a_database_never_creates_or_migrates_it(tmp_path, db_path, sess
     with pytest.raises(DataError, match="no judgments yet"):
         load_judgments_from_db(str(db_path))  # migrated by the fixture, but empty
     old = tmp_path / "old.db"
-    engine = store.make_engine(old)
+    engine = make_engine(old)
     store.migrate(engine, "0001")
     with pytest.raises(DataError, match="schema revision 0001"):
         load_judgments_from_db(str(old))

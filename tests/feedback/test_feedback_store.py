@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import func, select
 
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
-from alignloop.feedback import reports, store
+from alignloop.feedback import campaigns, reports, store
 from alignloop.feedback.db import Assignment, Item, Judgment, Rater, writing
+from alignloop.feedback.limits import MAX_RESPONSE_CHARS, MAX_RESPONSES
 
 from .conftest import SAMPLES
 
@@ -48,8 +49,8 @@ def test_campaign_items_keep_prompt_model_and_sampling(sessions):
     ("compare", samples(1, 4), "a compare campaign needs exactly 2 responses, got 4 (use --kind rank"),
     ("rank", samples(1, 1), "a rank campaign needs at least 2 responses, got 1"),
     ("rank", [Samples(prompt="p", responses=["a", "  "])], "field 'responses[1]': empty response"),
-    ("rank", [Samples(prompt="p", responses=["a", "b" * (store.MAX_RESPONSE_CHARS + 1)])], "responses[1]': 50001 characters"),
-    ("rank", samples(1, store.MAX_RESPONSES + 1), "at most 16 fit on a page"),
+    ("rank", [Samples(prompt="p", responses=["a", "b" * (MAX_RESPONSE_CHARS + 1)])], "responses[1]': 50001 characters"),
+    ("rank", samples(1, MAX_RESPONSES + 1), "at most 16 fit on a page"),
     ("vote", samples(1), "'vote' is not one of rank, compare, thumbs"),
 ])
 def test_create_refuses_what_the_kind_cannot_show(sessions, kind, records, message):
@@ -300,9 +301,9 @@ def test_progress_counts_done_open_and_available(sessions):
 
 
 def test_a_campaign_is_hidden_until_all_its_items_are_in_and_gone_if_loading_fails(sessions, monkeypatch):
-    monkeypatch.setattr(store, "ITEM_BATCH_ROWS", 2)  # 5 items: 3 short transactions
+    monkeypatch.setattr(campaigns, "ITEM_BATCH_ROWS", 2)  # 5 items: 3 short transactions
     seen_while_loading = []
-    batches = store._batches
+    batches = campaigns._batches
 
     def watched(rows):
         for i, batch in enumerate(batches(rows)):
@@ -314,7 +315,7 @@ def test_a_campaign_is_hidden_until_all_its_items_are_in_and_gone_if_loading_fai
                 raise RuntimeError("the disk is full")
             yield batch
 
-    monkeypatch.setattr(store, "_batches", watched)
+    monkeypatch.setattr(campaigns, "_batches", watched)
     with sessions() as s:
         with pytest.raises(RuntimeError, match="the disk is full"):
             store.create_campaign(s, "c", "rank", samples(5), raters_per_item=1)
@@ -322,7 +323,7 @@ def test_a_campaign_is_hidden_until_all_its_items_are_in_and_gone_if_loading_fai
         assert s.scalar(select(func.count()).select_from(Item)) == 0  # discarded, items and all
         with pytest.raises(store.NotFound):
             store.find_campaign(s, "c")
-    monkeypatch.setattr(store, "_batches", batches)
+    monkeypatch.setattr(campaigns, "_batches", batches)
     with sessions() as s:
         c = store.create_campaign(s, "c", "rank", samples(5), raters_per_item=1)
         assert c.ready and len(reports.export_records(s)) == 0 and reports.campaign_summaries(s)[0]["items"] == 5
