@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from alignloop.assets import asset
 from alignloop.config import DEFAULT_MODEL, LoraOptions, ModelOptions, StageConfig
@@ -318,8 +318,25 @@ class CAIImportConfig(StageConfig):
 class EvaluateConfig(StageConfig):
     """`alignloop evaluate`: reward, KL, length, win rates and harmlessness on held-out prompts."""
 
-    policy: str = Field(..., description="The model to evaluate (e.g. the PPO output folder); --policy and --baseline "
-                        "name the two models compared (neither is trained here).")
+    policy: str | None = Field(None, description="The model to evaluate (e.g. the PPO output folder); --policy and --baseline "
+                               "name the two models compared (neither is trained here). Required unless --policies.")
+    policies: dict[str, str] | None = Field(
+        None, description="Several policies side by side instead of --policy, NAME=MODEL,... (e.g. ppo=runs/x/ppo,"
+                          "dpo=runs/x/dpo): each sampled once and compared with --baseline (gold gain with paired standard "
+                          "errors, win rates, KL, length, harmlessness, and each one's training time and peak memory "
+                          "as the recipe runner recorded them).")
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _name_model_pairs(cls, value):
+        if isinstance(value, str):  # the command line: NAME=MODEL,NAME=MODEL
+            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError(f"expected NAME=MODEL,NAME=MODEL, got {value!r}")
+            value = {name.strip(): model.strip() for name, model in pairs}
+        if isinstance(value, dict) and "baseline" in value:
+            raise ValueError("'baseline' names the --baseline model; give the policies other names")
+        return value
     baseline: str | None = Field(None, description="The model to compare with (e.g. the SFT folder); none: no win rates.")
     prompts: Path = Field(asset("prompts_heldout.jsonl"), description="Held-out prompts (.jsonl / .parquet / datasets folder).")
     redteam: Path | None = Field(asset("redteam_heldout.jsonl"), description="Red-team prompts for the harmlessness rate ('none': skip).")

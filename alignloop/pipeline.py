@@ -203,6 +203,7 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         if not carry_on:
             _remove(step.outputs)
         t0 = time.time()
+        _reset_peak_rss()
         _write_state(run, step, status="waiting" if "human" in step.configs else "running", fingerprint=fp)
         try:
             execute(step, Context(carry_on and _has_checkpoint(step), fp, recipe.name, command))
@@ -216,10 +217,28 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
             msg = f"{step.name} stopped before finishing; continue with: {command} --resume"
             console.print(msg, soft_wrap=True)
             return RunResult("stopped", run, ran, skipped, msg)
-        _write_state(run, step, status="done", fingerprint=fp, seconds=round(time.time() - t0, 1))
+        _write_state(run, step, status="done", fingerprint=fp, seconds=round(time.time() - t0, 1),
+                     peak_rss_gb=_peak_rss_gb())
         ran.append(step.name)
     summary(run, steps, ran, skipped)
     return RunResult("done", run, ran, skipped)
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's peak-RSS counter (VmHWM) afresh, so each stage's peak is its own (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gb() -> float | None:
+    """The process's peak RSS since `_reset_peak_rss`, GB (None where /proc is not there)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024**2, 3)
 
 
 def _has_checkpoint(step: Step) -> bool:

@@ -19,7 +19,10 @@ The wiring (DESIGN.md section 3); R is RUN in round 1 and RUN/round-r in round r
     quality  -> R/quality/, R/consensus.jsonl   with: {report: {...}, consensus: {...}}
     reward   -> R/reward                 data: consensus (else comparisons) [RewardConfig]
     ppo      -> R/ppo                    model: newest policy, reward: R/reward, prompts: generate's
+    dpo      -> R/dpo                    model: the SFT policy, data: consensus (else comparisons) [DPOConfig]
+    kto      -> R/kto                    the same, comparisons converted to binary feedback  [KTOConfig]
     evaluate -> RUN/eval                 policy: the last PPO, baseline: RUN/sft  [EvaluateConfig]
+                                         (with dpo / kto stages: policies {ppo, dpo, kto} side by side)
     report   -> RUN/report.html                                             [ReportConfig]
     control  -> RUN/control              a Gymnasium task from clip preferences (control/)  [ControlConfig]
 """
@@ -33,8 +36,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from alignloop.configs import (CAIReviseConfig, ControlConfig, EvaluateConfig, GenerateConfig, PPOConfig, ReportConfig,
-                               RewardConfig, SFTConfig)
+from alignloop.configs import (CAIReviseConfig, ControlConfig, DPOConfig, EvaluateConfig, GenerateConfig, KTOConfig,
+                               PPOConfig, ReportConfig, RewardConfig, SFTConfig)
 
 
 @dataclass
@@ -170,8 +173,20 @@ def _ppo(w: Wiring, r: int) -> dict[str, Any]:
     return defaults
 
 
+def _direct(kind: str):
+    """dpo / kto: the SFT policy (not the newest) trained on the round's labels."""
+    def defaults(w: Wiring, r: int) -> dict[str, Any]:
+        return {"model": w.start_policy(), "data": w.labels(r), "out": w.round_dir(r) / kind, "seed": w.seed + r - 1}
+
+    return defaults
+
+
 def _evaluate(w: Wiring, r: int) -> dict[str, Any]:
     final = str(w.round_dir(w.rounds) / "ppo") if w.has("ppo") else w.start_policy()
+    direct = [k for k in ("dpo", "kto") if w.has(k)]
+    if direct:  # several policies side by side against the SFT baseline
+        return {"policies": {k: str(w.round_dir(w.rounds) / k) for k in ("ppo", *direct) if w.has(k)},
+                "out": w.run / "eval", "seed": w.seed, **({"baseline": str(w.run / "sft")} if w.has("sft") else {})}
     defaults = {"policy": final, "out": w.run / "eval", "seed": w.seed}
     if w.has("ppo") and w.has("sft"):
         defaults["baseline"] = str(w.run / "sft")
@@ -284,6 +299,10 @@ STAGES: dict[str, Stage] = {s.kind: s for s in [
           resumable=True, done="alignloop_model.json"),
     Stage("control", "a control task learned from clip preferences", 0, ControlConfig, "alignloop.control.cli:run_control",
           defaults=lambda w, r: {"out": w.run / "control", "seed": w.seed}, resumable=True, done="summary.json"),
+    Stage("dpo", "direct preference optimisation of the SFT policy on the labels", 1, DPOConfig,
+          "alignloop.train.dpo:run_dpo", defaults=_direct("dpo"), resumable=True, done="alignloop_model.json"),
+    Stage("kto", "KTO of the SFT policy on the labels (as binary feedback)", 1, KTOConfig,
+          "alignloop.train.kto:run_kto", defaults=_direct("kto"), resumable=True, done="alignloop_model.json"),
     Stage("evaluate", "policy vs baseline on held-out prompts", 2, EvaluateConfig,
           "alignloop.evaluate.evaluate:run_evaluate", defaults=_evaluate),
     Stage("report", "HTML report", 2, ReportConfig, "alignloop.evaluate.report:run_report", defaults=_report),

@@ -298,7 +298,7 @@ def test_cai_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
     ("stages:\n  - generate: {prompts: p.jsonl}\n  - reward: {epochs: 0}\n", [],
      "stages[1] (reward): field 'epochs': Input should be greater than or equal to 1"),
     ("stages:\n  - reward: {data: c.jsonl, epoch: 2}\n", [], "stages[0] (reward): field 'epoch': unknown option"),
-    ("stages:\n  - sft: {data: d.jsonl}\n  - dpo: {}\n", [], "stages[1] (dpo): field 'stage'"),
+    ("stages:\n  - sft: {data: d.jsonl}\n  - dapo: {}\n", [], "stages[1] (dapo): field 'stage'"),
     ("stages:\n  - ppo: {reward: r, prompts: p.jsonl}\n  - sft: {data: d.jsonl}\n", [], "stages[1] (sft): sft comes too late"),
     ("stages:\n  - generate: {prompts: p.jsonl}\n  - feedback: {kind: crowd}\n", [], "stages[1] (feedback): field 'kind'"),
     ("stages:\n  - generate: {prompts: p.jsonl}\n  - feedback: {kind: human, campaign_kind: thumbs}\n", [],
@@ -320,7 +320,7 @@ def test_recipe_errors_name_the_file_stage_and_field(tmp_path, text, overrides, 
 def test_shipped_recipes_resolve_and_validate(tmp_path):
     assert find_recipe("recipes/quickstart.yaml") == shipped_recipes() / "quickstart.yaml"
     assert find_recipe("cai") == shipped_recipes() / "cai.yaml"
-    with pytest.raises(ConfigError, match="shipped recipes: cai, control, quickstart"):
+    with pytest.raises(ConfigError, match="shipped recipes: cai, compare, control, quickstart"):
         find_recipe("nonesuch.yaml")
     recipe, path = load_recipe("quickstart")
     steps = plan(recipe, tmp_path / "run", str(path))

@@ -135,14 +135,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     use_redteam = cfg.redteam is not None and str(cfg.redteam).lower() != "none"
     red_records = read_records(cfg.redteam, PromptRecord)[: cfg.limit] if use_redteam else []
     chats, red_chats = [r.chat() for r in records], [r.chat() for r in red_records]
-    reward_specs = cfg.reward or default_reward(cfg.policy)
-    reference = cfg.reference or reference_for(cfg.policy)
+    if bool(cfg.policy) == bool(cfg.policies):
+        raise ConfigError("give --policy, or --policies (several side by side), not both")
+    models = [cfg.policy] if cfg.policy else list(cfg.policies.values())
+    reward_specs = cfg.reward or next((r for r in map(default_reward, models) if r), None)
+    reference = cfg.reference or reference_for(models[0])
     gold = RuleReward(cfg.gold, import_callable(cfg.gold)) if cfg.gold else None
     if cfg.human and not cfg.baseline:
         raise ConfigError("--human needs --baseline (people judged policy against baseline)")
     sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed, batch_size=cfg.batch_size)
-    roles = {"policy": cfg.policy, **({"baseline": cfg.baseline} if cfg.baseline else {})}
+    roles = {**(cfg.policies or {"policy": cfg.policy}), **({"baseline": cfg.baseline} if cfg.baseline else {})}
 
     # 1) + 2a) per model: samples on held-out and red-team prompts, log-probs under the model;
     # when the model is the reference (the SFT baseline of a PPO run), every run's responses
@@ -179,7 +182,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     # 3) reward sources and gold, on every model's held-out responses at once.
-    seq_chats = [chats[p] for p in runs["policy"]["gens"].prompt_index]
+    seq_chats = [chats[p] for p in next(iter(runs.values()))["gens"].prompt_index]  # the same for every model
     all_texts = [t for run in runs.values() for t in run["gens"].texts]
     n = len(seq_chats)
     scores = score_sources(reward_specs, seq_chats * len(runs), all_texts, device) if reward_specs else {}
@@ -219,7 +222,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             report[role]["harmlessness"]["judge_rate"] = harmless_rate([lab.p >= 0.5 for lab in labels])
 
     # 5) win rates of the policy against the baseline, the same prompt and sample index.
-    if cfg.baseline:
+    if cfg.baseline and "policy" in runs:
         pol, base = runs["policy"], runs["baseline"]
         wins = {"n": n, "reward": win_rate(pol["scores"]["total"], base["scores"]["total"]) if scores else None,
                 "gold": win_rate(pol["gold"], base["gold"]) if gold else None, "judge": None, "human": None,
@@ -235,6 +238,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             h = human_win_rate(pairs, judgments)
             wins["human"], wins["human_judgments"] = h["rate"], h["judgments"]
         report["win_rate"] = wins
+    if cfg.policies:  # several policies: each one's figures against the baseline, side by side
+        from alignloop.evaluate.compare import methods
+
+        report["methods"] = methods(runs, report, roles)
     report["overoptimization"] = [
         {"model": role, "kl": report[role]["kl_k1"],
          "proxy": report[role]["reward"][proxy_name]["mean"] if proxy_name else None,
@@ -252,7 +259,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         write_jsonl(out / f"samples_{role}.jsonl", sample_rows(records, run["gens"], run, roles[role], sampling))
         if run["red"]:
             write_jsonl(out / f"redteam_{role}.jsonl", sample_rows(red_records, run["red"], {}, roles[role], sampling))
-    if cfg.baseline:
+    if cfg.baseline and "policy" in runs:
         write_jsonl(out / "pairs.jsonl", [
             {"id": f"eval-pair-{i}", **records[p].prompt_fields(), "responses": [a, b], "model": "policy|baseline",
              "meta": {"eval_pair": i, "models": [cfg.policy, cfg.baseline]}} for i, (p, a, b) in
@@ -260,7 +267,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     with atomic_path(out / "eval.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
     save_config(cfg, out / "config.yaml")
-    print_table(report)
+    if cfg.policies:
+        from alignloop.evaluate.compare import print_methods
+
+        print_methods(report["methods"])
+    else:
+        print_table(report)
     return report
 
 

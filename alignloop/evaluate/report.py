@@ -167,6 +167,19 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
     if path is None or not path.exists():
         return _missing("evaluation stage", path)
     e = json.loads(path.read_text(encoding="utf-8"))
+    if "methods" in e:  # several policies side by side (evaluate --policies)
+        from alignloop.evaluate.compare import figure, table_html
+
+        s = e["settings"]
+        return (f"<p>Each model sampled once on the held-out prompts ({e[next(iter(e['methods']))]['responses']} "
+                f"responses, temperature {s['temperature']}, {s['max_new_tokens']} new tokens at most, the same seed); "
+                f"gain: the paired gold gain over the baseline with its standard error over prompts (z in brackets); "
+                f"KL reference: <code>{html.escape(str(s['reference']))}</code>; train s and peak RSS: the stages that "
+                f"made the model (PPO: reward model + PPO). Harmlessness: {html.escape(s['harmlessness'])}.</p>"
+                + table_html(e["methods"]) + _img(figure(e["methods"]), "policies side by side",
+                                                  "Left: gold reward of each model (error bars: the paired standard "
+                                                  "error of its gain over the baseline). Right: gold reward against KL "
+                                                  "to the reference."))
     roles = [r for r in ("baseline", "policy") if r in e]
     head = ["metric", *(f"{r} ({'SFT' if r == 'baseline' else 'RLHF'}): {e[r]['model']}" for r in roles)]
     rows = [[f"reward {figures.short(s)} (mean ± std)", *(f"{fmt(e[r]['reward'][s]['mean'])} ± {fmt(e[r]['reward'][s]['std'])}"
