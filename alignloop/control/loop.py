@@ -459,11 +459,11 @@ def print_summary(s: dict) -> None:
     what = f"{s['labels']} labels" if s["reward"] == "learned" else "true reward"
     console.print(f"{s['env']}: true return before {s['true_return_before']:.1f} -> after {s['true_return_after']:.1f} "
                   f"({s['algo'].upper()} on the {s['reward']} reward, {what}, {s['env_steps']:,} env steps, "
-                  f"{s['seconds']:.0f} s)", highlight=False)
+                  f"{s['seconds']:.0f} s)", highlight=False, soft_wrap=True)
     base = s.get("baseline")
     if base:
         console.print(f"{base['algo'].upper()} on the true reward at the same {base['env_steps']:,} env steps: "
-                      f"{base['true_return_after']:.1f} ({base['seconds']:.0f} s)", highlight=False)
+                      f"{base['true_return_after']:.1f} ({base['seconds']:.0f} s)", highlight=False, soft_wrap=True)
         console.print("env steps | labels | true return, learned reward | true return, true reward", highlight=False)
         for a, b in zip(s["curve"], base["curve"]):
             console.print(f"{a['env_steps']:>9,} | {a['labels']:>6} | {a['true_return']:>27.1f} | "

@@ -1,0 +1,129 @@
+"""Preference-based RL on two of the paper's MuJoCo tasks (Christiano et al. 2017): alignloop's
+control loop against `imitation` 1.0.1's PreferenceComparisons and against PPO on the true reward.
+
+    .venv/bin/python benchmarks/control_pbrl.py --quick        # about 10 minutes on 2 cores
+    nice -n 19 .venv/bin/python benchmarks/control_pbrl.py     # the full run (an hour or more)
+
+Tasks: Reacher-v5 (easy) and HalfCheetah-v5 (locomotion); neither ends episodes early, so every
+clip is a full 25 steps. For each task, seed and label budget (700, 1,400; --quick: 700):
+  - alignloop: `alignloop control --env TASK --labels N` (disagreement queries, 3-member ensemble);
+  - imitation: PreferenceComparisons (benchmarks/control_pbrl_imitation.py) in a SEPARATE virtual
+    environment, .venv-imitation/, made on the first run: imitation==1.0.1 installed without its
+    dependency pins on the same gymnasium, mujoco and stable-baselines3 versions as .venv (its own
+    pins, gymnasium 0.29, have no v5 tasks), so the env version is the same;
+and once per task and seed PPO on the true reward (`alignloop control --reward true`). All use the
+same env steps, rounds, fragment length (25 steps), label budget and PPO hyperparameters
+(`AGENT`), and the same evaluation: 5 episodes of the deterministic policy from reset seeds
+10000..10004. Each run is its own process; printed: final true return, wall seconds and peak RSS
+per run, and a table; everything also goes to --out (results.jsonl, one line per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv-imitation"
+IMITATION = "imitation==1.0.1"
+
+TASKS = {"Reacher-v5": {"steps": 200_000, "quick_steps": 32_768},
+         "HalfCheetah-v5": {"steps": 500_000, "quick_steps": 32_768}}
+# one PPO setting for every run (stable-baselines3 defaults but a smaller rollout, for small budgets)
+AGENT = {"n_envs": 4, "n_steps": 512, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.99,
+         "gae_lambda": 0.95, "ent_coef": 0.0}
+FRAGMENT, ROUNDS, INITIAL_SHARE, EVAL_EPISODES = 25, 8, 0.25, 5
+
+RSS_RUNNER = """import json, resource, sys
+from alignloop.control.cli import run_control
+from alignloop.config import resolve_config
+from alignloop.configs import ControlConfig
+cfg = resolve_config(ControlConfig, None, json.loads(sys.argv[1]))
+s = run_control(cfg)
+print(json.dumps({"true_return": s["true_return_after"], "seconds": s["seconds"], "env_steps": s["env_steps"],
+                  "labels": s["labels"], "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def ensure_imitation_venv() -> Path:
+    """.venv-imitation with imitation 1.0.1 on .venv's own gymnasium / mujoco / sb3 / torch versions."""
+    python = VENV / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import imitation"], capture_output=True).returncode == 0:
+        return python
+    lock = ROOT / "requirements.lock"
+    pins = {line.split("==")[0].lower(): line.strip() for line in lock.read_text().splitlines() if "==" in line}
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run(pip + [pins["torch"]], check=True)
+    subprocess.run(pip + ["-c", str(lock), "gymnasium[mujoco]", "stable-baselines3", "mujoco", "tqdm",
+                          "scikit-learn", "datasets", "psutil"], check=True)
+    subprocess.run(pip + ["--no-deps", IMITATION], check=True)
+    return python
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    t0 = time.time()
+    with open(log, "w") as err:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                           env={**os.environ, "ALIGNLOOP_NO_PROGRESS": "1", "MUJOCO_GL": "egl"}, cwd=log.parent)
+    if r.returncode != 0:
+        return {"error": f"exit {r.returncode}, see {log}", "wall_s": round(time.time() - t0, 1)}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": round(time.time() - t0, 1)}  # process wall time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="700 labels, 32,768 env steps per task, seed 0 (~10 min)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated Gymnasium ids")
+    ap.add_argument("--labels", default=None, help="comma-separated label budgets (default 700,1400; --quick 700)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "control_pbrl")
+    args = ap.parse_args()
+    budgets = [int(x) for x in (args.labels or ("700" if args.quick else "700,1400")).split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    imitation_python = ensure_imitation_venv()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
+    results = []
+    for task in args.tasks.split(","):
+        steps = TASKS[task]["quick_steps" if args.quick else "steps"]
+        for seed in seeds:
+            base = {"env": task, "total_steps": steps, "rounds": ROUNDS, "fragment_length": FRAGMENT,
+                    "initial_label_share": INITIAL_SHARE, "eval_episodes": EVAL_EPISODES, "seed": seed,
+                    "use_sde": False, "agent_learning_rate": AGENT["learning_rate"],
+                    **{k: v for k, v in AGENT.items() if k != "learning_rate"}}
+            jobs = [("PPO, true reward", None, [sys.executable, "-c", RSS_RUNNER, json.dumps(
+                {**base, "reward": "true", "out": str(args.out / f"{task}-s{seed}-true")})])]
+            for n in budgets:
+                jobs.append(("alignloop", n, [sys.executable, "-c", RSS_RUNNER, json.dumps(
+                    {**base, "labels": n, "out": str(args.out / f"{task}-s{seed}-alignloop-{n}")})]))
+                spec = {"env": task, "steps": steps, "labels": n, "rounds": ROUNDS, "fragment_length": FRAGMENT,
+                        "initial_share": INITIAL_SHARE, "eval_episodes": EVAL_EPISODES, "seed": seed,
+                        "agent": dict(AGENT)}
+                jobs.append(("imitation 1.0.1", n, [str(imitation_python), str(ROOT / "benchmarks" / "control_pbrl_imitation.py"),
+                                                    json.dumps(spec)]))
+            for name, n, cmd in jobs:
+                log = args.out / f"{task}-s{seed}-{name.split()[0].replace(',', '')}-{n or 0}.log"
+                row = {"task": task, "seed": seed, "system": name, "labels": n or 0, **run(cmd, log)}
+                results.append(row)
+                with open(args.out / "results.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print("\n| task | seed | system | labels | env steps | final true return | wall s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ret = f"{r['true_return']:.1f}" if "true_return" in r else r.get("error", "-")
+        print(f"| {r['task']} | {r['seed']} | {r['system']} | {r['labels']} | {r.get('env_steps', '-'):,} | {ret} | "
+              f"{r['wall_s']} | {r.get('peak_rss_mb', '-')} |")
+
+
+if __name__ == "__main__":
+    main()
