@@ -90,7 +90,7 @@ REWARD_CORRELATION = "eval/reward_correlation"  # Pearson correlation of learned
 ENV_STEPS = "train/env_steps"  # agent training steps so far
 LABELS = "train/labels"  # comparisons labelled so far
 WEIGHT_DECAY = "train/weight_decay"  # the reward ensemble's adapted L2 coefficient
-ROUND_S = "time/elapsed_s"  # seconds since the loop started
+ELAPSED_S = "time/elapsed_s"  # seconds since the loop started
 
 SCORE_PREFIX = "score/"
 

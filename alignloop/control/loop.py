@@ -391,7 +391,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
                 row.update({M.TRAIN_LOSS: stats.train_loss, M.EVAL_LOSS: stats.val_loss,
                             M.EVAL_ACCURACY: stats.val_accuracy, M.WEIGHT_DECAY: stats.weight_decay})
             state.seconds = time.time() - t0
-            row[M.ROUND_S] = round(state.seconds, 2)
+            row[M.ELAPSED_S] = round(state.seconds, 2)
             tracker.log(r, row)
             state.round, state.phase = r + 1, "start"
             save_checkpoint(out, state, agent, ensemble, cfg.algo)
