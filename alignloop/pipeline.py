@@ -262,6 +262,8 @@ def headline(run: Path, steps: list[Step]) -> dict:
                 out[f"harmless_{role}"] = e[role]["harmlessness"]["rate"]
         out["win_rate_gold"] = (e.get("win_rate") or {}).get("gold")
         out["gold_gain"] = (e.get("win_rate") or {}).get("gold_gain")
+        if "methods" in e:  # several policies side by side (a compare recipe)
+            out["methods"] = e["methods"]
     rw = [s for s in steps if s.kind == "reward"]
     if rw and (Path(rw[-1].configs["reward"].out) / "metrics.jsonl").exists():
         rows = read_metrics(rw[-1].configs["reward"].out)
@@ -295,6 +297,12 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
             console.print(gain_line(h["gold_gain"]))
         console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
                       f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
+    for name, m in (h.get("methods") or {}).items():
+        g, cost = m.get("gain"), m.get("cost") or {}
+        console.print(f"{name}: gold {f(m['gold'])}" + (f", gain {g['gain']:+.3f} ± {g['se']:.3f} over the baseline"
+                                                        if g and g.get("se") is not None else "")
+                      + f", KL {f(m['kl_k1'])}, harmlessness {f(m['harmlessness'])}"
+                      + (f", trained in {cost['seconds']:.0f} s" if cost.get("seconds") else ""))
     if "reward_accuracy" in h:
         console.print(f"reward model held-out accuracy: {f(h['reward_accuracy'])}")
 
