@@ -1,8 +1,9 @@
 """The feedback app under load: N simulated raters fetch and submit assignments while a second
 process runs `alignloop feedback create` and an admin uploads a large campaign slowly.
 
-    .venv/bin/python benchmarks/feedback_load.py                       # SQLite, 200 raters, 30 s
+    .venv/bin/python benchmarks/feedback_load.py                       # SQLite, 200 raters, 60 s, think 10 s
     .venv/bin/python benchmarks/feedback_load.py --db postgresql://postgres:postgres@127.0.0.1/postgres
+    .venv/bin/python benchmarks/feedback_load.py --think 1,2,5,10 --seconds 30   # a sweep: where it saturates
 
 Everything stays on this machine: a real `alignloop serve` process on a free 127.0.0.1 port,
 a database made for the run (a SQLite file in a temporary folder, or a fresh database on the
@@ -16,6 +17,16 @@ Idempotency-Key. A 503 is counted, then the same request is sent again after its
 Retry-After (with the same key). From 2 s on, a second process creates a campaign of
 --create-items items with `alignloop feedback create`, and an admin POSTs a samples file
 of --upload-items items to /api/campaigns, sent in small pieces over --upload-seconds.
+
+The think time. A person ranking an item reads the prompt and every response first: the
+benchmark's items have 4 responses of 40 words (about 170 words with the prompt), which
+take about 40 s to read at 250 words per minute, before any deciding; in the README's
+`feedback status` example raters take 11-14 s per item on shorter texts. The default, 10 s
+per judgment, is a fast rater on short texts, so 200 raters ask for about 40 requests/s,
+several times what 200 careful people would: the default stays a stress test without
+pretending people answer every second. `--think 1,2,5,10` runs the load once per value (a
+fresh database and server each) and ends with one line per value: the think time at which
+p99 leaves its floor is where the server saturates on this machine (0 = no pause at all).
 
 Printed: judgments/s, request latency (p50 / p99 / max, from the client, per request kind),
 errors by status, and acknowledged vs stored judgments (after the run, read from the
@@ -52,8 +63,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class LoadConfig:
     raters: int = 200
-    seconds: float = 30.0
-    think: float = 1.0  # mean seconds between receiving an item and answering it
+    seconds: float = 60.0
+    think: float = 10.0  # mean seconds between receiving an item and answering it (see the docstring)
     items: int = 3000  # items of the campaign the raters start on (3 raters each)
     create_items: int = 5000  # `alignloop feedback create` in a second process
     upload_items: int = 2000  # the admin's slow upload
@@ -394,7 +405,7 @@ def report(r: LoadResult) -> str:
     for (_, status), n in r.statuses.items():
         statuses[status] += n
     errors = {s: n for s, n in sorted(statuses.items()) if s >= 400}
-    everything = [v for vs in r.latencies.values() for v in vs]
+    everything = r.latencies["next"] + r.latencies["judgment"]  # the raters' requests (the upload has its line)
     lines = [
         f"feedback load on {db}: {cfg.raters} raters for {cfg.seconds:g} s, think {cfg.think:g} s; "
         f"{cpu_name()}, {os.cpu_count()} cores; over the last minute: {r.machine_load}",
@@ -408,7 +419,7 @@ def report(r: LoadResult) -> str:
         f"  requests: {len(everything)} in {r.elapsed_s:.1f} s, {len(everything) / r.elapsed_s:.0f}/s; CPU: server "
         f"{r.server_cpu_s:.1f} s ({1000 * r.server_cpu_s / max(1, len(everything)):.1f} ms per request), raters "
         f"{r.client_cpu_s:.1f} s; latency from the client:",
-        latency_line("all", everything),
+        latency_line("raters", everything),
         *(latency_line(kind, r.latencies[kind]) for kind in ("next", "judgment", "upload")),
         latency_line("raters' requests while the concurrent writers ran", r.during_writers),
         f"  replies by status: {dict(sorted(statuses.items()))}; errors (4xx/5xx): {errors or 'none'}; "
@@ -421,12 +432,37 @@ def report(r: LoadResult) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[LoadResult]) -> str:
+    """One line per run of a sweep: where p99 leaves its floor, the server saturates."""
+    lines = ["think s | judgments/s | requests/s | p50 ms | p99 ms | 5xx | stored = acknowledged | server CPU ms/request"]
+    for r in results:
+        everything = [v * 1000 for v in r.latencies["next"] + r.latencies["judgment"]]
+        lines.append(f"{r.config.think:7g} | {len(r.acknowledged) / r.elapsed_s:11.1f} | "
+                     f"{len(everything) / r.elapsed_s:10.0f} | {percentile(everything, 0.5):6.0f} | "
+                     f"{percentile(everything, 0.99):6.0f} | {r.five_xx:3d} | "
+                     f"{len(r.stored):,} {'=' if r.consistent else '!='} {len(r.acknowledged):,} | "
+                     f"{1000 * r.server_cpu_s / max(1, len(everything)):.1f}   ({r.machine_load.split(' (')[0]})")
+    return "\n".join(lines)
+
+
+def think_times(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, or several separated by commas (1,2,5,10)") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: think times are 0 or more seconds")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = LoadConfig()
     parser.add_argument("--raters", type=int, default=defaults.raters, help=f"simulated raters (at most {MAX_RATERS})")
-    parser.add_argument("--seconds", type=float, default=defaults.seconds, help=f"run time (at most {MAX_SECONDS})")
-    parser.add_argument("--think", type=float, default=defaults.think, help="mean seconds a rater takes per item")
+    parser.add_argument("--seconds", type=float, default=defaults.seconds,
+                        help=f"run time of each run (at most {MAX_SECONDS})")
+    parser.add_argument("--think", type=think_times, default=[defaults.think],
+                        help="mean seconds a rater takes per item; several separated by commas run a sweep")
     parser.add_argument("--items", type=int, default=defaults.items, help="items of the raters' campaign")
     parser.add_argument("--create-items", type=int, default=defaults.create_items,
                         help="items of the campaign `feedback create` makes meanwhile (0: none)")
@@ -435,12 +471,16 @@ def main() -> None:
     parser.add_argument("--upload-seconds", type=float, default=defaults.upload_seconds)
     parser.add_argument("--db", default="sqlite", help="sqlite, or a postgresql:// URL of a server on loopback")
     args = parser.parse_args()
-    cfg = LoadConfig(raters=args.raters, seconds=args.seconds, think=args.think, items=args.items,
-                     create_items=args.create_items, upload_items=args.upload_items,
-                     upload_seconds=args.upload_seconds, db=args.db)
-    result = run_load(cfg)
-    print(report(result))
-    sys.exit(0 if result.consistent and not result.five_xx and not result.failures else 1)
+    results = []
+    for think in args.think:
+        cfg = LoadConfig(raters=args.raters, seconds=args.seconds, think=think, items=args.items,
+                         create_items=args.create_items, upload_items=args.upload_items,
+                         upload_seconds=args.upload_seconds, db=args.db)
+        results.append(run_load(cfg))
+        print(report(results[-1]), flush=True)
+    if len(results) > 1:
+        print(summary(results))
+    sys.exit(0 if all(r.consistent and not r.five_xx and not r.failures for r in results) else 1)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def post_skip(assignment_id: IdPath, rater: Caller = Depends(api_rater), s: Sess
 
 @router.get("/me/progress", response_model=ProgressOut, summary="Your progress")
 def my_progress(rater: Caller = Depends(api_rater), s: Session = DB):
-    return ProgressOut(**reports.rater_progress(s, rater))
+    return JSONResponse(reports.rater_progress(s, rater))
 
 
 @router.get("/campaigns", response_model=list[CampaignOut], summary="Campaigns with progress (admin)")

@@ -198,3 +198,30 @@ def test_docs_page_works_offline_and_the_spec_lists_the_api(env):
                  "/api/me/progress", "/api/campaigns", "/api/campaigns/{assignment_id}/export".replace("assignment_id", "campaign_id")):
         assert path in spec["paths"], path
     assert not any(p.startswith("/admin") or p.startswith("/login") for p in spec["paths"])
+
+
+def test_the_hot_endpoints_answer_exactly_their_documented_models(env):
+    """/api/next, the judgment and the skip build their JSON without pydantic: it must still be
+    exactly what the spec says (every field, no other, the types)."""
+    from alignloop.feedback.api import AssignmentOut, JudgmentOut, NextOut, ProgressOut
+
+    def exactly(model, data):
+        assert set(data) == set(model.model_fields), (model.__name__, sorted(data))
+        return model.model_validate(data, strict=True)
+
+    clients, _ = env
+    ann = clients["ann"]
+    nxt = exactly(NextOut, ann.get("/api/next").json())
+    exactly(AssignmentOut, ann.get("/api/next").json()["assignment"])
+    exactly(ProgressOut, ann.get("/api/next").json()["progress"])
+    aid = nxt.assignment.assignment_id
+    assert exactly(AssignmentOut, ann.get(f"/api/assignments/{aid}").json()) == nxt.assignment
+    for status in (201, 200):  # the first answer, then its replay
+        r = ann.post(f"/api/assignments/{aid}/judgment", json={"ranking": [0, 1, 2, 3]}, headers={"Idempotency-Key": "k"})
+        assert r.status_code == status
+        j = exactly(JudgmentOut, r.json())
+        assert j.created == (status == 201) and j.submitted_at.endswith("Z")
+    other = ann.get("/api/next").json()["assignment"]["assignment_id"]
+    skipped = exactly(AssignmentOut, ann.post(f"/api/assignments/{other}/skip").json())
+    assert skipped.status == "skipped"
+    exactly(ProgressOut, ann.get("/api/me/progress").json())
