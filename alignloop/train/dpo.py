@@ -33,25 +33,12 @@ REFERENCE_FILE = "reference_logps.pt"
 
 
 def load_comparisons(cfg: DPOConfig, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Tokenised (train, held-out) records: {prompt, responses (ids + EOS), tiers, p, weight}."""
-    from alignloop.data.io import read_records
-    from alignloop.data.records import Comparison
-    from alignloop.models.reward_model import encode_group
-    from alignloop.train.reward import split_by_prompt
+    """Tokenised (train, held-out) records: {prompt, responses (token ids), tiers, p, weight},
+    read and split as the reward model's are."""
+    from alignloop.train.reward import encode_comparisons, read_comparisons
 
-    def encode(records):
-        rows = []
-        for r in records:
-            prompt, responses = encode_group(tokenizer, r.chat(), r.responses, cfg.max_length)
-            rows.append({"prompt": prompt, "responses": responses, "tiers": r.tiers(), "p": r.p, "weight": r.weight})
-        return rows
-
-    train = read_records(cfg.data, Comparison)
-    if cfg.heldout is not None:
-        heldout = read_records(cfg.heldout, Comparison)
-    else:
-        train, heldout = split_by_prompt(train, cfg.heldout_fraction, cfg.seed)
-    return encode(train), encode(heldout)
+    train, heldout = read_comparisons(cfg)
+    return encode_comparisons(train, tokenizer, cfg.max_length), encode_comparisons(heldout, tokenizer, cfg.max_length)
 
 
 def response_logps(model, rows: list[dict], pad_id: int, device, adapter: bool = True) -> torch.Tensor:

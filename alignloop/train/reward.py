@@ -32,26 +32,36 @@ from alignloop.config import ConfigError, config_command
 from alignloop.configs import RewardConfig
 
 
-def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Tokenised (train, held-out) examples: {prompt, responses (token ids), tiers, p, weight}."""
+def read_comparisons(cfg) -> tuple[list, list]:
+    """(train, held-out) Comparison records of `cfg.data`: `cfg.heldout`, or a split of the
+    data's prompts (`heldout_fraction`, `seed`). Shared by `reward` and `dpo`."""
     from alignloop.data.io import read_records
     from alignloop.data.records import Comparison
-    from alignloop.models.reward_model import encode_group
-
-    def encode(records):
-        rows = []
-        for r in records:
-            prompt, responses = encode_group(tokenizer, r.chat(), r.responses, cfg.max_length)
-            rows.append({"prompt": prompt, "responses": responses, "tiers": r.tiers(), "p": r.p, "weight": r.weight})
-        return rows
 
     train = read_records(cfg.data, Comparison)
     if cfg.heldout is not None:
-        heldout = read_records(cfg.heldout, Comparison)
-    else:
-        train, heldout = split_by_prompt(train, cfg.heldout_fraction, cfg.seed)
+        return train, read_records(cfg.heldout, Comparison)
+    return split_by_prompt(train, cfg.heldout_fraction, cfg.seed)
+
+
+def encode_comparisons(records, tokenizer, max_length: int) -> list[dict]:
+    """Tokenised records: {prompt, responses (token ids), tiers, p, weight}; each prompt once."""
+    from alignloop.models.reward_model import encode_group
+
+    rows = []
+    for r in records:
+        prompt, responses = encode_group(tokenizer, r.chat(), r.responses, max_length)
+        rows.append({"prompt": prompt, "responses": responses, "tiers": r.tiers(), "p": r.p, "weight": r.weight})
+    return rows
+
+
+def load_comparisons(cfg: RewardConfig, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Tokenised (train, held-out) examples; the training side gains the mismatched pairs."""
+    train, heldout = read_comparisons(cfg)
     extra = mismatched_pairs(train, cfg.mismatched_pairs, cfg.seed, cfg.mismatched_weight) if cfg.mismatched_pairs else []
-    return encode(train) + [dict(row, mismatched=True) for row in encode(extra)], encode(heldout)
+    rows = encode_comparisons(train, tokenizer, cfg.max_length)
+    rows += [dict(row, mismatched=True) for row in encode_comparisons(extra, tokenizer, cfg.max_length)]
+    return rows, encode_comparisons(heldout, tokenizer, cfg.max_length)
 
 
 def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, list]:
