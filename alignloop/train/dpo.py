@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -161,14 +162,49 @@ def evaluate(accelerator, model, net, rows: list[dict], pad_id: int, cfg: DPOCon
     return {M.EVAL_LOSS: loss / max(weight, 1e-12), **stats_metrics(stats, EVAL_NAMES)}
 
 
+class PolicyRun(NamedTuple):
+    """What `start_policy_run` sets up for a DPO / KTO loop."""
+
+    net: torch.nn.Module  # the unwrapped ResponseLogprobs (its reference, adapter switch)
+    model: torch.nn.Module  # the same, prepared by Accelerate
+    optimizer: object
+    scheduler: object
+    tracker: object
+    step: int  # the step to start from (0, or the checkpoint's)
+    pad_id: int
+
+
+def start_policy_run(cfg, accelerator, out: Path, tokenizer, train: list[dict], heldout: list[dict], total_steps: int,
+                     evaluate_fn) -> PolicyRun:
+    """The policy (LoRA or full), its reference (the adapter off, or log-probs precomputed once),
+    the optimizer, Accelerate, the tracker and the resumed step; the held-out metrics at step 0."""
+    from alignloop.models.loading import load_trainable
+    from alignloop.models.logprobs import ResponseLogprobs
+    from alignloop.train.checkpoint import start_run
+    from alignloop.train.common import make_optimizer
+
+    device = accelerator.device
+    net = ResponseLogprobs(load_trainable(cfg, device)).to(device)
+    pad_id = tokenizer.pad_token_id
+    if cfg.precompute_reference or not cfg.lora:
+        attach_reference(accelerator, net, out, {"train": train, "heldout": heldout}, pad_id, cfg.batch_size, cfg.lora)
+    optimizer, scheduler = make_optimizer(net, cfg, total_steps)
+    model, optimizer = accelerator.prepare(net, optimizer)
+
+    tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "step", total_steps)
+    step = state.get("step", 0)
+    if step == 0 and cfg.eval_every:
+        tracker.log(0, evaluate_fn(accelerator, model, net, heldout, pad_id, cfg))
+    return PolicyRun(net, model, optimizer, scheduler, tracker, step, pad_id)
+
+
 def run_dpo(cfg: DPOConfig) -> Path:
     """Train `cfg.model` by DPO on `cfg.data`; returns the output folder (a model folder when finished)."""
     from alignloop.algorithms.preference_losses import ranking_preference_loss
     from alignloop.algorithms.reward_losses import build_pair_batch
-    from alignloop.models.loading import load_tokenizer, load_trainable
-    from alignloop.models.logprobs import ResponseLogprobs
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
-    from alignloop.train.common import global_batches, make_accelerator, make_optimizer, seed_everything
+    from alignloop.models.loading import load_tokenizer
+    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint
+    from alignloop.train.common import global_batches, make_accelerator, seed_everything
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -181,17 +217,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     global_batch, steps_per_epoch = global_batches(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.data)
     total_steps = steps_per_epoch * cfg.epochs
-    net = ResponseLogprobs(load_trainable(cfg, device)).to(device)
-    pad_id = tokenizer.pad_token_id
-    if cfg.precompute_reference or not cfg.lora:
-        attach_reference(accelerator, net, out, {"train": train, "heldout": heldout}, pad_id, cfg.batch_size, cfg.lora)
-    optimizer, scheduler = make_optimizer(net, cfg, total_steps)
-    model, optimizer = accelerator.prepare(net, optimizer)
-
-    tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "step", total_steps)
-    step = state.get("step", 0)
-    if step == 0 and cfg.eval_every:
-        tracker.log(0, evaluate(accelerator, model, net, heldout, pad_id, cfg))
+    net, model, optimizer, scheduler, tracker, step, pad_id = start_policy_run(
+        cfg, accelerator, out, tokenizer, train, heldout, total_steps, evaluate)
     order_of = batch_order(train, cfg, global_batch)
 
     stop = min(total_steps, cfg.stop_at_step or total_steps)

@@ -168,11 +168,10 @@ def check_balance(accelerator, rows: list[dict], cfg: KTOConfig) -> None:
 def run_kto(cfg: KTOConfig) -> Path:
     """Train `cfg.model` by KTO on `cfg.data`; returns the output folder (a model folder when finished)."""
     from alignloop.algorithms.preference_losses import kto_losses
-    from alignloop.models.loading import load_tokenizer, load_trainable
-    from alignloop.models.logprobs import ResponseLogprobs
-    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint, start_run
-    from alignloop.train.common import global_batches, make_accelerator, make_optimizer, seed_everything
-    from alignloop.train.dpo import TRAIN_NAMES, attach_reference, batch_order, finish, progress
+    from alignloop.models.loading import load_tokenizer
+    from alignloop.train.checkpoint import refuse_to_overwrite, save_checkpoint
+    from alignloop.train.common import global_batches, make_accelerator, seed_everything
+    from alignloop.train.dpo import TRAIN_NAMES, batch_order, finish, progress, start_policy_run
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -186,17 +185,8 @@ def run_kto(cfg: KTOConfig) -> Path:
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     global_batch, steps_per_epoch = global_batches(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.data)
     total_steps = steps_per_epoch * cfg.epochs
-    net = ResponseLogprobs(load_trainable(cfg, device)).to(device)
-    pad_id = tokenizer.pad_token_id
-    if cfg.precompute_reference or not cfg.lora:
-        attach_reference(accelerator, net, out, {"train": train, "heldout": heldout}, pad_id, cfg.batch_size, cfg.lora)
-    optimizer, scheduler = make_optimizer(net, cfg, total_steps)
-    model, optimizer = accelerator.prepare(net, optimizer)
-
-    tracker, state = start_run(out, cfg, accelerator, model, optimizer, scheduler, "step", total_steps)
-    step = state.get("step", 0)
-    if step == 0 and cfg.eval_every:
-        tracker.log(0, evaluate(accelerator, model, net, heldout, pad_id, cfg))
+    net, model, optimizer, scheduler, tracker, step, pad_id = start_policy_run(
+        cfg, accelerator, out, tokenizer, train, heldout, total_steps, evaluate)
     order_of = batch_order(train, cfg, global_batch)
 
     stop = min(total_steps, cfg.stop_at_step or total_steps)
