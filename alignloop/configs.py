@@ -364,13 +364,15 @@ class EvaluateConfig(StageConfig):
 class ReportConfig(StageConfig):
     """`alignloop report`: the HTML report of a run folder."""
 
-    run: Path | None = Field(None, description="Run folder (holds sft/, quality/, reward/, ppo/, eval/).")
+    run: Path | None = Field(None, description="Run folder (holds sft/, quality/, reward/, ppo/, eval/, control/).")
     out: Path | None = Field(None, description="Output HTML file (default: RUN/report.html).")
     sft: Path | None = Field(None, description="SFT output folder (default: RUN/sft).")
     quality: Path | None = Field(None, description="Feedback-quality folder or report.json (default: RUN/quality).")
     reward: Path | None = Field(None, description="Reward-model output folder (default: RUN/reward).")
     ppo: Path | None = Field(None, description="PPO output folder (default: RUN/ppo).")
     eval: Path | None = Field(None, description="Evaluation folder of `alignloop evaluate` (default: RUN/eval).")
+    control: Path | None = Field(None, description="Output folder of `alignloop control` (default: RUN/control; its "
+                                                   "section appears when the folder exists).")
     samples: int = Field(6, ge=0, description="Sample completions shown before/after.")
     title: str | None = Field(None, description="Report title (default: the run folder's name).")
 
@@ -384,7 +386,7 @@ class ControlConfig(StageConfig):
     env: str = Field("Pendulum-v1", description="Gymnasium environment id (classic control, or MuJoCo through the "
                                                 "mujoco wheel: InvertedDoublePendulum-v5, HalfCheetah-v5, ...).")
     out: Path = Field(..., description="Output folder: agent.zip, reward/ (the ensemble), clips.npz, comparisons.jsonl, "
-                                       "metrics.jsonl, summary.json, config.yaml.")
+                                       "metrics.jsonl, summary.json, config.yaml, videos/.")
     env_options: list[str] = Field(default_factory=list, description="Keyword arguments of gym.make as KEY=VALUE "
                                                                      "(YAML values), e.g. terminate_when_unhealthy=false.")
     reward: Literal["learned", "true"] = Field(
@@ -415,8 +417,10 @@ class ControlConfig(StageConfig):
                                "P(a) = s((R_a - R_b) / T); 0 always prefers the higher return.")
     equal_tolerance: float = Field(0.0, ge=0, description="The labeller says 'equal' when the true returns differ by at "
                                                           "most this much (trained toward p = 0.5).")
-    ensemble: int = Field(3, ge=1, description="Reward-model members (MLPs r(o, a), each on a bootstrap resample).")
-    hidden: int = Field(64, ge=1, description="Width of the reward MLPs' two hidden layers.")
+    ensemble: int = Field(3, ge=1, description="Reward-model members (networks r(o, a): MLPs, or small CNNs for "
+                                               "image observations; each on a bootstrap resample).")
+    hidden: int = Field(64, ge=1, description="Width of the reward networks' hidden layers (MLPs; for image "
+                                              "observations, CNNs: the conv trunk's embedding and the layer after it).")
     rm_epochs: int = Field(20, ge=1, description="Passes over the labels each time the ensemble is retrained (each round).")
     rm_batch_size: int = Field(32, ge=1, description="Comparisons per reward-model step.")
     rm_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of the reward ensemble.")
@@ -437,6 +441,11 @@ class ControlConfig(StageConfig):
     learning_starts: int = Field(1000, ge=0, description="SAC: random steps before learning.")
     eval_episodes: int = Field(5, ge=1, description="Episodes of the deterministic policy per round (true return, "
                                                     "learned return, learned-vs-true reward correlation).")
+    video_every: int = Field(
+        0, ge=0, description="Write an mp4 of one episode of the deterministic policy (from the first evaluation "
+                             "episode's seed) to out/videos/round_NNN.mp4 every this many rounds and after the last "
+                             "(0: none). Needs imageio-ffmpeg (the control extra); MuJoCo renders headless with "
+                             "MUJOCO_GL=egl unless it is set.")
     seed: int = Field(0, description="Random seed (environments, agent, clips, labels, reward models).")
     threads: int = Field(1, ge=1, description="torch threads (small MLPs: 1 is fastest).")
     resume: bool = Field(False, description="Continue from out/checkpoint.")

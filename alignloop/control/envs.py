@@ -13,6 +13,7 @@ The agent (stable-baselines3) never sees the true reward: it only sees what `ste
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,24 +38,50 @@ def env_kwargs(options: list[str]) -> dict[str, Any]:
     return out
 
 
-def make_env(env_id: str, options: list[str] = ()) -> gym.Env:
-    """`gym.make(env_id)`, or a one-line ConfigError for an unknown id or an unsupported space."""
+def make_env(env_id: str, options: list[str] = (), render_mode: str | None = None) -> gym.Env:
+    """`gym.make(env_id)` (with `render_mode`, e.g. "rgb_array" for videos), or a one-line
+    ConfigError for an unknown id, a missing renderer or an unsupported space."""
+    kwargs = env_kwargs(list(options)) | ({"render_mode": render_mode} if render_mode else {})
     try:
-        env = gym.make(env_id, **env_kwargs(list(options)))
+        env = gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as err:
         raise ConfigError(f"--env {env_id}: {str(err).splitlines()[0]}") from None
     except gym.error.Error as err:  # NameNotFound, VersionNotFound, NamespaceNotFound, ...
         raise ConfigError(f"--env {env_id}: not a Gymnasium environment ({str(err).splitlines()[0]})") from None
     except TypeError as err:  # an env option the environment does not take
         raise ConfigError(f"--env-options: {err}") from None
+    except (AttributeError, ImportError, RuntimeError) as err:  # mujoco's import of the MUJOCO_GL backend
+        if opengl_error(err) is err:
+            raise
+        raise opengl_error(err) from None
     if not isinstance(env.observation_space, gym.spaces.Box):
         env.close()
-        raise ConfigError(f"--env {env_id}: observations are {env.observation_space}; the reward MLP needs a Box "
-                          "of state observations")
+        raise ConfigError(f"--env {env_id}: observations are {env.observation_space}; the reward model needs a Box "
+                          "(state vectors, or uint8 images H x W x C)")
     if not isinstance(env.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
         env.close()
         raise ConfigError(f"--env {env_id}: actions are {env.action_space}; supported: Box, Discrete")
     return env
+
+
+OPENGL_PACKAGES = "libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri"  # Debian: MuJoCo's off-screen rendering by EGL
+
+
+def opengl_error(err: Exception) -> Exception:
+    """A ConfigError (one line) for an error of MuJoCo's OpenGL backend; other errors unchanged."""
+    if "gl" not in str(err).lower():
+        return err
+    return ConfigError(f"MuJoCo found no usable OpenGL for MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r} "
+                       f"({type(err).__name__}: {str(err).splitlines()[0][:120]}): rendering headless needs "
+                       f"MUJOCO_GL=egl and the system libraries {OPENGL_PACKAGES} (or MUJOCO_GL=osmesa and libosmesa6)")
+
+
+def image_shape(space: gym.Space) -> tuple[int, int, int] | None:
+    """The shape of image observations (a uint8 Box of 3 dimensions: H x W x C as Gymnasium's
+    pixel wrappers give them, or C x H x W), None for anything else (state vectors)."""
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
+        return tuple(int(n) for n in space.shape)
+    return None
 
 
 def episode_limit(env: gym.Env) -> int | None:

@@ -12,12 +12,16 @@ true return is the "before" figure. Each round r = 1..R:
   4) cut the next round's pool of clips from those rollouts;
   5) evaluate on fresh episodes (deterministic policy, the same seeds every round): true return,
      learned return, correlation of learned and true per-step reward; the ensemble's held-out
-     accuracy; labels used -> one row of OUT/metrics.jsonl            -> checkpoint (round done)
+     accuracy; labels used -> one row of OUT/metrics.jsonl;
+  6) every `video_every` rounds and after the last: an mp4 of the first evaluation episode
+     (OUT/videos/round_NNN.mp4, video.py)                              -> checkpoint (round done)
 Every phase reseeds python / numpy / torch from (seed, round, phase) and resets the environments
 with seeds from the same, so a run resumed from either checkpoint makes the same labels and
-the same weights as an uninterrupted one. `--reward true` is the baseline: the same agent on the
-environment's own reward, same rounds and steps, no labels; `--baseline` runs it after the loop
-into OUT/baseline and prints both true returns at the same env steps.
+the same weights as an uninterrupted one (a video takes no random draws; a resumed run deletes
+the videos of rounds after its checkpoint and makes them again). `--reward true` is the
+baseline: the same agent on the environment's own reward, same rounds and steps, no labels;
+`--baseline` runs it after the loop into OUT/baseline and prints both true returns at the same
+env steps.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from alignloop.algorithms.fragment_losses import pearson
 from alignloop.config import ConfigError, save_config
 from alignloop.configs import ControlConfig
 from alignloop.control.clips import Clips, cut_clips, empty_clips
-from alignloop.control.envs import LearnedReward, clip_length, episode_limit, features, make_env
+from alignloop.control.envs import LearnedReward, clip_length, episode_limit, features, image_shape, make_env
 from alignloop.control.labeller import SyntheticLabeller
 from alignloop.control.queries import select_pairs
 from alignloop.control.reward_model import Pairs, RewardEnsemble, train_ensemble
+from alignloop.control.video import VIDEOS, fps, headless, make_render_env, policy_frames, video_path, write_mp4
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import CHECKPOINT, has_checkpoint, refuse_to_overwrite
 from alignloop.train.tracking import Tracker
@@ -101,15 +106,21 @@ def _agent_class(cfg: ControlConfig):
     return PPO if cfg.algo == "ppo" else SAC
 
 
+def _policy(env) -> str:
+    """stable-baselines3's policy: its CNN for images it can take (NatureCNN: 36 x 36 at least), else the MLP."""
+    shape = image_shape(env.observation_space)
+    return "CnnPolicy" if shape is not None and min(sorted(shape)[1:]) >= 36 else "MlpPolicy"
+
+
 def make_agent(cfg: ControlConfig, env):
     """A fresh stable-baselines3 agent on the vectorised `env` (CPU, seeded)."""
     common = dict(learning_rate=cfg.agent_learning_rate, gamma=cfg.gamma, batch_size=cfg.batch_size,
                   use_sde=cfg.use_sde, seed=cfg.seed, device="cpu", verbose=0)
     if cfg.algo == "ppo":
-        return _agent_class(cfg)("MlpPolicy", env, n_steps=cfg.n_steps, n_epochs=cfg.n_epochs,
+        return _agent_class(cfg)(_policy(env), env, n_steps=cfg.n_steps, n_epochs=cfg.n_epochs,
                                  gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
                                  **({"sde_sample_freq": 4} if cfg.use_sde else {}), **common)
-    return _agent_class(cfg)("MlpPolicy", env, learning_starts=cfg.learning_starts,
+    return _agent_class(cfg)(_policy(env), env, learning_starts=cfg.learning_starts,
                              buffer_size=max(cfg.total_steps, 1), **common)
 
 
@@ -160,6 +171,29 @@ def relabel_replay_buffer(agent, ensemble: RewardEnsemble, env) -> None:
     obs = buf.observations[:n].reshape(n * buf.n_envs, -1)
     acts = buf.actions[:n].reshape(n * buf.n_envs, -1)
     buf.rewards[:n] = ensemble.predict(features(env, obs, acts)).reshape(n, buf.n_envs)
+
+
+def wants_video(cfg: ControlConfig, round_: int) -> bool:
+    """Step 6: a video after rounds video_every, 2 x video_every, ... and after the last."""
+    return cfg.video_every > 0 and (round_ % cfg.video_every == 0 or round_ == cfg.rounds)
+
+
+def write_policy_video(cfg: ControlConfig, agent, out: Path, round_: int) -> Path:
+    """OUT/videos/round_NNN.mp4: the deterministic policy's episode from the first evaluation seed."""
+    env = make_render_env(cfg.env, cfg.env_options)
+    try:
+        frames, _ = policy_frames(env, agent, EVAL_SEED)
+        return write_mp4(frames, video_path(out, round_), fps(env))
+    finally:
+        env.close()
+
+
+def _drop_videos_from(out: Path, round_: int) -> None:
+    """Delete the videos of rounds >= round_ (made after the checkpoint a run resumes from) and
+    any half-written one."""
+    for path in sorted((out / VIDEOS).glob("*round_*.mp4")):
+        if path.name.startswith(".") or int(path.stem.split("_")[1]) >= round_:
+            path.unlink()
 
 
 # ---------------------------------------------------------------- state and checkpoints
@@ -322,6 +356,8 @@ def run_loop(cfg: ControlConfig) -> dict | None:
     refuse_to_overwrite(out, cfg.resume)
     torch.set_num_threads(cfg.threads)
     learned = cfg.reward == "learned"
+    if cfg.video_every:
+        headless()  # before the first environment: mujoco picks its OpenGL backend when it is imported
     probe = make_env(cfg.env, cfg.env_options)
     length = clip_length(probe, cfg.env, cfg.fragment_length, cfg.fragment_seconds)
     dim = features(probe, np.zeros((1, *probe.observation_space.shape)),
@@ -331,7 +367,8 @@ def run_loop(cfg: ControlConfig) -> dict | None:
     labeller = SyntheticLabeller(cfg.labeller_noise, cfg.labeller_temperature, cfg.equal_tolerance)
 
     torch.manual_seed(cfg.seed)
-    ensemble = RewardEnsemble(dim, cfg.ensemble, cfg.hidden) if learned else None
+    image = image_shape(probe.observation_space)  # a CNN reward model for image observations
+    ensemble = RewardEnsemble(dim, cfg.ensemble, cfg.hidden, image) if learned else None
     vec = make_vec_env(cfg, ensemble.predict if learned else None)
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(out, tensorboard=False)
@@ -339,10 +376,12 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         state, agent = load_checkpoint(out, cfg, vec, ensemble)
         tracker.resume_from(state.round - 1)
         _truncate_lines(out / "comparisons.jsonl", state.labels_used)
+        _drop_videos_from(out, state.round)
         console.print(f"resuming {out} at round {state.round}/{cfg.rounds} ({state.phase})")
     else:
         for stale in ("metrics.jsonl", "comparisons.jsonl", "result.json", "summary.json"):
             (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / VIDEOS, ignore_errors=True)
         state = LoopState(weight_decay=cfg.weight_decay, fragment_length=length)
         _reseed(cfg, 0, COLLECT)
         agent = make_agent(cfg, vec)
@@ -393,6 +432,9 @@ def run_loop(cfg: ControlConfig) -> dict | None:
             state.seconds = time.time() - t0
             row[M.ELAPSED_S] = round(state.seconds, 2)
             tracker.log(r, row)
+            # 6) the policy's video
+            if wants_video(cfg, r):
+                write_policy_video(cfg, agent, out, r)
             state.round, state.phase = r + 1, "start"
             save_checkpoint(out, state, agent, ensemble, cfg.algo)
             advance(1, true_return=row[M.TRUE_RETURN], labels=state.labels_used)
@@ -403,7 +445,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         (out / "reward").mkdir(exist_ok=True)
         torch.save(ensemble.state_dict(), out / "reward" / "ensemble.pt")
         (out / "reward" / "ensemble.json").write_text(json.dumps({"dim": dim, "members": cfg.ensemble,
-                                                                   "hidden": cfg.hidden}))
+                                                                   "hidden": cfg.hidden, "image": image}))
         state.clips.save(out / "clips.npz")
     rows = [m for m in _read(out / "metrics.jsonl")]
     result = {"env": cfg.env, "reward": cfg.reward, "algo": cfg.algo, "seed": cfg.seed, "fragment_length": length,
@@ -411,7 +453,8 @@ def run_loop(cfg: ControlConfig) -> dict | None:
               "labels": state.labels_used, "true_return_before": state.before,
               "true_return_after": rows[-1][M.TRUE_RETURN], "seconds": round(state.seconds, 1),
               "curve": [{"env_steps": m[M.ENV_STEPS], "labels": m[M.LABELS], "true_return": m[M.TRUE_RETURN]}
-                        for m in rows]}
+                        for m in rows],
+              "videos": [str(p.relative_to(out)) for p in sorted((out / VIDEOS).glob("round_*.mp4"))]}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if not cfg.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

@@ -1,8 +1,14 @@
-"""The reward ensemble of the control loop: E small MLPs r(o, a), trained by Bradley-Terry on
+"""The reward ensemble of the control loop: E small networks r(o, a), trained by Bradley-Terry on
 summed fragment rewards (`algorithms.fragment_losses`), each on its own bootstrap resample.
 
+Each member is an MLP for state-vector observations, or a small CNN for image observations
+(a uint8 Box H x W x C, `envs.image_shape`): a few convolutions (the paper's Atari net, smaller),
+the action joining after the convolutional trunk. Both read the same flat step features
+`(..., D)` (`envs.features`: the flat observation, then the flat or one-hot action).
+
 Training (`train_ensemble`, once per round, continuing from the previous round's weights):
-  1) inputs standardised by the mean / std of every step of the labelled clips;
+  1) inputs standardised on every step of the labelled clips: each feature by its own mean / std
+     (for images: the pixels by one mean / std over all of them, the action features by their own);
   2) each epoch: minibatches of training comparisons; member e's loss is the count-weighted mean
      of `fragment_preference_loss` over its bootstrap counts, plus weight_decay x |theta_e|^2;
   3) after each epoch the L2 coefficient is adapted (the paper's rule): doubled when the
@@ -13,6 +19,7 @@ Training (`train_ensemble`, once per round, continuing from the previous round's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,20 +29,83 @@ from torch import nn
 from alignloop.algorithms.fragment_losses import fragment_preference_loss, fragment_returns
 from alignloop.algorithms.reward_metrics import pairwise_accuracy
 
+CHUNK = 2048  # steps per forward pass of the CNN when no gradient is needed (bounds its activations' memory)
+
+
+def mlp(dim: int, hidden: int) -> nn.Sequential:
+    """D -> hidden -> hidden -> 1, leaky ReLUs."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
+                         nn.Linear(hidden, 1))
+
+
+class ConvReward(nn.Module):
+    """r(o, a) for image observations: `(..., P + A)` standardised features (P = H x W x C pixels,
+    then A action features) -> `(..., 1)`.
+
+        pixels (B, C, H, W) -> conv 5x5 /2 -> conv 3x3 /2 -> conv 3x3 /1 (16 channels, leaky ReLU)
+                            -> average-pooled to at most 8 x 8 -> flatten -> linear -> hidden
+        [hidden, action]    -> linear -> hidden -> linear -> 1
+    """
+
+    def __init__(self, image: tuple[int, int, int], actions: int, hidden: int, channels: int = 16):
+        super().__init__()
+        self.image = image
+        self.first = image[0] <= 4 < image[-1]  # C x H x W (else H x W x C)
+        c = image[0] if self.first else image[-1]
+        self.trunk = nn.Sequential(nn.Conv2d(c, channels, 5, stride=2, padding=2), nn.LeakyReLU(),
+                                   nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.LeakyReLU(),
+                                   nn.Conv2d(channels, channels, 3, stride=1, padding=1), nn.LeakyReLU())
+        with torch.no_grad():
+            h, w = self.trunk(torch.zeros(1, c, *self._hw())).shape[-2:]
+        self.pool = nn.AdaptiveAvgPool2d((min(h, 8), min(w, 8)))
+        self.embed = nn.Linear(channels * min(h, 8) * min(w, 8), hidden)
+        self.head = nn.Sequential(nn.LeakyReLU(), nn.Linear(hidden + actions, hidden), nn.LeakyReLU(),
+                                  nn.Linear(hidden, 1))
+
+    def _hw(self) -> tuple[int, int]:
+        return (self.image[1], self.image[2]) if self.first else (self.image[0], self.image[1])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, P + A)` -> `(B, 1)`."""
+        n = math.prod(self.image)
+        pixels = x[:, :n].reshape(-1, *self.image)
+        if not self.first:
+            pixels = pixels.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        z = self.embed(self.pool(self.trunk(pixels)).flatten(1))  # (B, hidden)
+        return self.head(torch.cat([z, x[:, n:]], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if torch.is_grad_enabled():
+            out = self._forward(flat)
+        else:
+            out = torch.cat([self._forward(c) for c in flat.split(CHUNK)]) if len(flat) else flat[:, :1]
+        return out.reshape(*x.shape[:-1], 1)
+
 
 class RewardEnsemble(nn.Module):
-    """E MLPs (D -> hidden -> hidden -> 1) with the input standardisation and the per-member
-    output normalisation as buffers (saved with the weights)."""
+    """E members (MLPs, or CNNs when `image` gives the observations' image shape) with the input
+    standardisation and the per-member output normalisation as buffers (saved with the weights)."""
 
-    def __init__(self, dim: int, members: int = 3, hidden: int = 64):
+    def __init__(self, dim: int, members: int = 3, hidden: int = 64, image: tuple[int, int, int] | None = None):
         super().__init__()
+        self.image = tuple(image) if image is not None else None
+        pixels = math.prod(self.image) if self.image else 0
         self.members = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
-                          nn.Linear(hidden, 1)) for _ in range(members))
+            ConvReward(self.image, dim - pixels, hidden) if self.image else mlp(dim, hidden) for _ in range(members))
         self.register_buffer("in_mean", torch.zeros(dim))
         self.register_buffer("in_std", torch.ones(dim))
         self.register_buffer("out_mean", torch.zeros(members))
         self.register_buffer("out_std", torch.ones(members))
+
+    def standardise_on(self, flat: torch.Tensor) -> None:
+        """Step 1: the input statistics from `(S, D)` features of every labelled step."""
+        mean, std = flat.mean(dim=0), flat.std(dim=0)
+        if self.image:  # one mean / std for all pixels: a pixel constant in the clips must not blow up later
+            n = math.prod(self.image)
+            mean[:n], std[:n] = flat[:, :n].mean(), flat[:, :n].std()
+        self.in_mean.copy_(mean)
+        self.in_std.copy_(std.clamp_min(1e-6))
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """`(..., D)` features -> `(..., E)` unnormalised rewards of each member."""
@@ -118,8 +188,7 @@ def train_ensemble(model: RewardEnsemble, clip_features: np.ndarray, pairs: Pair
     feats = torch.as_tensor(clip_features, dtype=torch.float32)  # (N, T, D)
     flat = feats.reshape(-1, feats.shape[-1])
     # 1) input standardisation on every labelled step
-    model.in_mean.copy_(flat.mean(dim=0))
-    model.in_std.copy_(flat.std(dim=0).clamp_min(1e-6))
+    model.standardise_on(flat)
     train = ~pairs.heldout
     a_all, b_all = torch.as_tensor(pairs.a[train]), torch.as_tensor(pairs.b[train])
     p_all = torch.as_tensor(pairs.p[train], dtype=torch.float32)

@@ -165,6 +165,7 @@ def test_the_ensemble_learns_a_planted_reward():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     env = LearnedReward(Planted(), seed=0)
+    env.action_space.seed(0)  # the random actions too: the same clips every run
     env.recording = True
     env.reset()
     for _ in range(3000):
@@ -259,9 +260,10 @@ def test_the_control_recipe_plans_without_torch(tmp_path):
         "from pathlib import Path",
         "from alignloop.recipe import load_recipe, plan",
         "recipe, path = load_recipe('control')",
-        "(step,) = plan(recipe, Path(sys.argv[1]), str(path))",
+        "step, report = plan(recipe, Path(sys.argv[1]), str(path))",
         "cfg = step.configs['control']",
-        "assert cfg.baseline and cfg.labels == 700 and str(cfg.out).endswith('control'), cfg",
+        "assert cfg.baseline and cfg.labels == 700 and cfg.video_every == 4 and str(cfg.out).endswith('control'), cfg",
+        "assert report.kind == 'report' and report.configs['report'].out.name == 'report.html'",
         "assert 'torch' not in sys.modules and 'gymnasium' not in sys.modules",
         "print('ok')"])
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT)
