@@ -5,7 +5,9 @@
 - `clips`: fragments of recorded episodes, with what replays them (episode seed + actions).
 - `queries`: which pairs to ask about: random, or the ensemble's highest disagreement.
 - `labeller`: the synthetic labeller (true return, Bradley-Terry temperature, random answers, "equal").
-- `reward_model`: the ensemble of MLPs r(o, a) (Bradley-Terry on fragment sums, adaptive L2).
+- `reward_model`: the ensemble r(o, a): MLPs, or small CNNs for image observations (Bradley-Terry on
+  fragment sums, adaptive L2).
+- `video`: mp4 files of the policy's episodes (`--video-every`) and of stored clips, rendered headless.
 - `loop`: the online loop (rounds, checkpoints, metrics) with a stable-baselines3 agent.
 - `cli`: the command (imports none of the above until it runs).
 """
