@@ -107,3 +107,34 @@ def proxy_gold_kl(points: list[dict], ppo_rows: list[dict] | None = None, gold_k
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return png(fig)
+
+
+def control_returns(rows: list[dict], baseline: list[dict] | None, agent: str = "PPO") -> str | None:
+    """The control loop's true return per round: against labels used (left; the true-reward
+    agent's return at the same round, i.e. the same env steps, beside it) and against env steps
+    (right). Rows as `alignloop control` logs them (eval/true_return, train/labels, train/env_steps)."""
+    learned = [r for r in rows if r.get(M.TRUE_RETURN) is not None]
+    if not learned:
+        return None
+    base = {r[M.ENV_STEPS]: r[M.TRUE_RETURN] for r in baseline or [] if r.get(M.TRUE_RETURN) is not None}
+    with_labels = any(r.get(M.LABELS) for r in learned)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2 if with_labels else 1, figsize=(10.5 if with_labels else 5.4, 3.4), squeeze=False)
+    panels = [(M.LABELS, "labels used")] if with_labels else []
+    for ax, (key, xlabel) in zip(axes.flat, [*panels, (M.ENV_STEPS, "agent env steps")]):
+        x = [r[key] for r in learned]
+        ax.plot(x, [r[M.TRUE_RETURN] for r in learned], marker="o", ms=3, lw=1.6,
+                label=f"{agent} on the {'learned' if with_labels else 'true'} reward")
+        pts = [(xi, base[r[M.ENV_STEPS]]) for xi, r in zip(x, learned) if r[M.ENV_STEPS] in base]
+        if pts:
+            ax.plot(*zip(*pts), marker="s", ms=3, lw=1.2, ls="--", label=f"{agent} on the true reward (same env steps)")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("true return (deterministic policy)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_title("True return against labels used" if with_labels else "True return", fontsize=10)
+    if with_labels:
+        axes.flat[1].set_title("True return against env steps", fontsize=10)
+    fig.tight_layout()
+    return png(fig)

@@ -8,16 +8,21 @@ It reads what the stages left in the run folder (DESIGN.md section 3) and never 
     RUN/reward/metrics.jsonl     reward-model loss, accuracy, calibration
     RUN/ppo/metrics.jsonl        PPO reward / KL / beta / entropy / length; ppo/samples.jsonl
     RUN/eval/eval.json           `alignloop evaluate --out RUN/eval`, with its samples files
+    RUN/control/                 `alignloop control`: metrics.jsonl, baseline/metrics.jsonl, videos/
 
-Each folder can be given explicitly (--sft, --quality, --reward, --ppo, --eval). A section
-whose inputs are missing says so. Plots are PNGs in data: URIs, the CSS is inline, and there
-is no script and no external link: the file opens in a browser with no network.
+Each folder can be given explicitly (--sft, --quality, --reward, --ppo, --eval, --control). A
+section whose inputs are missing says so; the control section appears only when the run has a
+control folder, and a run with nothing but a control stage shows that section alone. Plots are
+PNGs in data: URIs, the CSS is inline, and there is no script and no external link (the control
+section's videos are relative links to the mp4 files beside the report): the file opens in a
+browser with no network.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +34,8 @@ from alignloop.report_html import fmt, table
 
 SECTIONS = [("sft", "SFT"), ("quality", "Feedback quality"), ("reward", "Reward model"), ("ppo", "PPO"),
             ("eval", "Evaluation"), ("samples", "Samples before and after")]
+CONTROL = ("control", "Control task from preferences")  # shown when the run has a control stage
+LM_STAGES = ("sft", "quality", "reward", "ppo", "eval")
 
 
 def _img(b64: str | None, alt: str, note: str) -> str:
@@ -230,6 +237,68 @@ def _scores(record: dict) -> str:
     return f" <span class=scores>{html.escape(', '.join(shown))}</span>" if shown else ""
 
 
+def _read_if(path: Path, parse, default):
+    return parse(path.read_text(encoding="utf-8")) if path.exists() else default
+
+
+def section_control(folder: Path, page_dir: Path) -> str:
+    """`alignloop control`'s rounds: true return against labels used beside the true-reward
+    baseline at the same env steps (table and figure), and links to the policy videos."""
+    import yaml
+
+    rows = _metrics(folder)
+    if rows is None:
+        return _missing("control-loop metrics", folder / "metrics.jsonl")
+    cfg = _read_if(folder / "config.yaml", yaml.safe_load, {})
+    summary = _read_if(folder / "summary.json", json.loads, None) or _read_if(folder / "result.json", json.loads, None)
+    agent, learned = str(cfg.get("algo", "ppo")).upper(), cfg.get("reward", "learned") == "learned"
+    base_rows = _metrics(folder / "baseline") or []
+    base = {r[M.ENV_STEPS]: r.get(M.TRUE_RETURN) for r in base_rows if M.ENV_STEPS in r}
+    # 1) what ran
+    what = (f"a reward ensemble learned from {_last(rows, M.LABELS) or 0} synthetic comparisons of clips" if learned
+            else "the environment's true reward")
+    if summary is None:
+        done = f"not finished: {len(rows) - 1} of {cfg.get('rounds', '?')} rounds logged"
+    else:
+        done = f"finished in {summary['seconds']:.0f} s" + (
+            f" (the true-reward baseline {summary['baseline']['seconds']:.0f} s)" if summary.get("baseline") else "")
+    intro = (f"<p><code>{html.escape(str(cfg.get('env', '?')))}</code>: {agent} on {what}, {cfg.get('rounds', '?')} "
+             f"rounds, {_last(rows, M.ENV_STEPS) or 0:,} env steps; {done}. True return: the environment's own return "
+             f"of the deterministic policy (mean over evaluation episodes from fixed seeds: "
+             f"{cfg.get('eval_episodes', '?')}); round 0 is the untrained policy. Folder: "
+             f"<code>{html.escape(str(folder))}</code>.</p>")
+    # 2) one row per round, the true-reward agent's return at the same env steps beside it
+    head = ["round", "env steps", "labels used", f"true return, {agent} on the {'learned' if learned else 'true'} reward",
+            *([f"true return, {agent} on the true reward"] if base else []),
+            *(["learned vs true reward correlation", "held-out accuracy"] if learned else [])]
+    body = [[r["step"], r.get(M.ENV_STEPS), r.get(M.LABELS), r.get(M.TRUE_RETURN),
+             *([base.get(r.get(M.ENV_STEPS))] if base else []),
+             *([r.get(M.REWARD_CORRELATION), r.get(M.EVAL_ACCURACY)] if learned else [])] for r in rows]
+    # 3) the figure
+    note = ("True return per round. Left: against the labels used so far, with the true-reward agent's return after "
+            "the same env steps beside it (the paper's comparison: how much of the true-reward agent's return the "
+            "labels buy). Right: both against env steps." if learned else "True return per round against env steps.")
+    fig = figures.control_returns(rows, base_rows, agent)
+    return (intro + table(head, body) + _img(fig, "control true return", note)
+            + _videos(folder, page_dir, f"{agent} on the {'learned' if learned else 'true'} reward", agent))
+
+
+def _videos(folder: Path, page_dir: Path, who: str, agent: str) -> str:
+    """Links to OUT/videos/round_NNN.mp4 (and the baseline's), relative to the report's folder."""
+    parts = []
+    for sub, who in (("", who), ("baseline", f"{agent} on the true reward (baseline)")):
+        found = sorted((folder / sub / "videos").glob("round_*.mp4"))
+        if found:
+            links = ", ".join(f"<a href='{html.escape(os.path.relpath(v, page_dir))}'>round {int(v.stem[6:])}</a>"
+                              for v in found)
+            parts.append(f"<li>{who}: {links}</li>")
+    if not parts:
+        return ("<p class=meta>No policy videos (<code>video_every</code> was 0: "
+                "<code>alignloop control --video-every K</code> writes them).</p>")
+    return ("<h3>Policy videos</h3><p class=meta>One episode of the deterministic policy after each listed round "
+            "(the first evaluation episode's seed), mp4 files beside this report.</p><ul>" + "".join(parts) + "</ul>")
+
+
 # ---------------------------------------------------------------- the page
 
 STYLE = """
@@ -248,24 +317,41 @@ details pre{background:#f6f8fa;padding:.6em}
 """
 
 
+def report_path(cfg: ReportConfig) -> Path:
+    """Where the report goes: --out, else RUN/report.html."""
+    return Path(cfg.out) if cfg.out else (Path(cfg.run) if cfg.run else Path(".")) / "report.html"
+
+
+def shown_sections(folders: dict[str, Path | None]) -> list[tuple[str, str]]:
+    """The language-model sections, then the control section when its folder exists; only the
+    control section when the run has nothing else."""
+    control = folders["control"] is not None and folders["control"].is_dir()
+    if control and not any(folders[k] is not None and folders[k].exists() for k in LM_STAGES):
+        return [CONTROL]
+    return [*SECTIONS, *([CONTROL] if control else [])]
+
+
 def render(cfg: ReportConfig) -> str:
     run = Path(cfg.run) if cfg.run else None
 
     def stage(name: str, given: Path | None) -> Path | None:
         return Path(given) if given else (run / name if run else None)
 
-    folders = {k: stage(k, getattr(cfg, k)) for k in ("sft", "quality", "reward", "ppo", "eval")}
-    bodies = {"sft": section_sft(folders["sft"]), "quality": section_quality(folders["quality"]),
-              "reward": section_reward(folders["reward"]), "ppo": section_ppo(folders["ppo"], cfg.samples),
-              "eval": section_eval(folders["eval"], folders["ppo"]),
-              "samples": section_samples(folders["eval"], cfg.samples)}
+    folders = {k: stage(k, getattr(cfg, k)) for k in (*LM_STAGES, "control")}
+    shown = shown_sections(folders)
+    writers = {"sft": lambda: section_sft(folders["sft"]), "quality": lambda: section_quality(folders["quality"]),
+               "reward": lambda: section_reward(folders["reward"]), "ppo": lambda: section_ppo(folders["ppo"], cfg.samples),
+               "eval": lambda: section_eval(folders["eval"], folders["ppo"]),
+               "samples": lambda: section_samples(folders["eval"], cfg.samples),
+               "control": lambda: section_control(folders["control"], report_path(cfg).resolve().parent)}
+    bodies = {k: writers[k]() for k, _ in shown}
     title = cfg.title or f"alignloop run {run.resolve().name if run else ''}".strip()
     config = run / "config.yaml" if run else None
     recipe = (f"<details><summary>Run configuration ({html.escape(str(config))})</summary>"
               f"<pre>{html.escape(config.read_text(encoding='utf-8'))}</pre></details>"
               if config is not None and config.exists() else "")
-    nav = "".join(f"<a href='#{k}'>{t}</a>" for k, t in SECTIONS)
-    sections = "".join(f"<section id={k}><h2>{t}</h2>{bodies[k]}</section>" for k, t in SECTIONS)
+    nav = "".join(f"<a href='#{k}'>{t}</a>" for k, t in shown)
+    sections = "".join(f"<section id={k}><h2>{t}</h2>{bodies[k]}</section>" for k, t in shown)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
@@ -278,11 +364,11 @@ def run_report(cfg: ReportConfig) -> Path:
     from alignloop.data.io import atomic_path
     from alignloop.progress import console
 
-    if cfg.run is None and not any(getattr(cfg, k) for k in ("sft", "quality", "reward", "ppo", "eval")):
+    if cfg.run is None and not any(getattr(cfg, k) for k in (*LM_STAGES, "control")):
         raise ConfigError("give the run folder (alignloop report RUN) or stage folders (--sft, --ppo, ...)")
     if cfg.run is not None and not Path(cfg.run).is_dir():
         raise FileNotFoundError(f"{cfg.run}: no such run folder")
-    out = Path(cfg.out) if cfg.out else (Path(cfg.run) if cfg.run else Path(".")) / "report.html"
+    out = report_path(cfg)
     page = render(cfg)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -292,4 +378,5 @@ def run_report(cfg: ReportConfig) -> Path:
 
 command = config_command(ReportConfig, run_report, "report", positional=("run",),
                          help="Write one self-contained HTML report of a run folder: SFT, feedback quality, reward "
-                              "model, PPO curves, evaluation, samples before/after (opens with no network).")
+                              "model, PPO curves, evaluation, samples before/after, and a control stage's true return "
+                              "against labels with its videos (opens with no network).")
