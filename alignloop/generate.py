@@ -33,12 +33,12 @@ def sample_records(model, tokenizer, records, sampling, model_name: str, show_pr
 
 
 def run_generate(cfg: GenerateConfig) -> Path:
-    from alignloop.data.io import read_records, write_records
+    from alignloop.data.io import read_sources, write_records
     from alignloop.data.records import PromptRecord
     from alignloop.models.generation import Sampling
     from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device
 
-    records = read_records(cfg.prompts, PromptRecord)[: cfg.limit]
+    records = read_sources(cfg.prompts, PromptRecord)[: cfg.limit]
     device = pick_device(cfg.device)
     model = load_causal_lm(cfg.model, cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.model)

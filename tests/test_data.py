@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alignloop.data.io import DataError, read_records, to_dataset, write_jsonl, write_records
+from alignloop.data.io import DataError, read_records, read_sources, to_dataset, write_jsonl, write_records
 from alignloop.data.records import Comparison, Demonstration, PromptRecord, Samples
 
 
@@ -95,3 +95,16 @@ def test_writes_are_atomic(tmp_path):
         write_jsonl(out, rows())
     assert out.read_text() == '{"prompt": "old"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_several_sources_joined_with_commas_are_read_in_order(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(a, [{"prompt": "one"}, {"prompt": "two"}])
+    write_jsonl(b, [{"prompt": "three"}])
+    assert [r.prompt for r in read_sources(f"{a},{b}", PromptRecord)] == ["one", "two", "three"]
+    assert [r.prompt for r in read_sources(a, PromptRecord)] == ["one", "two"]
+    odd = tmp_path / "x,y.jsonl"  # a file whose name has a comma is one source
+    write_jsonl(odd, [{"prompt": "four"}])
+    assert [r.prompt for r in read_sources(odd, PromptRecord)] == ["four"]
+    with pytest.raises(DataError, match="missing.jsonl: no such file"):
+        read_sources(f"{a},{tmp_path / 'missing.jsonl'}", PromptRecord)

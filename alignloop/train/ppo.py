@@ -44,7 +44,7 @@ from alignloop.algorithms.masked import masked_mean, masked_whiten
 from alignloop.algorithms.ppo_losses import explained_variance, k3_loss_term, policy_loss, value_loss
 from alignloop.config import ConfigError, config_command
 from alignloop.configs import PPOConfig
-from alignloop.data.io import append_jsonl, read_records
+from alignloop.data.io import append_jsonl, read_sources
 from alignloop.data.records import PromptRecord
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
@@ -363,7 +363,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     accelerator = make_accelerator(cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)
-    prompts = read_records(cfg.prompts, PromptRecord)
+    prompts = read_sources(cfg.prompts, PromptRecord)
     tokenizer, policy, reference, rewards = load_models(cfg, accelerator.device)
     optimizer, scheduler = make_optimizer(policy, cfg, cfg.iterations * cfg.ppo_epochs * cfg.minibatches)
     model, optimizer = accelerator.prepare(policy, optimizer)
