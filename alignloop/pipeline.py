@@ -24,7 +24,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 import click
 import yaml
@@ -107,11 +109,24 @@ def _relative(value: Any, run: str) -> Any:
     return value
 
 
+def _is_choice(annotation: Any) -> bool:
+    """A Literal type (or a Literal | None): the field holds one of fixed words, never a path."""
+    if typing.get_origin(annotation) is Literal:
+        return True
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return bool(args) and all(_is_choice(a) or a is type(None) for a in args)
+
+
 def fingerprint(step: Step, before: str, run: Path) -> str:
     configs = {k: {f: _relative(v, str(run)) for f, v in c.model_dump(mode="json").items() if f not in NOT_FINGERPRINTED}
                for k, c in step.configs.items()}
+    # Files read from outside RUN join the hash; a choice field's word is not a file, even where a
+    # folder of that name is in the working directory (`format: alignloop` beside the source tree
+    # hashed the whole package, so any code edit re-ran the quality stage of every copied run).
+    choices = {k: {f for f, info in type(c).model_fields.items() if _is_choice(info.annotation)}
+               for k, c in step.configs.items()}
     inputs: dict[str, str] = {}
-    _external_inputs(configs, run, inputs)
+    _external_inputs({k: {f: v for f, v in cfg.items() if f not in choices[k]} for k, cfg in configs.items()}, run, inputs)
     blob = json.dumps({"stage": step.kind, "configs": configs, "inputs": inputs, "before": before}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

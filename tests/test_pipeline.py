@@ -17,7 +17,7 @@ from alignloop.config import ConfigError, StageConfig
 from alignloop.evaluate.report import SECTIONS
 from alignloop.pipeline import fingerprint, read_state, run_recipe
 from alignloop.recipe import find_recipe, load_recipe, plan, shipped_recipes
-from alignloop.stages import STAGES, Stage
+from alignloop.stages import STAGES, Stage, Step
 
 # the shipped quickstart, shrunk for the tiny model (every number is a recipe field)
 SMALL = ["sft.max_length=64", "generate.limit=16", "generate.max_new_tokens=10", "quality.report.n_boot=0",
@@ -365,3 +365,22 @@ def test_quickstart_passes_its_seed_and_model_to_the_recipe(monkeypatch, tmp_pat
     run_quickstart(QuickstartConfig(out=tmp_path / "q", seed=2, model="m"))
     assert seen == {"recipe": "quickstart", "overrides": ["model=m", "seed=2"]}
     assert load_recipe("quickstart", ["seed=2"])[0].seed == 2
+
+
+def test_a_choice_that_names_a_folder_in_the_working_directory_is_not_an_input(tmp_path, monkeypatch):
+    """`format: alignloop` (a Literal field) beside a folder named alignloop (the source tree, for
+    one): editing that folder must not change the fingerprint, while a path field's file does."""
+    from alignloop.quality.cli import ConsensusConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alignloop").mkdir()
+    (tmp_path / "alignloop" / "code.py").write_text("x = 1\n")
+    data = tmp_path / "labels.jsonl"
+    data.write_text("{}\n")
+    step = Step(index=0, kind="quality", name="quality", round=1, outputs=[],
+                configs={"consensus": ConsensusConfig(data=data, out=tmp_path / "run" / "consensus.jsonl", format="alignloop")})
+    first = fingerprint(step, "", tmp_path / "run")
+    (tmp_path / "alignloop" / "more.py").write_text("x = 2\n")  # a new file: the folder's own mtime changes
+    assert fingerprint(step, "", tmp_path / "run") == first
+    data.write_text("{}\n{}\n")
+    assert fingerprint(step, "", tmp_path / "run") != first
