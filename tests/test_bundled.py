@@ -28,3 +28,19 @@ def test_bundled_model_is_cached_and_generates(monkeypatch):
     g = generate(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
                  Sampling(num_samples=1, temperature=0, max_new_tokens=24))
     assert "Paris" in g.texts[0] and g.finished[0]
+
+
+def test_converting_the_gguf_leaves_the_global_rng_alone(tmp_path):
+    """A stage seeds, then loads its model; on first use that converts the GGUF, whose fresh
+    model draws random initial weights. The RNG must come back as it was, or the first run's
+    LoRA adapters start elsewhere than every later run's (the model then cached)."""
+    import torch
+
+    from alignloop.models.registry import BUNDLED, _bundled_gguf, convert_gguf
+
+    name = "smollm2-135m-instruct"
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    convert_gguf(_bundled_gguf(BUNDLED[name], name), tmp_path / name)
+    assert (tmp_path / name / "model.safetensors").exists()
+    assert torch.equal(torch.get_rng_state(), before), "the conversion moved torch's global RNG"

@@ -52,7 +52,17 @@ def convert_gguf(gguf_path: Path, out: Path) -> Path:
 
     A GGUF-loaded model carries a `quantization_config` that makes `save_pretrained` refuse,
     so we build a fresh model from the config without it and load the state dict.
+    Building it draws random initial weights from torch's global RNG; that state is restored
+    afterwards, so a stage that converts on first use (after seeding) initialises its LoRA
+    adapters exactly as a later run that finds the folder cached.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _convert_gguf(gguf_path, out)
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
