@@ -83,12 +83,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated Gymnasium ids")
     ap.add_argument("--labels", default=None, help="comma-separated label budgets (default 700,1400; --quick 700)")
+    ap.add_argument("--systems", default="true,alignloop,imitation",
+                    help="comma-separated: true (PPO on the true reward), alignloop, imitation")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "control_pbrl")
     args = ap.parse_args()
+    systems = set(args.systems.split(","))
+    if not systems <= {"true", "alignloop", "imitation"}:
+        ap.error(f"--systems {args.systems}: each one of true, alignloop, imitation")
     budgets = [int(x) for x in (args.labels or ("700" if args.quick else "700,1400")).split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    imitation_python = ensure_imitation_venv()
+    imitation_python = ensure_imitation_venv() if "imitation" in systems else None
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"CPU: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
@@ -110,6 +115,7 @@ def main() -> None:
                         "agent": dict(AGENT)}
                 jobs.append(("imitation 1.0.1", n, [str(imitation_python), str(ROOT / "benchmarks" / "control_pbrl_imitation.py"),
                                                     json.dumps(spec)]))
+            jobs = [j for j in jobs if {"PPO, true reward": "true", "alignloop": "alignloop"}.get(j[0], "imitation") in systems]
             for name, n, cmd in jobs:
                 log = args.out / f"{task}-s{seed}-{name.split()[0].replace(',', '')}-{n or 0}.log"
                 row = {"task": task, "seed": seed, "system": name, "labels": n or 0, **run(cmd, log)}

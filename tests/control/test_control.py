@@ -20,7 +20,8 @@ from alignloop.control.envs import LearnedReward, Trajectory, clip_length, featu
 from alignloop.control.labeller import SyntheticLabeller
 from alignloop.control.loop import label_schedule, run_control, steps_per_round
 from alignloop.control.queries import most_disagreed, select_pairs
-from alignloop.control.reward_model import Pairs, RewardEnsemble, train_ensemble
+from alignloop.control.reward_model import RewardEnsemble, train_ensemble
+from tests.control.planted import labelled_random_clips
 from alignloop.data.records import Comparison
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,20 +166,8 @@ def test_the_ensemble_learns_a_planted_reward():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     env = LearnedReward(Planted(), seed=0)
-    env.action_space.seed(0)  # the random actions too: the same clips every run
-    env.recording = True
-    env.reset()
-    for _ in range(3000):
-        env.step(env.action_space.sample())
-    clips = cut_clips(env.take_trajectories(), 10, 600, rng, round_=1)
-    lab = SyntheticLabeller(noise=0.1)
-    pairs = np.arange(600).reshape(300, 2)
-    p = np.array([lab.answer(clips.true_returns[i], clips.true_returns[j], rng)[0] for i, j in pairs])
-    labelled = Pairs(a=pairs[:, 0], b=pairs[:, 1], p=p.astype(np.float32), heldout=rng.random(300) < 0.2)
-    feats = features(env, clips.obs.reshape(-1, 3), clips.actions.reshape(-1, 1)).reshape(600, 10, -1)
+    labelled, feats, counts = labelled_random_clips(env, 3000, rng)
     model = RewardEnsemble(feats.shape[-1], members=3, hidden=32)
-    n_train = int((~labelled.heldout).sum())
-    counts = np.stack([np.bincount(rng.integers(0, n_train, n_train), minlength=n_train) for _ in range(3)])
     stats = train_ensemble(model, feats, labelled, counts, 1e-3, epochs=40, batch_size=32, lr=3e-3,
                            random_share=0.1, generator=torch.Generator().manual_seed(0))
     o = rng.uniform(-1, 1, (2000, 3)).astype(np.float32)

@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from alignloop.configs import ControlConfig
-from alignloop.control.clips import cut_clips
 from alignloop.control.envs import LearnedReward, features, image_shape
-from alignloop.control.labeller import SyntheticLabeller
 from alignloop.control.loop import run_control
-from alignloop.control.reward_model import ConvReward, Pairs, RewardEnsemble, train_ensemble
+from alignloop.control.reward_model import ConvReward, RewardEnsemble, train_ensemble
+from tests.control.planted import labelled_random_clips
 
 SIZE = 12  # pixels a side
 
@@ -82,21 +81,8 @@ def test_the_cnn_ensemble_learns_a_planted_image_reward():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     env = LearnedReward(Quadrants(), seed=0)
-    env.action_space.seed(0)
-    env.recording = True
-    env.reset()
-    for _ in range(2000):
-        env.step(env.action_space.sample())
-    clips = cut_clips(env.take_trajectories(), 10, 600, rng, round_=1)
-    lab = SyntheticLabeller(noise=0.1)
-    pairs = np.arange(600).reshape(300, 2)
-    p = np.array([lab.answer(clips.true_returns[i], clips.true_returns[j], rng)[0] for i, j in pairs])
-    labelled = Pairs(a=pairs[:, 0], b=pairs[:, 1], p=p.astype(np.float32), heldout=rng.random(300) < 0.2)
-    d = clips.obs.shape[-1]
-    feats = features(env, clips.obs.reshape(-1, d), clips.actions.reshape(-1, 1)).reshape(600, 10, -1)
+    labelled, feats, counts = labelled_random_clips(env, 2000, rng)
     model = RewardEnsemble(feats.shape[-1], members=3, hidden=32, image=image_shape(env.observation_space))
-    n_train = int((~labelled.heldout).sum())
-    counts = np.stack([np.bincount(rng.integers(0, n_train, n_train), minlength=n_train) for _ in range(3)])
     stats = train_ensemble(model, feats, labelled, counts, 1e-3, epochs=20, batch_size=32, lr=3e-3,
                            random_share=0.1, generator=torch.Generator().manual_seed(0))
     levels = rng.integers(0, 256, (2000, 4))  # fresh images
