@@ -113,7 +113,7 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions):
     """`alignloop ppo`: PPO against reward sources with a KL penalty to the initial policy."""
 
     reward: str = Field(..., description="Reward sources, comma-separated, each optionally WEIGHT*: a reward-model folder, rule:module:function, judge:MODEL.")
-    prompts: str = Field(..., description="Training prompts (.jsonl / .parquet / datasets folder); several joined with "
+    prompts: Path = Field(..., description="Training prompts (.jsonl / .parquet / datasets folder); several joined with "
                                           "commas are read in order.")
     out: Path = Field(..., description="Output folder: the policy (adapter or full), config, metrics, samples.")
     model: str = Field(DEFAULT_MODEL, description="The model to train, also the frozen reference of the KL penalty: "
@@ -217,7 +217,7 @@ class GenerateConfig(StageConfig):
     """`alignloop generate`: K responses per prompt, written as samples records."""
 
     model: str = Field(DEFAULT_MODEL, description="Model: registry name, local folder (full model or adapter) or HF id.")
-    prompts: str = Field(..., description="Prompts file (.jsonl / .parquet / datasets folder) with 'prompt' or 'messages'; "
+    prompts: Path = Field(..., description="Prompts file (.jsonl / .parquet / datasets folder) with 'prompt' or 'messages'; "
                                           "several joined with commas are read in order.")
     out: Path = Field(..., description="Output samples file (.jsonl or .parquet).")
     num_samples: int = Field(4, ge=1, description="Responses sampled per prompt (K).")
