@@ -22,10 +22,10 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 import types
 import typing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import click
