@@ -286,12 +286,12 @@ def section_control(folder: Path, page_dir: Path) -> str:
 def _videos(folder: Path, page_dir: Path, who: str, agent: str) -> str:
     """Links to OUT/videos/round_NNN.mp4 (and the baseline's), relative to the report's folder."""
     parts = []
-    for sub, who in (("", who), ("baseline", f"{agent} on the true reward (baseline)")):
+    for sub, label in (("", who), ("baseline", f"{agent} on the true reward (baseline)")):
         found = sorted((folder / sub / "videos").glob("round_*.mp4"))
         if found:
             links = ", ".join(f"<a href='{html.escape(os.path.relpath(v, page_dir))}'>round {int(v.stem[6:])}</a>"
                               for v in found)
-            parts.append(f"<li>{who}: {links}</li>")
+            parts.append(f"<li>{label}: {links}</li>")
     if not parts:
         return ("<p class=meta>No policy videos (<code>video_every</code> was 0: "
                 "<code>alignloop control --video-every K</code> writes them).</p>")
