@@ -41,7 +41,8 @@ class LoraOptions(BaseModel):
 
     heading: ClassVar[str] = "Model and LoRA options"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype: auto = float32 on CPU, bfloat16 on a GPU that has it."
+        "auto", description="Weight dtype: auto = float32 on CPU, bfloat16 on a GPU that has it; a half type on a "
+                           "CPU without fast kernels for it (no AVX-512) is float32, with a notice."
     )
     lora: bool = Field(True, description="Train LoRA adapters (peft) instead of all weights.")
     lora_rank: int = Field(16, ge=1, description="LoRA rank r.")

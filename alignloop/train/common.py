@@ -47,12 +47,19 @@ def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int)
 def make_accelerator(mixed_precision: str = "no"):
     """A fresh Accelerator. Stages run one after another in one process (a recipe) may ask for
     different precisions, so the per-run part of Accelerate's global state is reset first; the
-    process group (PartialState) is kept."""
+    process group (PartialState) is kept. On a CPU without fast kernels for the asked half type
+    (no AVX-512: `cpu_has_fast_half`) training runs in float32, with a notice."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from alignloop.models.loading import cpu_half_or_float32
+
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    on_cpu = not torch.cuda.is_available()
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if on_cpu and half is not None and cpu_half_or_float32(half) is torch.float32:
+        mixed_precision = "no"  # autocast to a half type without fast kernels: ~60x slower matmuls
+    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
