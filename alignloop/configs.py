@@ -45,7 +45,8 @@ class OptimOptions(BaseModel):
         "cosine", description="LR decay after warm-up: cosine (to 10% of the peak), linear (to 0) or constant.")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this value.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16.")
+        "no", description="Autocast precision (fp32 master weights): no | bf16 | fp16. On a CPU without fast kernels "
+                    "for the half type (no AVX-512) it runs in float32, with a notice: there they are ~60x slower.")
 
 
 class StepRunOptions(BaseModel):
@@ -359,7 +360,8 @@ class EvaluateConfig(StageConfig):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16: the models' weights (log-probs for the KL).")
     sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto (as --dtype) | float32 | bfloat16 | float16: a copy in this dtype samples the "
-                            "responses (bfloat16 is about 2x faster on CPU); the KL log-probs still use --dtype.")
+                            "responses (bfloat16 is about 2x faster on a CPU with AVX-512; without it, float32 is used, with a notice); "
+                            "the KL log-probs still use --dtype.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 
