@@ -1,6 +1,6 @@
 """The human-feedback stage of a recipe (`feedback: {kind: human}`): a campaign in the run's
-feedback database, and the run paused (`Paused`) until every item has its raters; then the
-campaign's judgments are exported as the stage's comparisons. Torch-free."""
+feedback database, and the run paused (`Paused`, feedback/waiting.py) until every item has its
+raters; then the campaign's judgments are exported as the stage's comparisons. Torch-free."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from alignloop.feedback.waiting import Paused, waiting_message
 
-class Paused(Exception):
-    """Human feedback is not complete: the message says where raters go and how to go on."""
+__all__ = ["Paused", "run_campaign"]
 
 
 def run_campaign(cfg, name: str, out: Path, command: str) -> None:
@@ -35,15 +35,7 @@ def run_campaign(cfg, name: str, out: Path, command: str) -> None:
                                                  gold_rate=cfg.gold_rate, seed=cfg.seed)
             summary = next(x for x in reports.campaign_summaries(s) if x["id"] == campaign.id)
             if summary["complete_items"] < summary["items"]:
-                db = cfg.db
-                raise Paused(
-                    f"waiting for {summary['expected'] - summary['judgments']} judgments: campaign {name!r} "
-                    f"({summary['items']} items, {summary['raters_per_item']} raters each; "
-                    f"{summary['complete_items']} items complete) in {db}\n"
-                    f"  add raters:   alignloop feedback add-rater NAME --db {db}   (prints a one-time login link)\n"
-                    f"  serve:        alignloop serve --db {db} --host 0.0.0.0 --port 8000\n"
-                    f"  progress:     alignloop feedback status --db {db}\n"
-                    f"  then go on:   {command}   (continues once the campaign is complete)")
+                raise Paused(waiting_message(summary, cfg.db, command))
             records = reports.export_records(s, [campaign.id])
     finally:
         engine.dispose()

@@ -450,9 +450,31 @@ class ControlConfig(StageConfig):
                              "episode's seed) to out/videos/round_NNN.mp4 every this many rounds and after the last "
                              "(0: none). Needs imageio-ffmpeg (the control extra); MuJoCo renders headless with "
                              "MUJOCO_GL=egl unless it is set.")
+    feedback: Literal["synthetic", "human", "mixed"] = Field(
+        "synthetic", description="Who labels the clips: the synthetic labeller; people (each round's queries become a "
+                                 "clips campaign in --feedback-db: the run prints where raters go, exits with status 3 "
+                                 "and goes on when the same command is run again after the campaign is complete); "
+                                 "or mixed: people get --human-share of each round's queries, the synthetic labeller "
+                                 "the rest (and any pair everybody answered can't tell). Each label records its source.")
+    feedback_db: str | None = Field(None, description="The feedback database of the people's campaigns: a SQLite path or "
+                                                      "a database URL (default: out/feedback.db).")
+    feedback_media: Path | None = Field(None, description="Folder of the clips' videos, served by `alignloop serve` "
+                                                          "(default: beside a SQLite --feedback-db, out/feedback-media/).")
+    human_share: float = Field(0.5, gt=0, le=1, description="mixed: share of each round's queries asked of people (the "
+                                                            "ones the ensemble disagrees on most).")
+    raters_per_item: int = Field(1, ge=1, le=100, description="human / mixed: raters per clip pair; a pair's label is "
+                                                              "their vote share (equal counts half, can't tell not at all).")
+    gold_pairs: int = Field(2, ge=0, description="human / mixed: gold pairs per round's campaign, for calibration: clips of "
+                                                 "the pool with a large true-return gap, the higher one the known answer.")
+    gold_rate: float = Field(0.2, ge=0, le=1, description="human / mixed: probability that a rater's next item is a "
+                                                          "gold pair (each rater sees each gold pair at most once).")
+    human_instructions: str = Field("", description="human / mixed: instructions shown to raters above the clips (say what "
+                                                    "the task is, e.g. 'swing the pendulum up and keep it upright').")
+    clip_video_size: int = Field(320, ge=16, le=1920, description="human / mixed: longest side of the clip videos in "
+                                                                  "pixels (larger frames are scaled down).")
     seed: int = Field(0, description="Random seed (environments, agent, clips, labels, reward models).")
     threads: int = Field(1, ge=1, description="torch threads (small MLPs: 1 is fastest).")
-    resume: bool = Field(False, description="Continue from out/checkpoint.")
+    resume: bool = Field(False, description="Continue from out/checkpoint (a run waiting for people goes on without it).")
     stop_at_round: int | None = Field(
         None, ge=1, description="Stop (with a checkpoint) in this round after its labels, before its reward model and "
                                 "agent training; --resume continues.")

@@ -89,6 +89,9 @@ LEARNED_RETURN = "eval/learned_return"  # the same episodes' return under the le
 REWARD_CORRELATION = "eval/reward_correlation"  # Pearson correlation of learned and true per-step reward on them
 ENV_STEPS = "train/env_steps"  # agent training steps so far
 LABELS = "train/labels"  # comparisons labelled so far
+HUMAN_LABELS = "train/human_labels"  # of those, labelled by people (--feedback human | mixed)
+HUMAN_SYNTHETIC_AGREEMENT = "eval/human_synthetic_agreement"  # people's majority vs the synthetic labeller, pairs so far
+HUMAN_TRUE_AGREEMENT = "eval/human_true_order_agreement"  # people's majority vs the higher true return, pairs so far
 WEIGHT_DECAY = "train/weight_decay"  # the reward ensemble's adapted L2 coefficient
 ELAPSED_S = "time/elapsed_s"  # seconds since the loop started
 

@@ -10,7 +10,9 @@ For each stage (recipe.py turns the recipe into steps with resolved configs):
      `--resume`, a stage left `running` with the same fingerprint continues from its checkpoint
      (the resumable stages of stages.py: sft, reward, ppo) or runs again (the others);
   4) human feedback makes a campaign in RUN/feedback.db and pauses the run until the
-     campaign is complete; running the recipe again re-checks it and goes on.
+     campaign is complete; running the recipe again re-checks it and goes on. A stage that
+     pauses itself for people (control with `feedback: human | mixed`) is marked `waiting`
+     and, unchanged, goes on from its checkpoint on the next run, its outputs kept.
 Fields that change how a stage runs but not what it makes (resume, stop_at_step,
 stop_at_iteration, stop_at_round, keep_checkpoint) are left out of the fingerprint.
 """
@@ -32,12 +34,12 @@ import click
 import yaml
 
 from alignloop import metric_names as M
-from alignloop.campaign import Paused
+from alignloop.feedback.waiting import EXIT_WAITING, Paused
 from alignloop.recipe import load_recipe, plan
 from alignloop.stages import STAGES, Context, Step, call
 
 NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "stop_at_round", "keep_checkpoint"}
-EXIT_WAITING, EXIT_STOPPED = 3, 4
+EXIT_STOPPED = 4  # EXIT_WAITING (3): paused for people (feedback/waiting.py)
 
 
 @dataclass
@@ -212,17 +214,21 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
             skipped.append(step.name)
             continue
         console.rule(f"[bold]{title}")
-        carry_on = resume and same and state.get("status") == "running" and STAGES[step.kind].resumable
+        # a stage that paused for people (unchanged) goes on from where it waits, outputs kept
+        waiting = same and state.get("status") == "waiting"
+        carry_on = waiting or (resume and same and state.get("status") == "running" and STAGES[step.kind].resumable)
         if same and state.get("status") == "running" and not resume:
             console.print(f"{step.name} was interrupted; it starts again (--resume continues from its checkpoint)")
         if not carry_on:
             _remove(step.outputs)
         t0 = time.time()
         _reset_peak_rss()
-        _write_state(run, step, status="waiting" if "human" in step.configs else "running", fingerprint=fp)
+        _write_state(run, step, status="waiting" if waiting or "human" in step.configs else "running", fingerprint=fp)
         try:
-            execute(step, Context(carry_on and _has_checkpoint(step), fp, recipe.name, command))
+            execute(step, Context(carry_on and STAGES[step.kind].resumable and _has_checkpoint(step), fp, recipe.name,
+                                  command))
         except Paused as err:
+            _write_state(run, step, status="waiting", fingerprint=fp)
             console.print(f"[bold yellow]run paused at {step.name}[/bold yellow]: {err}", soft_wrap=True, highlight=False)
             return RunResult("waiting", run, ran, skipped, str(err))
         except KeyboardInterrupt:

@@ -6,8 +6,9 @@ For clips a, b with true returns R_a, R_b (the environment's own reward, summed)
   3) else it prefers a with the Bradley-Terry probability s((R_a - R_b) / temperature)
      (temperature 0: always the higher return).
 Each answer is a comparison record like any other (data/records.py): `responses` are the two
-clip ids, `ranking` [0, 1], [1, 0] or [[0, 1]], `source: simulated`, so quality's agreement,
-bias and consensus tools read it unchanged.
+clip ids, `ranking` [0, 1], [1, 0] or [[0, 1]], `source: simulated`, `meta.kind: clips` (the
+ids' lengths are no response length), so quality's agreement, bias and consensus tools read
+it unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignloop.data.records import Comparison
+
+
+def question(task: str) -> str:
+    """The prompt of a clip comparison (the synthetic labeller's records and the people's campaign alike)."""
+    return f"{task}: which clip does the task better?"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class SyntheticLabeller:
         """One comparison record of clips id_a (responses[0]) and id_b."""
         p, random_answer = self.answer(return_a, return_b, rng)
         ranking = [[0, 1]] if p == 0.5 else ([0, 1] if p == 1.0 else [1, 0])
-        return Comparison(prompt=f"{task}: which clip does the task better?", responses=[id_a, id_b],
+        return Comparison(prompt=question(task), responses=[id_a, id_b],
                           ranking=ranking, rater=self.name, source="simulated",
-                          meta={**(meta or {}), "true_returns": [float(return_a), float(return_b)],
+                          meta={**(meta or {}), "kind": "clips", "true_returns": [float(return_a), float(return_b)],
                                 "random_answer": random_answer})

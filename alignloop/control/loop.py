@@ -5,7 +5,10 @@ Before round 1, the initial (random) policy's rollouts give the first pool of cl
 true return is the "before" figure. Each round r = 1..R:
   1) choose n_r pairs of clips from the pool (random, or where the ensemble disagrees most) and
      label them (the synthetic labeller; comparison records appended to OUT/comparisons.jsonl);
-     n_r follows the decaying label schedule (`label_schedule`)      -> checkpoint (mid-round)
+     n_r follows the decaying label schedule (`label_schedule`). With `--feedback human | mixed`
+     the people's pairs become a clips campaign (human.py) -> checkpoint (phase "asked"), and
+     the run waits (`Paused`, exit status 3) until it is complete; the same command again goes
+     on from that checkpoint                                         -> checkpoint (mid-round)
   2) retrain the reward ensemble on every label so far (reward_model.py)
   3) train the agent (stable-baselines3 PPO or SAC) for the round's env steps on the ensemble's
      normalised reward, through the `LearnedReward` wrapper, which records its rollouts;
@@ -43,12 +46,14 @@ from alignloop import metric_names as M
 from alignloop.algorithms.fragment_losses import pearson
 from alignloop.config import ConfigError, save_config
 from alignloop.configs import ControlConfig
+from alignloop.control import human
 from alignloop.control.clips import Clips, cut_clips, empty_clips
 from alignloop.control.envs import LearnedReward, clip_length, episode_limit, features, image_shape, make_env
 from alignloop.control.labeller import SyntheticLabeller
 from alignloop.control.queries import select_pairs
 from alignloop.control.reward_model import Pairs, RewardEnsemble, train_ensemble
 from alignloop.control.video import VIDEOS, fps, headless, make_render_env, policy_frames, video_path, write_mp4
+from alignloop.data.records import Comparison
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import CHECKPOINT, has_checkpoint, refuse_to_overwrite
 from alignloop.train.tracking import Tracker
@@ -215,6 +220,11 @@ class LoopState:
     pool: Clips = field(default_factory=empty_clips)  # candidates for the next labels
     clips: Clips = field(default_factory=empty_clips)  # every labelled clip
     pairs: dict = field(default_factory=lambda: {"a": [], "b": [], "p": [], "heldout": []})
+    asked: dict | None = None  # phase "asked": the round's human.Plan, waiting for its campaign
+    records: int | None = None  # lines of OUT/comparisons.jsonl (None: one per label, as before people)
+    synthetic_answers: int = 0  # lines of OUT/synthetic_answers.jsonl
+    human_labels: int = 0
+    campaigns: list = field(default_factory=list)  # the people's campaigns, one per round asked
 
     def pair_arrays(self) -> Pairs:
         return Pairs(a=np.asarray(self.pairs["a"], dtype=np.int64), b=np.asarray(self.pairs["b"], dtype=np.int64),
@@ -222,7 +232,7 @@ class LoopState:
 
 
 _SCALARS = ("round", "phase", "labels_used", "weight_decay", "env_steps", "collect_steps", "fragment_length", "before",
-            "seconds", "pairs")
+            "seconds", "pairs", "asked", "records", "synthetic_answers", "human_labels", "campaigns")
 
 
 def save_checkpoint(out: Path, state: LoopState, agent, ensemble: RewardEnsemble | None, algo: str) -> None:
@@ -266,36 +276,96 @@ def _truncate_lines(path: Path, keep: int) -> None:
 # ---------------------------------------------------------------- the phases
 
 
-def label_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
-                labeller: SyntheticLabeller, out: Path, round_: int) -> None:
-    """Step 1: choose `count` pairs of the pool, label them, keep their clips and append the records."""
+def choose_pairs(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
+                 rng: np.random.Generator) -> np.ndarray | None:
+    """Step 1: `(count, 2)` pool pairs to ask about, most disagreed first (None: nothing to ask)."""
     pool = state.pool
     if count == 0 or len(pool) < 2:
-        return
-    rng = _rng(cfg, round_, LABEL)
+        return None
     member_returns = None
     if cfg.queries == "disagreement" and state.labels_used > 0:  # an untrained ensemble's spread means nothing
         member_returns = ensemble.member_returns(_clip_features(env, pool))
-    chosen = select_pairs(cfg.queries, member_returns, len(pool), count, cfg.candidates, rng)
-    used = np.unique(chosen)
+    return select_pairs(cfg.queries, member_returns, len(pool), count, cfg.candidates, rng)
+
+
+def keep_labels(state: LoopState, labels: list[tuple[int, int, float, bool]]) -> None:
+    """Labelled pool pairs (a, b, p, heldout) into the state: their clips (each once) and pairs."""
+    pool = state.pool
+    used = np.unique(np.asarray([(a, b) for a, b, _, _ in labels], dtype=np.int64).reshape(-1, 2))
     offset = len(state.clips)
     where = {int(c): offset + k for k, c in enumerate(used)}
     state.clips = Clips.concat([state.clips, pool.take(used)])
-    returns = pool.true_returns
-    records = []
+    for a, b, p, heldout in labels:
+        for key, value in (("a", where[int(a)]), ("b", where[int(b)]), ("p", p), ("heldout", heldout)):
+            state.pairs[key].append(value)
+    state.labels_used += len(labels)
+
+
+def append_jsonl(path: Path, records: list[dict]) -> int:
+    """Append records in one write, flushed to disk; the number appended."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+        f.flush()
+        os.fsync(f.fileno())
+    return len(records)
+
+
+def label_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
+                labeller: SyntheticLabeller, out: Path, round_: int) -> None:
+    """Step 1: choose `count` pairs of the pool, label them, keep their clips and append the records."""
+    rng = _rng(cfg, round_, LABEL)
+    chosen = choose_pairs(cfg, state, ensemble, env, count, rng)
+    if chosen is None:
+        return
+    pool, returns = state.pool, state.pool.true_returns
+    records, labels = [], []
     for i, j in chosen:
         heldout = bool(rng.random() < cfg.heldout_fraction)
         rec = labeller.label(cfg.env, str(pool.ids[i]), str(pool.ids[j]), returns[i], returns[j], rng,
                              meta={"round": round_, "heldout": heldout})
-        p = 0.5 if len(rec.ranking) == 1 else float(rec.ranking[0] == 0)
-        for key, value in (("a", where[int(i)]), ("b", where[int(j)]), ("p", p), ("heldout", heldout)):
-            state.pairs[key].append(value)
+        labels.append((int(i), int(j), 0.5 if len(rec.ranking) == 1 else float(rec.ranking[0] == 0), heldout))
         records.append(rec.model_dump(mode="json", exclude_none=True))
-    with open(out / "comparisons.jsonl", "a", encoding="utf-8") as f:  # one write per round, flushed to disk
-        f.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
-        f.flush()
-        os.fsync(f.fileno())
-    state.labels_used += len(chosen)
+    keep_labels(state, labels)
+    n = append_jsonl(out / "comparisons.jsonl", records)
+    state.records = None if state.records is None else state.records + n
+
+
+def ask_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
+              labeller: SyntheticLabeller, round_: int) -> bool:
+    """Step 1 with people (human.py): plan the round's pairs and, if people get any, create their
+    campaign; True when there is a campaign to wait for (the plan is in `state.asked`)."""
+    rng = _rng(cfg, round_, LABEL)
+    chosen = choose_pairs(cfg, state, ensemble, env, count, rng)
+    if chosen is None:
+        return False
+    plan = human.plan_queries(cfg, state.pool, chosen, labeller, rng, round_)
+    if any(plan.human):
+        plan.campaign = human.ask_people(cfg, state.pool, plan, round_)
+        state.campaigns.append(plan.campaign)
+    state.asked = plan.to_json()
+    return plan.campaign is not None
+
+
+def collect_round(cfg: ControlConfig, state: LoopState, out: Path, round_: int) -> None:
+    """Step 1 with people, once their campaign is complete (else `Paused`): the round's labels
+    (people's vote shares, synthetic ones for the rest) into the state, their records appended."""
+    plan = human.Plan(**state.asked)
+    answers = human.collect_answers(cfg, plan.campaign) if plan.campaign else []
+    got = human.labels_of(cfg, plan, answers, round_)
+    if got.pairs:
+        keep_labels(state, got.pairs)
+    state.records = (state.labels_used - len(got.pairs) if state.records is None else state.records) + append_jsonl(
+        out / "comparisons.jsonl", got.records)
+    state.synthetic_answers += append_jsonl(out / human.SYNTHETIC_ANSWERS, got.synthetic_on_human)
+    state.human_labels += got.human_labels
+    state.asked = None
+
+
+def feedback_agreement(out: Path) -> dict:
+    """People against the synthetic labeller and the true-return order, on every pair so far (human.agreement)."""
+    people = [Comparison(**r) for r in _read_if(out / "comparisons.jsonl") if r.get("source") == "human"]
+    synthetic = [Comparison(**r) for r in _read_if(out / human.SYNTHETIC_ANSWERS)]
+    return human.agreement(people, synthetic)
 
 
 def _clip_features(env, clips: Clips) -> np.ndarray:
@@ -353,10 +423,12 @@ def evaluate(cfg: ControlConfig, agent, ensemble: RewardEnsemble | None, env) ->
 def run_loop(cfg: ControlConfig) -> dict | None:
     """The rounds of the module docstring into cfg.out; the result (None when stopped early)."""
     out = Path(cfg.out)
+    if waits_for_people(cfg):  # the same command again: go on where the run waits for its campaign
+        cfg = cfg.model_copy(update={"resume": True})
     refuse_to_overwrite(out, cfg.resume)
     torch.set_num_threads(cfg.threads)
     learned = cfg.reward == "learned"
-    if cfg.video_every:
+    if cfg.video_every or cfg.feedback != "synthetic":
         headless()  # before the first environment: mujoco picks its OpenGL backend when it is imported
     probe = make_env(cfg.env, cfg.env_options)
     length = clip_length(probe, cfg.env, cfg.fragment_length, cfg.fragment_seconds)
@@ -375,14 +447,16 @@ def run_loop(cfg: ControlConfig) -> dict | None:
     if cfg.resume and has_checkpoint(out):
         state, agent = load_checkpoint(out, cfg, vec, ensemble)
         tracker.resume_from(state.round - 1)
-        _truncate_lines(out / "comparisons.jsonl", state.labels_used)
+        _truncate_lines(out / "comparisons.jsonl", state.labels_used if state.records is None else state.records)
+        _truncate_lines(out / human.SYNTHETIC_ANSWERS, state.synthetic_answers)
         _drop_videos_from(out, state.round)
         console.print(f"resuming {out} at round {state.round}/{cfg.rounds} ({state.phase})")
     else:
-        for stale in ("metrics.jsonl", "comparisons.jsonl", "result.json", "summary.json"):
+        for stale in ("metrics.jsonl", "comparisons.jsonl", human.SYNTHETIC_ANSWERS, "result.json", "summary.json"):
             (out / stale).unlink(missing_ok=True)
         shutil.rmtree(out / VIDEOS, ignore_errors=True)
-        state = LoopState(weight_decay=cfg.weight_decay, fragment_length=length)
+        state = LoopState(weight_decay=cfg.weight_decay, fragment_length=length,
+                          records=None if cfg.feedback == "synthetic" else 0)
         _reseed(cfg, 0, COLLECT)
         agent = make_agent(cfg, vec)
         state.before = evaluate(cfg, agent, None, probe)[M.TRUE_RETURN]
@@ -399,9 +473,20 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         advance(state.round - 1)
         for r in range(state.round, cfg.rounds + 1):
             state.round = r
-            # 1) labels (mid-round checkpoint)
-            if learned and state.phase == "start":
-                label_round(cfg, state, ensemble, probe, schedule[r - 1], labeller, out, r)
+            # 1) labels (mid-round checkpoint): the synthetic labeller's, or people's (human.py): their
+            #    campaign (checkpoint, phase "asked"), waited for (Paused: exit status 3), their answers
+            if learned and state.phase in ("start", "asked"):
+                if state.phase == "start" and cfg.feedback == "synthetic":
+                    label_round(cfg, state, ensemble, probe, schedule[r - 1], labeller, out, r)
+                elif state.phase == "start" and ask_round(cfg, state, ensemble, probe, schedule[r - 1], labeller, r):
+                    state.phase = "asked"
+                    state.seconds = time.time() - t0
+                    save_checkpoint(out, state, agent, ensemble, cfg.algo)
+                if state.asked is not None:  # (a plan without people's pairs is labelled at once)
+                    if cfg.feedback == "synthetic":
+                        raise ConfigError(f"{out} waits for people's labels (campaign {state.asked['campaign']!r}): "
+                                          "run it with the --feedback it was started with")
+                    collect_round(cfg, state, out, r)  # Paused until the campaign is complete
                 state.phase = "labelled"
                 state.seconds = time.time() - t0
                 save_checkpoint(out, state, agent, ensemble, cfg.algo)
@@ -429,6 +514,11 @@ def run_loop(cfg: ControlConfig) -> dict | None:
             if stats is not None:
                 row.update({M.TRAIN_LOSS: stats.train_loss, M.EVAL_LOSS: stats.val_loss,
                             M.EVAL_ACCURACY: stats.val_accuracy, M.WEIGHT_DECAY: stats.weight_decay})
+            if learned and cfg.feedback != "synthetic":
+                agree = feedback_agreement(out)
+                row.update({M.HUMAN_LABELS: state.human_labels,
+                            M.HUMAN_SYNTHETIC_AGREEMENT: agree["synthetic"]["alignment"],
+                            M.HUMAN_TRUE_AGREEMENT: agree["true_order"]["alignment"]})
             state.seconds = time.time() - t0
             row[M.ELAPSED_S] = round(state.seconds, 2)
             tracker.log(r, row)
@@ -455,6 +545,10 @@ def run_loop(cfg: ControlConfig) -> dict | None:
               "curve": [{"env_steps": m[M.ENV_STEPS], "labels": m[M.LABELS], "true_return": m[M.TRUE_RETURN]}
                         for m in rows],
               "videos": [str(p.relative_to(out)) for p in sorted((out / VIDEOS).glob("round_*.mp4"))]}
+    if learned and cfg.feedback != "synthetic":
+        result["feedback"] = {"mode": cfg.feedback, "db": human.feedback_db(cfg), "campaigns": state.campaigns,
+                              "human_labels": state.human_labels, "synthetic_labels": state.labels_used - state.human_labels,
+                              "agreement": feedback_agreement(out)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if not cfg.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
@@ -474,6 +568,25 @@ def _cut(cfg: ControlConfig, trajectories: list, length: int, count: int, round_
 
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _read_if(path: Path) -> list[dict]:
+    return _read(path) if path.exists() else []
+
+
+def waits_for_people(cfg: ControlConfig) -> bool:
+    """OUT's checkpoint waits for a campaign of this very run (same options): go on from it. The
+    same folder waiting with other options is a ConfigError (its campaign asks other questions)."""
+    path = Path(cfg.out) / CHECKPOINT / "state.json"
+    if cfg.feedback == "synthetic" or cfg.reward != "learned" or not path.exists():
+        return False
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("phase") != "asked":
+        return False
+    if saved["asked"]["campaign"] != human.campaign_name(cfg, saved["round"]):
+        raise ConfigError(f"{cfg.out} waits for people on campaign {saved['asked']['campaign']!r}, asked with other "
+                          "options: run the same command again, or choose another --out")
+    return True
 
 
 def run_control(cfg: ControlConfig) -> dict | None:
@@ -500,9 +613,19 @@ def run_control(cfg: ControlConfig) -> dict | None:
 
 def print_summary(s: dict) -> None:
     what = f"{s['labels']} labels" if s["reward"] == "learned" else "true reward"
+    fb = s.get("feedback")
+    if fb:
+        what += f" ({fb['human_labels']} from people, {fb['synthetic_labels']} synthetic)"
     console.print(f"{s['env']}: true return before {s['true_return_before']:.1f} -> after {s['true_return_after']:.1f} "
                   f"({s['algo'].upper()} on the {s['reward']} reward, {what}, {s['env_steps']:,} env steps, "
                   f"{s['seconds']:.0f} s)", highlight=False, soft_wrap=True)
+    if fb:
+        for name, a in (("the synthetic labeller", fb["agreement"]["synthetic"]),
+                        ("the true-return order", fb["agreement"]["true_order"])):
+            share = "-" if a["alignment"] is None else f"{a['alignment']:.3f}"
+            console.print(f"people vs {name}: agreement {share} ({a['agree']} of {a['agree'] + a['disagree']} pairs both "
+                          f"decided; people tied {a['human_ties']}, it tied {a['ai_ties']})", highlight=False,
+                          soft_wrap=True)
     base = s.get("baseline")
     if base:
         console.print(f"{base['algo'].upper()} on the true reward at the same {base['env_steps']:,} env steps: "

@@ -1,4 +1,5 @@
-"""Videos of the control loop: mp4 files of the policy's episodes and of stored clips.
+"""Videos of the control loop: mp4 files of the policy's episodes and of stored clips (the
+clips people compare in a `clips` campaign: human.py).
 
 Frames come from the environment itself (`render_mode="rgb_array"`): classic-control tasks draw
 with pygame, MuJoCo tasks through OpenGL, which on a machine without a display needs an
@@ -6,12 +7,16 @@ off-screen backend, chosen when mujoco is first imported. `headless()` (called b
 it makes any environment, when it is to write videos) picks one unless the user has:
 MUJOCO_GL=egl (Mesa's EGL: the Debian packages `envs.OPENGL_PACKAGES`), and
 SDL_VIDEODRIVER=dummy for pygame. Files are encoded with imageio + imageio-ffmpeg (H.264, the ffmpeg binary ships in
-the imageio-ffmpeg wheel), written to a temporary name and renamed into place.
+the imageio-ffmpeg wheel; the index at the front, `+faststart`, so a browser starts playing before
+the whole file is in), written to a temporary name and renamed into place.
 
     policy_frames(env, agent, seed)              one deterministic episode from reset(seed)
     replay_frames(env, seed, actions, start)     a clip again: reset(seed), its episode's actions
     render_clip(env, clips, i, path)             clip i of a `Clips` batch as an mp4
     write_mp4(frames, path, fps)                 frames (T, H, W, 3) uint8 -> path
+    write_clip_video(frames, path, fps, side)    the same for people: at most `side` pixels on the
+                                                 longer side and MAX_CLIP_SECONDS long; H.264 mp4,
+                                                 else VP9 WebM where this ffmpeg has no libx264
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from alignloop.control.envs import make_env, opengl_error
 
 VIDEOS = "videos"  # OUT/videos/round_NNN.mp4
 EXTRA = "pip install -c requirements.lock -e '.[control]'"
+MAX_CLIP_SECONDS = 10.0  # a clip shown to people (the paper's are 1-2 s)
+H264, VP9 = ("libx264", ".mp4"), ("libvpx-vp9", ".webm")
+CLIP_CODECS = (H264, VP9)  # in order of preference: every browser plays H.264; VP9 WebM the fallback
 
 
 def headless() -> None:
@@ -106,9 +114,16 @@ def replay_frames(env: gym.Env, seed: int, actions: np.ndarray, start: int) -> l
     return frames
 
 
-def write_mp4(frames: list[np.ndarray], path: Path, rate: int) -> Path:
-    """`frames` (each `(H, W, 3)` uint8) as an H.264 mp4 at `rate` frames per second, written to a
-    temporary file and renamed to `path`."""
+def scaled_size(height: int, width: int, side: int | None) -> tuple[int, int] | None:
+    """(width, height), even, with the longer side `side`, for frames larger than that; None to keep them."""
+    if not side or max(height, width) <= side:
+        return None
+    f = side / max(height, width)
+    return max(2, round(width * f / 2) * 2), max(2, round(height * f / 2) * 2)
+
+
+def _encode(frames: list[np.ndarray], path: Path, rate: int, codec: str, side: int | None) -> Path:
+    """Encode into a temporary file beside `path`, then rename it to `path`."""
     try:
         import imageio.v2 as imageio
     except ImportError:
@@ -116,20 +131,54 @@ def write_mp4(frames: list[np.ndarray], path: Path, rate: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    size = scaled_size(*np.asarray(frames[0]).shape[:2], side)
+    params = ["-vf", f"scale={size[0]}:{size[1]}:flags=area"] if size else []
+    params += ["-movflags", "+faststart"] if path.suffix == ".mp4" else []
     try:  # macro_block_size 2: odd sizes grow by a pixel (yuv420p needs even ones), no other resizing
-        writer = imageio.get_writer(tmp, fps=rate, codec="libx264", quality=7, macro_block_size=2,
-                                    ffmpeg_log_level="error")
+        writer = imageio.get_writer(tmp, fps=rate, codec=codec, quality=7, macro_block_size=2,
+                                    ffmpeg_log_level="error", output_params=params)
     except (ImportError, RuntimeError, ValueError) as err:  # no imageio-ffmpeg (no ffmpeg binary, no backend)
         raise ConfigError(f"videos need imageio-ffmpeg ({str(err).splitlines()[0]}): {EXTRA}") from None
-    with writer:
-        for f in frames:
-            writer.append_data(f)
+    try:
+        with writer:
+            for f in frames:
+                writer.append_data(f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
 
 
-def render_clip(env: gym.Env, clips: Clips, index: int, path: Path) -> Path:
+def write_mp4(frames: list[np.ndarray], path: Path, rate: int) -> Path:
+    """`frames` (each `(H, W, 3)` uint8) as an H.264 mp4 at `rate` frames per second, written to a
+    temporary file and renamed to `path`."""
+    return _encode(frames, path, rate, H264[0], None)
+
+
+def write_clip_video(frames: list[np.ndarray], path: Path, rate: int, side: int | None,
+                     codecs: tuple[tuple[str, str], ...] = CLIP_CODECS) -> Path:
+    """A clip for people: `path` with the suffix of the first codec this ffmpeg encodes (H.264
+    .mp4, else VP9 .webm), at most `side` pixels on its longer side; a clip longer than
+    MAX_CLIP_SECONDS is a ConfigError. Returns the path written."""
+    seconds = len(frames) / rate
+    if seconds > MAX_CLIP_SECONDS:
+        raise ConfigError(f"a clip of {len(frames)} frames at {rate} frames/s lasts {seconds:.1f} s; clips shown to "
+                          f"people last at most {MAX_CLIP_SECONDS:g} s (a shorter --fragment-length)")
+    failures = []
+    for codec, suffix in codecs:
+        try:
+            return _encode(frames, Path(path).with_suffix(suffix), rate, codec, side)
+        except (OSError, RuntimeError) as err:  # this ffmpeg cannot encode `codec`: the next one
+            failures.append(f"{codec}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else type(err).__name__}")
+    raise ConfigError(f"no clip video could be encoded ({'; '.join(failures)}): {EXTRA}")
+
+
+def render_clip(env: gym.Env, clips: Clips, index: int, path: Path, side: int | None = None) -> Path:
     """Clip `index` of `clips` rendered again (from its episode seed and actions) into an mp4;
-    `env` must have render_mode="rgb_array" (`make_render_env`)."""
+    `env` must have render_mode="rgb_array" (`make_render_env`). With `side`, the video people
+    are shown (`write_clip_video`: bounded size and length; the path it returns may end .webm)."""
     frames = replay_frames(env, int(clips.seed[index]), clips.replay_actions[index], int(clips.start[index]))
+    if side is not None:
+        return write_clip_video(frames, path, fps(env), side)
     return write_mp4(frames, path, fps(env))

@@ -6,8 +6,11 @@ Authenticate with `Authorization: Bearer <api token>` (`alignloop feedback add-r
 
 Responses are listed in the order this rater is shown them; `position` is the index in that
 list, and a judgment names responses by position (ranking best first, a nested list for a
-tie). Send an `Idempotency-Key` header with a judgment: a retry with the same key returns
-the stored judgment (200) instead of storing a second one (201 for the first).
+tie). In a clips campaign each response is a clip whose video is at its `media_url` (position
+0 is shown on the left); answer with a ranking ([0, 1] left better, [1, 0] right better,
+[[0, 1]] equal) or with `"abstain": true` (can't tell). Send an `Idempotency-Key` header with
+a judgment: a retry with the same key returns the stored judgment (200) instead of storing a
+second one (201 for the first).
 """
 
 from __future__ import annotations
@@ -32,14 +35,16 @@ router = APIRouter(prefix="/api", tags=["feedback"])
 class ResponseOut(BaseModel):
     position: int = Field(description="Index in the list as shown to this rater (0 = first shown).")
     label: str = Field(description="Letter shown on the page (A, B, ...).")
-    text: str
+    text: str = Field(description="The response (clips: the clip's name).")
+    media_url: str | None = Field(None, description="clips: the clip's video (GET it with the same credentials; "
+                                                   "range requests are answered 206).")
 
 
 class AssignmentOut(BaseModel):
     assignment_id: int
     campaign_id: int
     campaign: str
-    kind: Literal["rank", "compare", "thumbs"]
+    kind: Literal["rank", "compare", "thumbs", "clips"]
     instructions: str
     messages: list[dict[str, str]] = Field(description="The prompt as chat messages (role, content).")
     responses: list[ResponseOut] = Field(description="In this rater's display order.")
@@ -73,6 +78,7 @@ class JudgmentIn(StrictIn):
                                            description="thumbs: per position 1 (good) or 0 (bad).")
     unsafe: list[StrictInt] = Field(default_factory=list, max_length=MAX_RESPONSES,
                                     description="Positions of responses flagged unsafe.")
+    abstain: StrictBool = Field(False, description="clips: can't tell (give no ranking); stored as an abstention.")
     comment: StrictStr = Field("", max_length=MAX_COMMENT)
 
 
@@ -84,6 +90,7 @@ class JudgmentOut(BaseModel):
     labels: list[int] | None = Field(description="Stored labels, in original response order.")
     display_order: list[int] = Field(description="display_order[position] = original index.")
     submitted_at: str
+    abstained: bool = Field(description="clips: the rater answered can't tell (ranking is null).")
 
 
 class CampaignOut(BaseModel):
@@ -101,6 +108,7 @@ class CampaignOut(BaseModel):
     skipped: int
     complete_items: int
     completion: float
+    abstained: int = Field(description="clips: judgments that answered can't tell.")
     per_rater: dict[str, int]
     created_at: str
 
@@ -122,10 +130,11 @@ class RaterOut(BaseModel):
 def assignment_json(a: store.AssignmentView) -> dict[str, Any]:
     """An assignment as `AssignmentOut` (built directly: the hot path skips pydantic's
     validation of what it built itself)."""
-    texts = a.item.responses
+    texts, media = a.item.responses, a.item.media
     return {"assignment_id": a.id, "campaign_id": a.campaign.id, "campaign": a.campaign.name,
             "kind": a.campaign.kind, "instructions": a.campaign.instructions, "messages": a.item.messages,
-            "responses": [{"position": p, "label": store.letter(p), "text": texts[o]}
+            "responses": [{"position": p, "label": store.letter(p), "text": texts[o],
+                           "media_url": f"/media/{media[o]}" if media else None}
                           for p, o in enumerate(a.display_order)],
             "status": a.status}
 
@@ -148,10 +157,11 @@ def post_judgment(assignment_id: IdPath, body: JudgmentIn,
                   idempotency_key: str | None = Header(None, max_length=MAX_KEY),
                   rater: Caller = Depends(api_rater), s: Session = DB):
     j, created = store.judge(s, rater.id, assignment_id, ranking=body.ranking, labels=body.labels,
-                             unsafe=body.unsafe, comment=body.comment, key=idempotency_key)
+                             unsafe=body.unsafe, comment=body.comment, key=idempotency_key, abstain=body.abstain)
     return JSONResponse({"judgment_id": j.id, "assignment_id": j.assignment_id, "created": created,
                          "ranking": j.ranking, "labels": j.labels, "display_order": j.display_order,
-                         "submitted_at": j.submitted_at.isoformat() + "Z"}, status_code=201 if created else 200)
+                         "submitted_at": j.submitted_at.isoformat() + "Z", "abstained": bool(j.abstained)},
+                        status_code=201 if created else 200)
 
 
 @router.post("/assignments/{assignment_id}/skip", response_model=AssignmentOut, summary="Give an item back")
@@ -182,7 +192,7 @@ async def _upload_form(request: Request, _admin: Caller = Depends(api_admin), s:
                      "samples": {"type": "string", "format": "binary", "description": "samples JSONL"},
                      "gold": {"type": "string", "format": "binary",
                               "description": "gold items: comparisons (rank/compare) or binary feedback (thumbs)"},
-                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["rank", "compare", "thumbs"]},
+                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["rank", "compare", "thumbs", "clips"]},
                      "raters_per_item": {"type": "integer", "default": 3, "minimum": 1, "maximum": MAX_RATERS_PER_ITEM},
                      "instructions": {"type": "string"},
                      "gold_rate": {"type": "number", "default": 0.1, "minimum": 0, "maximum": 1},

@@ -57,8 +57,10 @@ def _is_api_path(path: str) -> bool:
     return path.startswith("/api/") or path == "/api"
 
 
-def _headers_for(path: str) -> list[tuple[bytes, bytes]]:
-    if path == "/static" or path.startswith("/static/"):
+def _headers_for(path: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The security headers, and `no-store` unless the response is a static file or says how
+    it may be cached itself (a clip video: private, immutable)."""
+    if path == "/static" or path.startswith("/static/") or any(k.lower() == b"cache-control" for k, _ in headers):
         return SECURITY_HEADERS
     return [*SECURITY_HEADERS, (b"cache-control", b"no-store")]
 
@@ -94,7 +96,8 @@ class GuardMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), *_headers_for(path)]
+                headers = list(message.get("headers", []))
+                message["headers"] = [*headers, *_headers_for(path, headers)]
             await send(message)
 
         length = dict(scope["headers"]).get(b"content-length")
@@ -188,7 +191,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cookies: bool = False,
                gold_threshold: float = 0.75, base_url: str | None = None,
                default_base_url: str = DEFAULT_BASE_URL, session_hours: float = DEFAULT_SESSION_HOURS,
-               secret_key_file: Path | None = None, busy_timeout: float = BUSY_TIMEOUT_S) -> FastAPI:
+               secret_key_file: Path | None = None, busy_timeout: float = BUSY_TIMEOUT_S,
+               media: Path | None = None) -> FastAPI:
     """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
 
     `secure_cookies` marks the session cookie Secure (when served over HTTPS); `gold_threshold`
@@ -196,7 +200,8 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
     start with `base_url`, else the address the first admin was added with, else
     `default_base_url`. A session lasts `session_hours` from sign-in. The cookies are signed
     with `secret.session_key(secret_key_file)`. A request waits up to `busy_timeout` seconds
-    for the database's write lock, then answers 503."""
+    for the database's write lock, then answers 503. Clip videos are served from `media`,
+    else the folder beside a SQLite database (media.py)."""
     if not 0.5 < gold_threshold <= 1.0:
         raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
     if not 0 < session_hours <= 24 * 366:
@@ -218,6 +223,7 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
     state.base_url = check_base_url(base_url) if base_url else None
     state.default_base_url = check_base_url(default_base_url)
     state.session_lifetime_s = int(session_hours * 3600)
+    state.media_dir = store.media_dir(db, media)
 
     from alignloop.feedback.api import router as api_router
     from alignloop.feedback.pages import router as page_router

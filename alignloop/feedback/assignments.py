@@ -51,7 +51,8 @@ def view_of(a: Assignment) -> AssignmentView:
     c, i = a.campaign, a.item
     return AssignmentView(a.id, CampaignInfo(c.id, c.name, c.kind, c.instructions, c.raters_per_item, c.gold_rate,
                                              c.seed),
-                          ItemText(i.id, i.campaign_id, tuple(chat_messages(i.prompt)), tuple(i.responses), i.is_gold),
+                          ItemText(i.id, i.campaign_id, tuple(chat_messages(i.prompt)), tuple(i.responses), i.is_gold,
+                                   tuple(m.sha256 for m in i.media) if c.kind == "clips" else ()),
                           a.status, tuple(a.display_order))
 
 

@@ -26,8 +26,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alignloop.data.records import BinaryFeedback, Comparison, Samples
-from alignloop.feedback.db import KINDS, Campaign, Item, locked, writing
+from alignloop.feedback.db import KINDS, Campaign, Item, ItemMedia, locked, writing
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
+from alignloop.feedback.media import is_digest, missing_media
 from alignloop.feedback.limits import (MAX_CAMPAIGN_NAME, MAX_INSTRUCTIONS, MAX_PROMPT_CHARS, MAX_RATERS_PER_ITEM,
                                        MAX_RESPONSE_CHARS, MAX_RESPONSES, MAX_SEED, is_db_id)
 
@@ -42,6 +43,10 @@ def check_samples(record: Samples, kind: str, where: str) -> None:
     if kind == "compare" and k != 2:
         raise Invalid(f"{where}: field 'responses': a compare campaign needs exactly 2 responses, got {k} "
                       f"(use --kind rank for {k})")
+    if kind == "clips":
+        if k != 2:
+            raise Invalid(f"{where}: field 'responses': a clips campaign compares exactly 2 clips, got {k}")
+        clip_media(record, where)
     if kind == "rank" and k < 2:
         raise Invalid(f"{where}: field 'responses': a rank campaign needs at least 2 responses, got {k}")
     if k > MAX_RESPONSES:
@@ -53,6 +58,16 @@ def check_samples(record: Samples, kind: str, where: str) -> None:
             raise Invalid(f"{where}: field 'responses[{i}]': {len(r)} characters (at most {MAX_RESPONSE_CHARS})")
     if sum(len(m["content"]) for m in record.chat()) > MAX_PROMPT_CHARS:
         raise Invalid(f"{where}: field 'prompt': longer than {MAX_PROMPT_CHARS} characters")
+
+
+def clip_media(record: Samples | Comparison, where: str) -> list[str]:
+    """The digests of a clips record's two videos (`meta.media`, in the order of `responses`),
+    or Invalid. The videos are put in the media folder first (media.add_media)."""
+    media = record.meta.get("media")
+    if not isinstance(media, list) or len(media) != len(record.responses) or not all(map(is_digest, media)):
+        raise Invalid(f"{where}: field 'meta.media': give the sha256 of each clip's video in the media folder, "
+                      f"one per response (alignloop feedback create --kind clips reads meta.videos paths)")
+    return list(media)
 
 
 def check_campaign_settings(name: str, kind: str, raters_per_item: Any, gold_rate: Any, seed: Any,
@@ -83,6 +98,8 @@ def _item_rows(kind: str, samples: Sequence[Samples], gold: Sequence[Comparison 
         rows.append(dict(source_id=rec.id, prompt=rec.prompt_fields(), responses=list(rec.responses),
                          model=rec.model, sampling=rec.sampling, meta=rec.meta, is_gold=False, gold_answer=None,
                          open_slots=raters_per_item))
+        if kind == "clips":
+            rows[-1][MEDIA] = clip_media(rec, where[i] if where else f"record {i + 1}")
     for i, g in enumerate(gold):
         label = f"gold record {i + 1}"
         if kind == "thumbs":
@@ -93,10 +110,27 @@ def _item_rows(kind: str, samples: Sequence[Samples], gold: Sequence[Comparison 
             if not isinstance(g, Comparison) or g.ranking is None:
                 raise Invalid(f"{label}: a {kind} campaign takes comparison records with a ranking as gold")
             responses, answer = list(g.responses), [e if isinstance(e, int) else list(e) for e in g.ranking]
-        check_samples(Samples(**g.prompt_fields(), responses=responses), kind, label)
+        check_samples(Samples(**g.prompt_fields(), responses=responses, meta=g.meta), kind, label)
         rows.append(dict(source_id=g.id, prompt=g.prompt_fields(), responses=responses, model=None, sampling={},
                          meta=g.meta, is_gold=True, gold_answer=answer, open_slots=0))
+        if kind == "clips":
+            rows[-1][MEDIA] = clip_media(g, label)
     return rows
+
+
+MEDIA = "media"  # an item row's videos (clips): inserted into item_media, not into items
+
+
+def _insert_items(s: Session, campaign_id: int, batch: list[dict[str, Any]]) -> None:
+    """One batch of item rows; for clips also each item's videos (item_media), by the ids the
+    insert returned in the rows' order."""
+    rows = [{**{k: v for k, v in row.items() if k != MEDIA}, "campaign_id": campaign_id} for row in batch]
+    if not any(MEDIA in row for row in batch):
+        s.execute(insert(Item), rows)
+        return
+    ids = s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), rows).all()
+    s.execute(insert(ItemMedia), [{"item_id": item_id, "position": p, "sha256": digest}
+                                  for item_id, row in zip(ids, batch) for p, digest in enumerate(row[MEDIA])])
 
 
 def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -127,7 +161,9 @@ def create_campaign(
 ) -> Campaign:
     """A campaign with one item per samples record, plus gold items with known answers.
 
-    Gold items are Comparison records (rank, compare) or BinaryFeedback records (thumbs).
+    Gold items are Comparison records (rank, compare, clips) or BinaryFeedback records (thumbs).
+    A clips record's two responses name clips; its `meta.media` gives the digest of each
+    one's video, already in the media folder (media.add_media).
     `where[i]` names record i in error messages (file:line). Everything is checked before
     anything is written; the items then go in in short transactions while the campaign is
     hidden (`ready` false), and it appears whole at the end or, on an error, not at all. An
@@ -136,6 +172,11 @@ def create_campaign(
     if not samples:
         raise Invalid("samples: no records")
     rows = _item_rows(kind, samples, gold, raters_per_item, where)
+    if kind == "clips":
+        missing = missing_media(s, [d for row in rows for d in row[MEDIA]])
+        if missing:
+            raise Invalid(f"meta.media: {len(missing)} video(s) not in the media folder (e.g. {missing[0]}); add "
+                          "them first (alignloop feedback create --kind clips does, from meta.videos)")
     if find_campaign_id(s, name) is not None:
         raise Conflict(f"a campaign named {name!r} exists already")
     campaign_id = _start_campaign(s, Campaign(name=name, kind=kind, raters_per_item=raters_per_item,
@@ -144,7 +185,7 @@ def create_campaign(
     try:
         for batch in _batches(rows):
             with writing(s):
-                s.execute(insert(Item), [{**row, "campaign_id": campaign_id} for row in batch])
+                _insert_items(s, campaign_id, batch)
         with writing(s):
             done = s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.ready.is_(False))
                              .values(ready=True))
@@ -224,6 +265,7 @@ class ItemText:
     messages: tuple[dict[str, str], ...]
     responses: tuple[str, ...]
     is_gold: bool
+    media: tuple[str, ...] = ()  # clips: the digest of each response's video, in original order
 
 
 class _Cache:
@@ -240,8 +282,10 @@ _caches_lock = threading.Lock()
 C, I = Campaign.__table__, Item.__table__
 _CAMPAIGN = select(C.c.id, C.c.name, C.c.kind, C.c.instructions, C.c.raters_per_item, C.c.gold_rate, C.c.seed,
                    C.c.ready).where(C.c.id == bindparam("campaign"))
-_ITEM = (select(I.c.id, I.c.campaign_id, I.c.prompt, I.c.responses, I.c.is_gold, C.c.ready)
+_ITEM = (select(I.c.id, I.c.campaign_id, I.c.prompt, I.c.responses, I.c.is_gold, C.c.ready, C.c.kind)
          .join_from(I, C, C.c.id == I.c.campaign_id).where(I.c.id == bindparam("item")))
+IM = ItemMedia.__table__
+_ITEM_MEDIA = select(IM.c.sha256).where(IM.c.item_id == bindparam("item")).order_by(IM.c.position)
 
 
 def _cache(conn: Connection) -> _Cache:
@@ -283,7 +327,9 @@ def item_text(conn: Connection, item_id: int) -> ItemText | None:
     row = conn.execute(_ITEM, {"item": item_id}).one_or_none()
     if row is None or not row.ready:
         return None
-    item = ItemText(row.id, row.campaign_id, tuple(chat_messages(row.prompt)), tuple(row.responses), row.is_gold)
+    media = tuple(conn.execute(_ITEM_MEDIA, {"item": item_id}).scalars()) if row.kind == "clips" else ()
+    item = ItemText(row.id, row.campaign_id, tuple(chat_messages(row.prompt)), tuple(row.responses), row.is_gold,
+                    media)
     with cache.lock:
         cache.items[item_id] = item
         if len(cache.items) > ITEM_CACHE_SIZE:

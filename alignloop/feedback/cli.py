@@ -21,13 +21,18 @@ from alignloop.feedback.limits import (BUSY_TIMEOUT_S, CLI_BUSY_TIMEOUT_S, DEFAU
 
 KEEP_ALIVE_S = 65
 DB_HELP = "Database: a SQLite file path or a database URL (postgresql://user:pw@host/db)."
+MEDIA_HELP = ("Folder of the clips campaigns' videos, each named by the sha256 of its bytes (default: NAME-media/ "
+              "beside a SQLite database NAME.db; required with a database URL).")
 
 
 class FeedbackCreateConfig(StageConfig):
     db: str = Field("feedback.db", description=DB_HELP)
     samples: Path = Field(..., description="Samples JSONL (prompt + responses + model + sampling), one item per record.")
-    kind: Literal["rank", "compare", "thumbs"] = Field(
-        "rank", description="rank: order all K responses (ties allowed); compare: pick the better of 2; thumbs: up/down per response.")
+    kind: Literal["rank", "compare", "thumbs", "clips"] = Field(
+        "rank", description="rank: order all K responses (ties allowed); compare: pick the better of 2; thumbs: up/down "
+                            "per response; clips: watch 2 videos side by side and say which does the task better "
+                            "(left, right, equal, can't tell): each record's responses name its 2 clips and "
+                            "meta.videos gives their .mp4 / .webm files, relative to the samples file.")
     raters_per_item: int = Field(3, ge=1, le=MAX_RATERS_PER_ITEM, description="How many different raters judge each item.")
     name: str | None = Field(None, description="Campaign name (default: the samples file name without extension).")
     instructions: str = Field("", description="Instructions shown to raters above every item.")
@@ -35,6 +40,7 @@ class FeedbackCreateConfig(StageConfig):
     gold: Path | None = Field(None, description="Gold items with known answers: comparisons JSONL (binary feedback for thumbs).")
     gold_rate: float = Field(0.1, ge=0.0, le=1.0, description="Probability that a rater's next item is a gold item.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of display orders and gold mixing.")
+    media: Path | None = Field(None, description=MEDIA_HELP)
 
 
 class AddRaterConfig(StageConfig):
@@ -76,6 +82,7 @@ class ServeConfig(StageConfig):
                                  "(hours); then the rater needs a new login link.")
     busy_timeout: float = Field(BUSY_TIMEOUT_S, gt=0, le=600, description="Seconds a request waits for the database's "
                                 "write lock (another process writing) before it answers 503 with Retry-After.")
+    media: Path | None = Field(None, description=MEDIA_HELP)
     secret_key_file: str | None = Field(None, description="File with the key that signs session cookies, made with mode "
                                          "0600 on first start (default $ALIGNLOOP_HOME/feedback-secret-key); "
                                          "ALIGNLOOP_SECRET_KEY, when set, is used instead.")
@@ -110,6 +117,8 @@ def run_create(cfg: FeedbackCreateConfig) -> None:
     engine, sessions = _open(cfg.db)
     with sessions() as s:
         try:
+            if cfg.kind == "clips":
+                samples, gold = clip_videos(s, cfg, samples, gold)
             c = store.create_campaign(s, name=cfg.name or cfg.samples.stem, kind=cfg.kind, samples=samples,
                                       raters_per_item=cfg.raters_per_item, instructions=instructions, gold=gold,
                                       gold_rate=cfg.gold_rate, seed=cfg.seed,
@@ -119,6 +128,18 @@ def run_create(cfg: FeedbackCreateConfig) -> None:
         click.echo(f"campaign {c.id} {c.name!r}: {len(samples)} items ({cfg.kind}, {cfg.raters_per_item} raters "
                    f"per item), {len(gold)} gold items, in {shown_db(cfg.db)}")
     engine.dispose()
+
+
+def clip_videos(s, cfg: FeedbackCreateConfig, samples: list, gold: list) -> tuple[list, list]:
+    """A clips campaign's records with their videos in the media folder (meta.videos -> meta.media)."""
+    from alignloop.feedback import store
+
+    folder = store.media_dir(cfg.db, cfg.media)
+    if folder is None:
+        raise ConfigError("--media: give the videos' folder (a database URL has no folder beside it)")
+    samples = store.attach_videos(s, folder, samples, cfg.samples.parent, str(cfg.samples))
+    gold = store.attach_videos(s, folder, gold, cfg.gold.parent, str(cfg.gold)) if gold else []
+    return samples, gold
 
 
 def run_add_rater(cfg: AddRaterConfig) -> None:
@@ -155,7 +176,8 @@ def run_status(cfg: FeedbackStatusConfig) -> None:
         click.echo("no campaigns")
     for c in campaigns:
         click.echo(f"campaign {c['id']} {c['name']!r} ({c['kind']}, {c['raters_per_item']} raters per item): "
-                   f"{c['items']} items, {c['judgments']}/{c['expected']} judgments ({100 * c['completion']:.0f}%), "
+                   f"{c['items']} items, {c['judgments']}/{c['expected']} judgments ({100 * c['completion']:.0f}%"
+                   + (f"; {c['abstained']} can't tell" if c["kind"] == "clips" else "") + "), "
                    f"{c['complete_items']} items complete, {c['open']} open, {c['skipped']} skipped, "
                    f"{c['gold_judgments']} gold judgments on {c['gold_items']} gold items")
         for name, n in c["per_rater"].items():
@@ -198,7 +220,7 @@ def run_serve(cfg: ServeConfig) -> None:
                          base_url=cfg.base_url, default_base_url=f"http://{_url_host(cfg.host)}:{cfg.port}",
                          session_hours=cfg.session_hours,
                          secret_key_file=Path(cfg.secret_key_file) if cfg.secret_key_file else None,
-                         busy_timeout=cfg.busy_timeout)
+                         busy_timeout=cfg.busy_timeout, media=cfg.media)
     except ValueError as err:  # a bad --base-url or session key
         raise ConfigError(str(err)) from None
     click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")

@@ -4,6 +4,7 @@ to write: a short write transaction (`writing`).
     Campaign 1--* Item            a prompt + K candidate responses (or a gold item with a known answer)
     Campaign 1--* Assignment *--1 Rater
     Item     1--* Assignment 1--0..1 Judgment
+    Item     1--* ItemMedia  *--1 Media       clips campaigns: the video shown for each response (revision 4)
 
 An assignment is one rater's turn on one item. It holds the display order the rater saw
 (`display_order[p]` = original index of the response shown at position p) and a `slot`
@@ -23,6 +24,11 @@ up front (BEGIN IMMEDIATE) and holds it only for its own statements; on PostgreS
 locked where a race matters (`SELECT ... FOR UPDATE [SKIP LOCKED]`, in the store). Whoever
 cannot get the lock within `limits.BUSY_TIMEOUT_S` gets an error that `is_busy` recognises
 (the web app answers 503 with Retry-After).
+
+A `Media` row is a video file of the media folder (media.py), named by the sha256 of its
+bytes: the only thing a request names a file by. `ItemMedia` says which video stands for
+response `position` of an item; its index on `sha256` answers "may this rater see this
+file" (an open assignment of theirs on an item that shows it) with one indexed join.
 
 The schema is owned by the Alembic migrations in `migrations/`; `tests` check that these
 models and the migrated schema agree.
@@ -62,7 +68,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from alignloop.feedback.limits import BUSY_TIMEOUT_S
 
-KINDS = ("rank", "compare", "thumbs")
+KINDS = ("rank", "compare", "thumbs", "clips")
 ROLES = ("rater", "admin")
 WRITE = "alignloop_write"  # execution option: this transaction writes (see `writing`)
 
@@ -88,7 +94,7 @@ class Campaign(Base):
     __tablename__ = "campaigns"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # rank | compare | thumbs
+    kind: Mapped[str] = mapped_column(String(16))  # rank | compare | thumbs | clips
     raters_per_item: Mapped[int] = mapped_column(Integer)
     instructions: Mapped[str] = mapped_column(Text, default="")
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
@@ -120,6 +126,27 @@ class Item(Base):
     # free places: raters_per_item minus the slots taken; gold items have none (revision 3)
     open_slots: Mapped[int] = mapped_column(Integer, default=0)
     campaign: Mapped[Campaign] = relationship(back_populates="items")
+    # clips campaigns: the video of each response, in original order (revision 4)
+    media: Mapped[list[ItemMedia]] = relationship(order_by="ItemMedia.position")
+
+
+class Media(Base):
+    """A video file of the media folder, named by the sha256 hex of its bytes (revision 4)."""
+
+    __tablename__ = "media"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(32))  # video/mp4 | video/webm
+    size: Mapped[int] = mapped_column(Integer)  # bytes
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ItemMedia(Base):
+    """Response `position` (original index) of an item is the video `sha256` (revision 4)."""
+
+    __tablename__ = "item_media"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("media.sha256"), index=True)
 
 
 # The one spelling of "this item has a free place": a literal 0, so that SQLite can use the
@@ -171,7 +198,7 @@ class Judgment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(100), unique=True)
-    # rank/compare: original response indices best first, nested list = tie; thumbs: NULL
+    # rank/compare/clips: original response indices best first, nested list = tie; thumbs, abstained: NULL
     ranking: Mapped[list[Any] | None] = mapped_column(JSON)
     # thumbs: 1/0 per original response index; rank/compare: NULL
     labels: Mapped[list[int] | None] = mapped_column(JSON)
@@ -181,6 +208,8 @@ class Judgment(Base):
     shown_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     submitted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     time_spent_s: Mapped[float | None] = mapped_column(Float)  # revision 2
+    # clips: "can't tell" (no ranking: the rater abstained; "equal" is a tie ranking) (revision 4)
+    abstained: Mapped[bool] = mapped_column(Boolean, default=False)
     assignment: Mapped[Assignment] = relationship(back_populates="judgment")
 
 

@@ -1,7 +1,9 @@
 """Judgments: checking a rater's answer and storing it exactly once.
 
 A rater answers in display positions (a ranking best first, a nested list for a tie; for
-thumbs a label per position); the judgment keeps original indices plus the display order,
+thumbs a label per position; on a clips item "left better" is [0, 1], "right better" [1, 0],
+"equal" the tie [[0, 1]] and "can't tell" an abstention: no ranking, `abstained` true); the
+judgment keeps original indices plus the display order,
 so the answer is independent of what the rater happened to see. One submission is one short
 write transaction that re-reads the assignment locked and stores the judgment unless the
 assignment was answered already (the same judgment again for a retry with its idempotency
@@ -39,6 +41,7 @@ class JudgmentView(NamedTuple):
     labels: list[int] | None  # 1/0 per original index (thumbs)
     display_order: list[int]
     submitted_at: dt.datetime
+    abstained: bool  # clips: "can't tell" (ranking None)
 
 
 def letter(position: int) -> str:
@@ -93,11 +96,18 @@ def _check_positions(values: Any, k: int, field: str) -> list[int]:
     return sorted(set(values))
 
 
-def _answer(kind: str, k: int, order: Sequence[int], ranking: Any, labels: Any, unsafe: Any) -> dict[str, Any]:
+def _answer(kind: str, k: int, order: Sequence[int], ranking: Any, labels: Any, unsafe: Any,
+            abstain: bool = False) -> dict[str, Any]:
     """The answer in display positions -> the stored fields in original indices, or Invalid."""
     out: dict[str, Any] = {"unsafe": sorted(order[p] for p in _check_positions(unsafe, k, "unsafe")),
-                           "ranking": None, "labels": None}
-    if kind == "thumbs":
+                           "ranking": None, "labels": None, "abstained": False}
+    if abstain is not False:
+        if abstain is not True or kind != "clips":
+            raise Invalid("abstain: only a clips campaign takes \"can't tell\" (abstain: true)")
+        if ranking is not None or labels is not None:
+            raise Invalid("abstain: \"can't tell\" takes no ranking and no labels")
+        out["abstained"] = True
+    elif kind == "thumbs":
         if ranking is not None:
             raise Invalid("ranking: a thumbs campaign takes labels (1 good, 0 bad), not a ranking")
         if not isinstance(labels, list) or len(labels) != k or not all(_is_position(v, 2) for v in labels):
@@ -107,7 +117,7 @@ def _answer(kind: str, k: int, order: Sequence[int], ranking: Any, labels: Any, 
             out["labels"][order[p]] = v
     else:
         if labels is not None:
-            raise Invalid("labels: a rank or compare campaign takes a ranking, not labels")
+            raise Invalid(f"labels: a {kind} campaign takes a ranking, not labels")
         tiers = check_ranking(ranking, k)
         out["ranking"] = [order[t[0]] if len(t) == 1 else sorted(order[p] for p in t) for t in tiers]
     return out
@@ -126,7 +136,7 @@ def _replay(stored: JudgmentView | None, key: str | None) -> tuple[JudgmentView,
 
 A, J = Assignment.__table__, Judgment.__table__
 _J_COLUMNS = (J.c.id, J.c.assignment_id, J.c.idempotency_key, J.c.ranking, J.c.labels, J.c.display_order,
-              J.c.submitted_at)
+              J.c.submitted_at, J.c.abstained)
 _TO_JUDGE = (select(A.c.rater_id, A.c.campaign_id, A.c.item_id, A.c.display_order.label("order"),
                     *(c.label(f"j_{c.name}") for c in _J_COLUMNS))
              .select_from(A).outerjoin(J, J.c.assignment_id == A.c.id).where(A.c.id == bindparam("assignment")))
@@ -158,7 +168,8 @@ def _store(conn: Connection, assignment_id: int, answer: dict[str, Any], comment
            "shown_at": shown, "submitted_at": now, "time_spent_s": max(0.0, (now - shown).total_seconds()), **answer}
     judgment_id = conn.execute(_INSERT, row).inserted_primary_key[0]
     conn.execute(_DONE, {"b_assignment": assignment_id})
-    return JudgmentView(judgment_id, assignment_id, key, answer["ranking"], answer["labels"], order, now), True
+    return (JudgmentView(judgment_id, assignment_id, key, answer["ranking"], answer["labels"], order, now,
+                         answer["abstained"]), True)
 
 
 def judge(
@@ -170,11 +181,12 @@ def judge(
     unsafe: Sequence[Any] = (),
     comment: str = "",
     key: str | None = None,
+    abstain: bool = False,
 ) -> tuple[JudgmentView, bool]:
     """Store the rater's answer, in display positions, as one transaction. Returns
     (judgment, created). Retrying with the same idempotency key returns the stored judgment
     (created False); a second, different answer to the same assignment is a Conflict; anyone
-    else's assignment (or a missing one) is NotFound."""
+    else's assignment (or a missing one) is NotFound. `abstain`: "can't tell" (clips only)."""
     if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY):
         raise Invalid(f"idempotency key: 1 to {MAX_KEY} characters")
     if not isinstance(comment, str) or len(comment.strip()) > MAX_COMMENT:
@@ -188,7 +200,7 @@ def judge(
         raise NotFound(f"no assignment {assignment_id} for you")
     if row.j_id is not None:
         return _replay(JudgmentView(*row[4:]), key)
-    answer = _answer(campaign.kind, len(item.responses), row.order, ranking, labels, unsafe)
+    answer = _answer(campaign.kind, len(item.responses), row.order, ranking, labels, unsafe, abstain)
     try:
         with writing(s):
             return _store(s.connection(), assignment_id, answer, comment.strip(), key)
@@ -206,8 +218,9 @@ def submit_judgment(
     unsafe: Sequence[Any] = (),
     comment: str = "",
     key: str | None = None,
+    abstain: bool = False,
 ) -> tuple[Judgment, bool]:
     """`judge`, returning the ORM judgment."""
     view, created = judge(s, rater.id, assignment_id, ranking=ranking, labels=labels, unsafe=unsafe,
-                          comment=comment, key=key)
+                          comment=comment, key=key, abstain=abstain)
     return s.get(Judgment, view.id, populate_existing=True), created

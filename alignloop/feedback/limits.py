@@ -14,6 +14,7 @@ MAX_CAMPAIGN_NAME = 200
 MAX_INSTRUCTIONS = 20_000
 MAX_KEY = 100
 MAX_TOKEN = 200
+MAX_MEDIA_BYTES = 20 * 2**20  # one clip video (the control loop's are tens of KB)
 
 MAX_DB_REQUESTS = 32  # requests working with the database at once; fewer than the pool's 40 connections
 BUSY_TIMEOUT_S = 5.0  # a request waits this long for the database's write lock, then answers 503

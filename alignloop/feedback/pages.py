@@ -1,9 +1,17 @@
-"""Server-rendered pages: login by link, the rating page, the admin dashboard.
+"""Server-rendered pages: login by link, the rating page, the admin dashboard, and the clip
+videos those pages play.
 
 Every POST form carries the session's CSRF token (checked by `auth.csrf_form`); a rater's
 answer arrives in display positions (`rank_<p>` numbers, 1 best, equal numbers tie;
-`label_<p>` 1/0 for thumbs; `unsafe` positions; `comment`) with a `submission_key` made when
-the page was rendered, so a double click or a resent form stores one judgment.
+`label_<p>` 1/0 for thumbs; `answer` left | right | equal | cant_tell for clips; `unsafe`
+positions; `comment`) with a `submission_key` made when the page was rendered, so a double
+click or a resent form stores one judgment.
+
+`/media/{sha256}` serves a clip's video to the rater holding an open assignment on an item
+that shows it, and to admins (anyone else, and any unknown digest, gets the same 404): the
+digest is the only thing taken from the request, the content type comes from the database,
+HTTP range requests are answered 206 (browsers seek in video with them), and the response
+may be cached privately for good (its bytes never change under that name; ETag = digest).
 """
 
 from __future__ import annotations
@@ -13,12 +21,12 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.auth import (DB, csrf_form, csrf_token, login_link, optional_rater, page_admin,
+from alignloop.feedback.auth import (DB, api_rater, csrf_form, csrf_token, login_link, optional_rater, page_admin,
                                      page_rater, start_session)
 from alignloop.feedback.db import Assignment
 from alignloop.feedback.limits import MAX_COMMENT
@@ -81,8 +89,26 @@ def logout(request: Request, _form: FormData = Depends(csrf_form), rater: Caller
 
 # --- rating ----------------------------------------------------------------------------------
 
+CLIP_ANSWERS = {"left": [0, 1], "right": [1, 0], "equal": [[0, 1]], "cant_tell": None}  # in display positions
+SIDES = ("left", "right")
+MEDIA_CACHE = "private, max-age=31536000, immutable"
+
+
+def render_clips(request: Request, s: Session, rater: Caller, a: Assignment, error: str | None = None,
+                 saved: bool = False) -> HTMLResponse:
+    """The clips page: the item's two videos side by side, left = display position 0."""
+    media = [m.sha256 for m in a.item.media]
+    clips = [{"pos": p, "side": SIDES[p], "src": f"/media/{media[orig]}"} for p, orig in enumerate(a.display_order)]
+    ctx = {"rater": rater, "a": a, "campaign": a.campaign, "question": store.chat_messages(a.item.prompt)[-1]["content"],
+           "clips": clips, "progress": reports.rater_progress(s, rater), "key": secrets.token_urlsafe(18),
+           "error": error, "saved": saved}
+    return render(request, "clips.html", ctx, status=422 if error else 200)
+
+
 def render_item(request: Request, s: Session, rater: Caller, a: Assignment, error: str | None = None,
                 form: FormData | None = None, saved: bool = False) -> HTMLResponse:
+    if a.campaign.kind == "clips":
+        return render_clips(request, s, rater, a, error, saved)
     item = a.item
     k = len(item.responses)
     cards = []
@@ -124,7 +150,13 @@ def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csr
         comment = form_text(form, "comment")
         unsafe = [form_int(v, 0, k - 1, "unsafe") for v in form.getlist("unsafe")]
         ranking = labels = None
-        if a.campaign.kind == "thumbs":
+        abstain = False
+        if a.campaign.kind == "clips":
+            answer = form_text(form, "answer")
+            if answer not in CLIP_ANSWERS:
+                raise store.Invalid("Pick an answer: left is better, right is better, equal, or can't tell.")
+            ranking, abstain = CLIP_ANSWERS[answer], answer == "cant_tell"
+        elif a.campaign.kind == "thumbs":
             labels = [form_int(form.get(f"label_{p}"), 0, 1, f"response {store.letter(p)}") for p in range(k)]
             missing = [store.letter(p) for p, v in enumerate(labels) if v is None]
             if missing:
@@ -134,7 +166,7 @@ def submit(request: Request, assignment_id: IdPath, form: FormData = Depends(csr
             ranks = [form_int(form.get(f"rank_{p}"), 1, k, f"rank of {store.letter(p)}") for p in range(k)]
             ranking = store.ranking_from_ranks(ranks)
         store.judge(s, rater.id, assignment_id, ranking=ranking, labels=labels,
-                    unsafe=[p for p in unsafe if p is not None], comment=comment, key=key or None)
+                    unsafe=[p for p in unsafe if p is not None], comment=comment, key=key or None, abstain=abstain)
     except store.Invalid as err:
         s.rollback()
         return render_item(request, s, rater, store.get_assignment(s, rater, assignment_id), error=err.message,
@@ -147,6 +179,23 @@ def skip(request: Request, assignment_id: IdPath, _form: FormData = Depends(csrf
          rater: Caller = Depends(page_rater), s: Session = DB):
     store.skip_assignment(s, rater, assignment_id)
     return see_other("/")
+
+
+# --- clip videos -----------------------------------------------------------------------------
+
+@router.api_route("/media/{digest}", methods=["GET", "HEAD"])
+def media(request: Request, digest: str, rater: Caller = Depends(api_rater), s: Session = DB):
+    """A clip's video, for its rater (cookie or API token) and admins; range requests answer 206."""
+    folder = request.app.state.media_dir
+    content_type = store.media_for(s, rater, digest)
+    path = store.media_path(folder, digest, content_type) if content_type and folder is not None else None
+    if path is None or not path.is_file():
+        raise store.NotFound("No such video for you.")
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "Cache-Control": MEDIA_CACHE}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=content_type, headers=headers)
 
 
 # --- admin -----------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ first, a nested list for a tie), one `BinaryFeedback` per response for thumbs ca
 `source` is "human"; `rater` is the rater's name; `meta` carries what the quality stage
 needs (the fields alignloop/quality/judgments.py reads): display order, time spent,
 timestamps, campaign, item, the gold answer (`gold_ranking`; `gold_label` per thumbs
-response), unsafe flags and the comment.
+response), unsafe flags and the comment. A clips judgment also carries `media` (each clip's
+video digest), `answer` (left, right, equal or cant_tell, as the rater saw the clips) and
+`abstained`; "can't tell" is exported as a tie of weight 0 with `abstained` true, so that a
+reader that knows abstentions drops it (quality/judgments.py) and one that does not learns
+nothing from it; "equal" is an ordinary tie.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from alignloop.data.records import BinaryFeedback, Comparison
 from alignloop.feedback.db import ITEM_IS_OPEN, Assignment, Campaign, Item, Judgment, Rater
@@ -71,6 +75,9 @@ def campaign_summaries(s: Session) -> list[dict[str, Any]]:
         ).all()
         per_rater: dict[str, int] = defaultdict(int)
         judgments = gold_judgments = skipped = open_ = 0
+        abstained = s.scalar(select(func.count()).select_from(Judgment)
+                             .join(Assignment, Assignment.id == Judgment.assignment_id)
+                             .where(Assignment.campaign_id == c.id, Judgment.abstained.is_(True))) if c.kind == "clips" else 0
         for name, is_gold, status, n in rows:
             if status == "done":
                 per_rater[name] += n
@@ -92,7 +99,7 @@ def campaign_summaries(s: Session) -> list[dict[str, Any]]:
             "id": c.id, "name": c.name, "kind": c.kind, "raters_per_item": c.raters_per_item,
             "gold_rate": c.gold_rate, "items": n_items, "gold_items": n_gold, "judgments": judgments,
             "gold_judgments": gold_judgments, "expected": expected, "open": open_, "skipped": skipped,
-            "complete_items": complete, "completion": judgments / expected if expected else 0.0,
+            "complete_items": complete, "completion": judgments / expected if expected else 0.0, "abstained": abstained,
             "per_rater": dict(sorted(per_rater.items())), "created_at": c.created_at.isoformat() + "Z",
         })
     s.commit()
@@ -141,7 +148,7 @@ def export_records(s: Session, campaign_ids: list[int] | None = None,
     q = (select(Judgment, Assignment, Item, Campaign, Rater)
          .join(Assignment, Assignment.id == Judgment.assignment_id)
          .join(Item, Item.id == Assignment.item_id).join(Campaign, Campaign.id == Assignment.campaign_id)
-         .join(Rater, Rater.id == Assignment.rater_id).order_by(Judgment.id))
+         .join(Rater, Rater.id == Assignment.rater_id).order_by(Judgment.id).options(selectinload(Item.media)))
     q = q.where(Campaign.ready)
     if campaign_ids is not None:
         q = q.where(Campaign.id.in_(campaign_ids))
@@ -168,11 +175,26 @@ def export_records(s: Session, campaign_ids: list[int] | None = None,
                 out.append(BinaryFeedback(**item.prompt, id=f"{c.name}/j{j.id}/r{i}", response=response,
                                           label=j.labels[i], rater=r.name, source="human",
                                           meta={**meta, **extra, "response_index": i, "unsafe": i in j.unsafe}))
+        elif c.kind == "clips":
+            meta.update(media=[m.sha256 for m in item.media], answer=clip_answer(j.ranking, j.display_order, j.abstained),
+                        abstained=j.abstained)
+            out.append(Comparison(**item.prompt, id=f"{c.name}/j{j.id}", responses=item.responses,
+                                  ranking=[[0, 1]] if j.abstained else j.ranking, weight=0.0 if j.abstained else 1.0,
+                                  rater=r.name, source="human", meta=meta))
         else:
             out.append(Comparison(**item.prompt, id=f"{c.name}/j{j.id}", responses=item.responses,
                                   ranking=j.ranking, rater=r.name, source="human", meta=meta))
     s.commit()
     return out
+
+
+def clip_answer(ranking: list | None, display_order: list[int], abstained: bool) -> str:
+    """A clips judgment as the rater gave it: left, right (the better clip as shown), equal or cant_tell."""
+    if abstained:
+        return "cant_tell"
+    if isinstance(ranking[0], list):
+        return "equal"
+    return "left" if ranking[0] == display_order[0] else "right"
 
 
 def quality_summary(s: Session, campaign: dict[str, Any], gold_threshold: float = 0.75) -> dict[str, Any]:

@@ -9,6 +9,7 @@ module per concept:
     raters.py       raters, login links and API tokens, sessions; who is asking (`Caller`)
     assignments.py  a rater's next item, their own assignments, skipping
     judgments.py    checking an answer and storing it exactly once
+    media.py        the videos of clips campaigns: the media folder, who may fetch which video
 
 A function reads and validates in a plain transaction (no lock), then writes in one short
 write transaction (`db.writing`) that re-reads, locked, the rows the write depends on: one
@@ -23,12 +24,14 @@ from alignloop.feedback.assignments import (ASSIGN_ATTEMPTS, AssignmentView, dis
                                             mark_shown, next_assignment, next_assignment_view, skip_assignment,
                                             view_of)
 from alignloop.feedback.campaigns import (CampaignInfo, ItemText, campaign_info, check_campaign_settings,
-                                          check_samples, create_campaign, find_campaign, find_campaign_id,
-                                          item_text, parse_jsonl)
+                                          chat_messages, check_samples, clip_media, create_campaign, find_campaign,
+                                          find_campaign_id, item_text, parse_jsonl)
 from alignloop.feedback.errors import Conflict, FeedbackError, Invalid, NotFound
 from alignloop.feedback.judgments import (JudgmentView, check_ranking, judge, letter, ranking_from_ranks,
                                           submit_judgment)
 from alignloop.feedback.limits import is_db_id
+from alignloop.feedback.media import (add_media, attach_videos, check_video, default_media_dir, is_digest, media_dir, media_for,
+                                      media_path, missing_media)
 from alignloop.feedback.raters import (Caller, add_rater, caller, caller_for_api_token, end_sessions, find_rater,
                                        hash_token, rater_for_api_token, rater_for_login_token, redeem_login_token,
                                        setting)
@@ -37,9 +40,11 @@ from alignloop.feedback.schema import alembic_config, head_revision, migrate, op
 __all__ = [
     "ASSIGN_ATTEMPTS", "AssignmentView", "CampaignInfo", "Caller", "Conflict", "FeedbackError", "Invalid", "ItemText",
     "JudgmentView", "NotFound", "add_rater", "alembic_config", "caller", "caller_for_api_token", "campaign_info",
-    "check_campaign_settings", "check_ranking", "check_samples", "create_campaign", "display_order", "end_sessions",
+    "add_media", "attach_videos", "chat_messages", "check_campaign_settings", "check_ranking", "check_samples", "check_video", "clip_media",
+    "create_campaign", "default_media_dir", "display_order", "end_sessions",
     "find_campaign", "find_campaign_id", "find_rater", "get_assignment", "hash_token", "head_revision",
-    "is_db_id", "item_text", "judge", "letter", "mark_shown", "migrate", "next_assignment", "next_assignment_view",
+    "is_db_id", "is_digest", "item_text", "judge", "letter", "mark_shown", "media_dir", "media_for", "media_path",
+    "migrate", "missing_media", "next_assignment", "next_assignment_view",
     "open_db", "parse_jsonl", "ranking_from_ranks", "rater_for_api_token", "rater_for_login_token",
     "redeem_login_token", "schema_revision", "setting", "skip_assignment", "submit_judgment", "view_of",
 ]

@@ -18,6 +18,10 @@ each with `rater`, `source` and these `meta` fields (all optional except where n
     gold_ranking   ... this one (best first, nested list = tie), used for calibration
     unsafe         response indices the rater flagged as unsafe (carried, not analysed)
     rating         (thumbs only, optional) a numeric rating used instead of the 0/1 label
+    abstained      the rater answered "can't tell" (clips): not a vote; the judgment is left
+                   out of every table below and counted in `abstentions`
+    kind           "clips": the responses name video clips, so their text length means
+                   nothing (dlen is 0 and no length bias is measured on them)
 
 A ranking of K responses is decomposed into its C(K, 2) pairs (i < j, original indices):
 
@@ -28,6 +32,7 @@ A ranking of K responses is decomposed into its C(K, 2) pairs (i < j, original i
             gold   +1 / -1 / 0 from gold_ranking on gold items, NaN elsewhere
     rankings  one row per ranking judgment (tiers, display order, gold tiers)
     thumbs    judgment, item, rater, campaign, session, t, value
+    abstentions  judgment, item, rater, campaign, t: the "can't tell" answers
 
 If a rater judged the same item more than once, only the latest judgment is kept (the
 number dropped is reported); agreement and consensus count each rater once per item.
@@ -59,6 +64,7 @@ class Judgments:
     items: dict[str, Comparison] = field(default_factory=dict)  # item id -> first record seen
     simulated: dict[str, dict] = field(default_factory=dict)  # rater -> meta.simulated profile
     duplicates_dropped: int = 0
+    abstentions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ABSTAIN_COLS))
 
     @property
     def raters(self) -> list[str]:
@@ -73,6 +79,7 @@ class Judgments:
             thumbs=self.thumbs[self.thumbs[column] == value],
             items=self.items,
             simulated=self.simulated,
+            abstentions=self.abstentions[self.abstentions[column] == value] if column in self.abstentions else self.abstentions,
         )
 
 
@@ -142,7 +149,7 @@ def _pair_sign(tiers: list[list[int]], i: int, j: int) -> int:
 
 def load_judgments(records: list[Judgment], session_gap_min: float = 30.0) -> Judgments:
     """Build the long tables from judgment records."""
-    rank_rows, thumb_rows = [], []
+    rank_rows, thumb_rows, abstain_rows = [], [], []
     items: dict[str, Comparison] = {}
     simulated: dict[str, dict] = {}
     for n, rec in enumerate(records):
@@ -163,6 +170,9 @@ def load_judgments(records: list[Judgment], session_gap_min: float = 30.0) -> Ju
         if isinstance(rec, BinaryFeedback):
             value = m.get("rating", rec.label)
             thumb_rows.append({**common, "value": float(value)})
+            continue
+        if m.get("abstained"):
+            abstain_rows.append({k: common[k] for k in ABSTAIN_COLS})
             continue
         items.setdefault(common["item"], rec)
         gold = m.get("gold_ranking") if m.get("is_gold") else None
@@ -185,12 +195,14 @@ def load_judgments(records: list[Judgment], session_gap_min: float = 30.0) -> Ju
     pairs = _pairs(rankings, items)
     return Judgments(pairs=pairs, rankings=rankings.drop(columns="meta_session"),
                      thumbs=thumbs.drop(columns="meta_session"), items=items,
-                     simulated=simulated, duplicates_dropped=dropped)
+                     simulated=simulated, duplicates_dropped=dropped,
+                     abstentions=pd.DataFrame(abstain_rows, columns=ABSTAIN_COLS))
 
 
 _COMMON = ["judgment", "item", "rater", "campaign", "t", "time_spent_s", "meta_session", "source"]
 _RANK_COLS = _COMMON + ["k", "tiers", "display_order", "is_gold", "gold_tiers"]
 _THUMB_COLS = _COMMON + ["value"]
+ABSTAIN_COLS = ["judgment", "item", "rater", "campaign", "t"]
 PAIR_COLS = ["judgment", "item", "rater", "campaign", "session", "t", "i", "j", "y", "first", "dlen",
              "is_gold", "gold"]
 
@@ -208,8 +220,10 @@ def _latest(df: pd.DataFrame) -> pd.DataFrame:
 def _pairs(rankings: pd.DataFrame, items: dict[str, Comparison]) -> pd.DataFrame:
     if rankings.empty:
         return pd.DataFrame(columns=PAIR_COLS)
-    scale = pooled_length_scale([items[it].responses for it in rankings["item"].unique()])
-    lz = {it: length_z(items[it].responses, scale) for it in rankings["item"].unique()}
+    texts = [it for it in rankings["item"].unique() if items[it].meta.get("kind") != "clips"]
+    scale = pooled_length_scale([items[it].responses for it in texts])
+    lz = {it: length_z(items[it].responses, scale) if it in texts else np.zeros(len(items[it].responses))
+          for it in rankings["item"].unique()}
     rows = []
     for r in rankings.itertuples(index=False):
         shown = {x: p for p, x in enumerate(r.display_order)} if r.display_order else None

@@ -54,6 +54,7 @@ def analyse(
             "campaigns": sorted(set(j.rankings["campaign"]) | set(j.thumbs["campaign"])),
             "gold_items": int(j.rankings[j.rankings["is_gold"]]["item"].nunique()) if len(j.rankings) else 0,
             "duplicates_dropped": j.duplicates_dropped,
+            "abstentions": {str(r): int(n) for r, n in j.abstentions.groupby("rater").size().items()},
         },
         "settings": {"consensus_method": consensus_method, "gold_threshold": gold_threshold, "screen": screen,
                      "min_gold": min_gold, "alpha": alpha, "n_boot": n_boot, "seed": seed},
@@ -110,13 +111,14 @@ def admin_view(a: dict[str, Any]) -> dict[str, Any]:
     findings = a["biases"]["findings"]
     panel_pos = next((f for f in findings if f["detector"] == "position" and f["scope"] == "panel"), None)
     raters = {}
-    for r in a["input"]["raters"]:
+    for r in sorted(set(a["input"]["raters"]) | set(a["input"].get("abstentions", {}))):  # also who only abstained
         cal = a["calibration"].get(r, {})
         raters[r] = {
             "gold_accuracy": cal.get("accuracy"), "gold_pairs": cal.get("n_gold_pairs", 0),
             "status": cal.get("status"), "weight": cal.get("weight"),
             "agreement_with_others": per_rater.get(r, {}).get("agreement"),
             "biases": sorted(f["detector"] for f in findings if f["scope"] == r and f["detected"]),
+            "abstained": a["input"].get("abstentions", {}).get(r, 0),
         }
     return _clean({
         "raters": raters,
@@ -248,7 +250,7 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
     parts = [f"<h1>Feedback quality report</h1><p>Generated {html.escape(a['generated_at'])}. "
              f"{inp['ranking_judgments']} ranking and {inp['thumbs_judgments']} thumbs judgments on {inp['items']} "
              f"items by {len(inp['raters'])} raters; {inp['gold_items']} gold items; campaigns: "
-             f"{html.escape(', '.join(inp['campaigns']))}.</p>"]
+             f"{html.escape(', '.join(inp['campaigns']))}.{_abstentions_html(inp.get('abstentions') or {})}</p>"]
     parts.append("<h2>Agreement</h2>" + table(
         ["pairwise agreement", "95% CI", "Krippendorff's alpha", "95% CI", "mean Kendall's W", "items", "raters"],
         [[ov.get("pairwise_agreement"), ov.get("pairwise_agreement_ci"), ov.get("krippendorff_alpha"),
@@ -288,6 +290,13 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
              "img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback quality report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _abstentions_html(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    each = ", ".join(f"{html.escape(r)} {n}" for r, n in sorted(counts.items()))
+    return f" {sum(counts.values())} can't-tell answers (abstentions: not votes, left out of every figure): {each}."
 
 
 def _ai_html(s: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from alignloop.feedback import reports, store
 from alignloop.feedback.db import Base, Item, Rater, database_url, make_engine, writer
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def test_upgrade_from_empty_database_reaches_head(db_path):
