@@ -152,3 +152,79 @@ def test_drag_and_drop_orders_the_responses(browser, db_path, server_factory, sh
     ctx.close()
     (rec,) = export(db_path, tmp_path / "c.jsonl")
     assert rec["rater"] == "carol" and rec["ranking"] == [order[3], order[0], order[2], order[1]]
+
+
+PLAYING = """() => ['clip-left', 'clip-right'].map(id => document.getElementById(id))
+    .every(v => v && v.readyState === 4 && !v.paused && v.currentTime > 0.25)"""
+
+
+def clip_page(browser, server, token: str, viewport: dict):
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(f"{server.url}/login/{token}")
+    page.click("#continue")
+    page.wait_for_selector("#clip-left")
+    return context, page
+
+
+def test_a_rater_compares_two_clips_that_play_and_answers_by_keyboard(browser, db_path, server_factory, shots, tmp_path):
+    from .clips import clips_campaign
+
+    made = clips_campaign(db_path, tmp_path, items=2, raters_per_item=2)
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        links = {n: store.add_rater(s, n)[1] for n in ("ann", "bob")}
+    server = server_factory(db_path)
+
+    ctx, page = clip_page(browser, server, links["ann"], {"width": 1280, "height": 900})
+    first = page.url
+    # both videos load (readyState 4) and play, together
+    page.wait_for_function(PLAYING, timeout=30_000)
+    times = page.evaluate("() => ['clip-left', 'clip-right'].map(id => document.getElementById(id).currentTime)")
+    page.wait_for_timeout(400)
+    later = page.evaluate("() => ['clip-left', 'clip-right'].map(id => document.getElementById(id).currentTime)")
+    assert later != times, "currentTime does not advance"
+    assert abs(later[0] - later[1]) < 0.3, f"the clips are out of step: {later}"
+    assert page.evaluate("() => document.getElementById('clip-left').muted && document.getElementById('clip-right').muted")
+    shown = [page.get_attribute(f"#clip-{side}", "src") for side in ("left", "right")]
+    others = [f"/media/{d}" for d in made["digests"] if f"/media/{d}" not in shown]
+    # the browser's own session: the other item's clips are refused, this item's are served (and seekable)
+    assert all(ctx.request.get(server.url + url).status == 404 for url in others)
+    part = ctx.request.get(server.url + shown[0], headers={"Range": "bytes=0-99"})
+    assert part.status == 206 and part.headers["content-type"] == "video/mp4" and len(part.body()) == 100
+    page.screenshot(path=str(shots / "clips-desktop.png"))
+    # the replay button starts both from the beginning
+    page.click("#replay")
+    assert page.evaluate("() => document.getElementById('clip-left').currentTime") < 0.3
+    # ArrowLeft pressed twice before the page leaves: one answer is sent, one judgment stored
+    page.evaluate("() => { for (let i = 0; i < 2; i++) document.dispatchEvent("
+                  "new KeyboardEvent('keydown', {key: 'ArrowLeft', bubbles: true})); }")
+    page.wait_for_url(lambda url: url != first and "/assignments/" in url and "saved=1" in url)
+    assert "Saved." in page.content()
+    # the next item comes, and plays
+    page.wait_for_function(PLAYING, timeout=30_000)
+    page.keyboard.press("4")  # can't tell
+    page.wait_for_url("**/?saved=1")
+    assert "All done" in page.content()
+    ctx.close()
+
+    # bob, phone-sized: the two clips still side by side, nothing scrolls sideways
+    ctx, page = clip_page(browser, server, links["bob"], {"width": 390, "height": 844})
+    page.wait_for_function(PLAYING, timeout=30_000)
+    left, right = page.locator("#clip-left").bounding_box(), page.locator("#clip-right").bounding_box()
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 2
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "clips-phone.png"), full_page=True)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url("**/assignments/**saved=1")
+    ctx.close()
+
+    records = export(db_path, tmp_path / "clips.jsonl")
+    ann = [r for r in records if r["rater"] == "ann"]
+    assert len(ann) == 2 and len({r["meta"]["item_id"] for r in ann}) == 2  # one judgment per item
+    left_answer, cant_tell = ann
+    assert left_answer["meta"]["answer"] == "left" and left_answer["ranking"] == left_answer["meta"]["display_order"]
+    assert f"/media/{left_answer['meta']['media'][left_answer['ranking'][0]]}" == shown[0]  # the clip shown left won
+    assert cant_tell["meta"]["answer"] == "cant_tell" and cant_tell["meta"]["abstained"] and cant_tell["weight"] == 0
+    bob = [r for r in records if r["rater"] == "bob"]
+    assert len(bob) == 1 and bob[0]["meta"]["answer"] == "right"
