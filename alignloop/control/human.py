@@ -260,6 +260,18 @@ def agreement(human: list[Comparison], synthetic: list[Comparison]) -> dict:
             "true_order": ai_human_alignment(truth, people, bootstrap=0)}
 
 
+def write_quality_report(out: Path) -> Path:
+    """OUT/quality/report.html (and report.json): the feedback-quality report of the run's labels
+    (people's agreement, gold accuracy, position bias, can't-tell answers) with the synthetic
+    labeller's answers on the people's pairs in its "people vs the synthetic labeller" section."""
+    from alignloop.data.io import read_records
+    from alignloop.quality.report import analyse, write_report
+
+    records = read_records(out / "comparisons.jsonl", Comparison)
+    synthetic = read_records(out / SYNTHETIC_ANSWERS, Comparison) if (out / SYNTHETIC_ANSWERS).exists() else None
+    return write_report(analyse(records, ai_records=synthetic), out / "quality")["html"]
+
+
 def _true_order(returns: list[float]) -> list:
     a, b = returns
     return [[0, 1]] if a == b else ([0, 1] if a > b else [1, 0])

@@ -546,9 +546,10 @@ def run_loop(cfg: ControlConfig) -> dict | None:
                         for m in rows],
               "videos": [str(p.relative_to(out)) for p in sorted((out / VIDEOS).glob("round_*.mp4"))]}
     if learned and cfg.feedback != "synthetic":
+        report = human.write_quality_report(out)
         result["feedback"] = {"mode": cfg.feedback, "db": human.feedback_db(cfg), "campaigns": state.campaigns,
                               "human_labels": state.human_labels, "synthetic_labels": state.labels_used - state.human_labels,
-                              "agreement": feedback_agreement(out)}
+                              "agreement": feedback_agreement(out), "quality_report": str(report)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if not cfg.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
@@ -620,6 +621,8 @@ def print_summary(s: dict) -> None:
                   f"({s['algo'].upper()} on the {s['reward']} reward, {what}, {s['env_steps']:,} env steps, "
                   f"{s['seconds']:.0f} s)", highlight=False, soft_wrap=True)
     if fb:
+        console.print(f"the labels' quality report (people vs the synthetic labeller in it): {fb['quality_report']}",
+                      highlight=False, soft_wrap=True)
         for name, a in (("the synthetic labeller", fb["agreement"]["synthetic"]),
                         ("the true-return order", fb["agreement"]["true_order"])):
             share = "-" if a["alignment"] is None else f"{a['alignment']:.3f}"

@@ -89,6 +89,7 @@ def ai_alignment_section(ai: list[Judgment], records: list[Judgment], n_boot: in
     return {
         **ai_human_alignment(ai_pairs, human, bootstrap=n_boot, seed=seed),
         "judges": sorted({r.rater or "unknown" for r in ai_pairs}),
+        "synthetic": bool(ai_pairs) and all(r.source == "simulated" for r in ai_pairs),
         "ai_records": len(ai_pairs), "human_records": len(human),
         "flip_rate": sum(flips) / len(flips) if flips else None, "flip_n": len(flips),
     }
@@ -301,10 +302,17 @@ def _abstentions_html(counts: dict[str, int]) -> str:
 
 def _ai_html(s: dict[str, Any]) -> str:
     judges = html.escape(", ".join(s["judges"]) or "unknown")
-    return ("<h2>AI-labeler alignment</h2><p class=note>How often the AI judge (" + judges + ") prefers the "
-            "response the human majority preferred, on the pairs both labeled (RLAIF's AI-labeler alignment; "
-            "chance 0.5). Soft alignment: the mean AI probability of the human choice. The AI labels are not "
-            "counted as a rater anywhere else in this report.</p>" + table(
+    if s.get("synthetic"):  # the control loop's synthetic labeller on the pairs people answered
+        head = ("<h2>People vs the synthetic labeller</h2><p class=note>How often the synthetic labeller (" + judges
+                + ") prefers the clip the people's majority preferred, on the pairs both labeled (chance 0.5); its "
+                "answers on these pairs were not trained on. Soft alignment: its mean probability of the people's "
+                "choice. Below, \"AI\" is the synthetic labeller.</p>")
+    else:
+        head = ("<h2>AI-labeler alignment</h2><p class=note>How often the AI judge (" + judges + ") prefers the "
+                "response the human majority preferred, on the pairs both labeled (RLAIF's AI-labeler alignment; "
+                "chance 0.5). Soft alignment: the mean AI probability of the human choice. The AI labels are not "
+                "counted as a rater anywhere else in this report.</p>")
+    return (head + table(
                 ["alignment", "95% CI", "soft alignment", "matched pairs", "agree", "disagree", "human ties",
                  "AI ties", "AI pairs no person labeled", "AI records", "human records"],
                 [[s["alignment"], s["ci95"], s["soft_alignment"], s["matched"], s["agree"], s["disagree"],

@@ -107,6 +107,10 @@ def test_a_human_round_waits_for_its_campaign_and_goes_on_when_run_again(tmp_pat
     assert [r.get("train/human_labels") for r in rows[1:]] == [2, 6]
     assert rows[-1]["eval/human_true_order_agreement"] == 1.0
     assert not (out / "checkpoint").exists()
+    report = (out / "quality" / "report.html").read_text()
+    assert fb["quality_report"] == str(out / "quality" / "report.html")
+    abstained = sum(r["meta"]["abstained"] for r in records)  # bob's, gold pairs included
+    assert "People vs the synthetic labeller" in report and f"{abstained} can't-tell answers" in report
 
 
 def test_the_command_exits_with_status_3_while_it_waits(tmp_path):
