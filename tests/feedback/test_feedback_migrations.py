@@ -149,3 +149,45 @@ def test_downgrade_to_revision_2_and_back(db_path):
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
     engine.dispose()
+
+
+def test_upgrade_from_revision_3_keeps_data_and_adds_clips(db_path, tmp_path):
+    from .clips import TASK, write_clip
+    from alignloop.data.records import Samples
+
+    engine = make_engine(db_path)
+    store.migrate(engine, "0003")
+    assert "media" not in set(inspect(engine).get_table_names())
+    t = dt.datetime(2025, 3, 1)
+    with writer(engine).begin() as conn:  # a campaign, item, rater, assignment and judgment as revision 3 stored them
+        conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, "
+                          "created_at, ready) VALUES (1, 'old', 'compare', 1, '', 0.0, 0, :t, 1)"), {"t": t})
+        conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold, open_slots) "
+                          "VALUES (1, 1, '{\"prompt\": \"p\"}', '[\"a\", \"b\"]', '{}', '{}', 0, 0)"))
+        conn.execute(text("INSERT INTO raters (id, name, role, created_at, session_version) VALUES (1, 'ann', 'rater', :t, 0)"),
+                     {"t": t})
+        conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, "
+                          "created_at) VALUES (1, 1, 1, 1, 0, '[0, 1]', 'done', :t)"), {"t": t})
+        conn.execute(text("INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
+                          "submitted_at) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', :t)"), {"t": t})
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT abstained FROM judgments")).scalars().all() == [0]
+    engine.dispose()
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        (rec,) = reports.export_records(s)
+        assert rec.ranking == [1, 0] and rec.rater == "ann" and "abstained" not in rec.meta
+        digest = store.add_media(s, store.default_media_dir(db_path), write_clip(tmp_path / "c.mp4", 0))
+        store.create_campaign(s, "new", "clips", [Samples(prompt=TASK, responses=["x", "y"], meta={"media": [digest] * 2})])
+        assert [c["kind"] for c in reports.campaign_summaries(s)] == ["compare", "clips"]
+
+
+def test_downgrade_to_revision_3_and_back(db_path):
+    engine = _migrated_then_downgraded(db_path, "0003")
+    assert {"media", "item_media"}.isdisjoint(inspect(engine).get_table_names())
+    assert "abstained" not in {c["name"] for c in inspect(engine).get_columns("judgments")}
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    engine.dispose()
