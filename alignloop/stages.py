@@ -298,7 +298,8 @@ STAGES: dict[str, Stage] = {s.kind: s for s in [
     Stage("ppo", "PPO against the reward model", 1, PPOConfig, "alignloop.train.ppo:run_ppo", defaults=_ppo,
           resumable=True, done="alignloop_model.json"),
     Stage("control", "a control task learned from clip preferences", 0, ControlConfig, "alignloop.control.cli:run_control",
-          defaults=lambda w, r: {"out": w.run / "control", "seed": w.seed}, resumable=True, done="summary.json"),
+          defaults=lambda w, r: {"out": w.run / "control", "seed": w.seed, "feedback_db": str(w.run / "feedback.db")},
+          resumable=True, done="summary.json"),  # people's campaigns outlive a re-run of the stage
     Stage("dpo", "direct preference optimisation of the SFT policy on the labels", 1, DPOConfig,
           "alignloop.train.dpo:run_dpo", defaults=_direct("dpo"), resumable=True, done="alignloop_model.json"),
     Stage("kto", "KTO of the SFT policy on the labels (as binary feedback)", 1, KTOConfig,

@@ -46,7 +46,8 @@ from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME
 from alignloop.feedback.waiting import Paused, waiting_message
 from alignloop.quality.ai_alignment import ai_human_alignment
 
-RUN_ONLY = {"resume", "stop_at_round", "keep_checkpoint", "threads"}  # change how a run goes, not what it asks
+# how a run goes and where its campaigns live, not what it asks (the campaign name carries OUT's name)
+RUN_ONLY = {"resume", "stop_at_round", "keep_checkpoint", "threads", "out", "feedback_db", "feedback_media"}
 SYNTHETIC_ANSWERS = "synthetic_answers.jsonl"  # OUT/: the synthetic labeller on the people's pairs (not trained on)
 GOLD_GAP = 0.5  # a gold pair's true returns differ by at least this share of the pool's range
 

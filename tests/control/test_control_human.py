@@ -177,7 +177,7 @@ def test_the_control_recipe_pauses_for_people_and_goes_on_when_run_again(tmp_pat
     assert first.status == "waiting" and "round-1-" in first.message
     state = json.loads((run / ".stages" / "control.json").read_text())
     assert state["status"] == "waiting"
-    db = run / "control" / "feedback.db"
+    db = run / "feedback.db"  # the run's, beside the stage's folder: a re-run of the stage keeps the campaigns
     for _ in range(2):
         answer_all(db, {"ann": "truth"}, pool_returns(run / "control"))
         result = run_recipe("control", run, overrides=sets)  # the same command: it goes on, nothing removed

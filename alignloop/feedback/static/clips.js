@@ -1,7 +1,8 @@
 // The clips page: two videos side by side, started together once both can play, and started
 // again together each time both have reached their end (neither loops on its own, so they
 // stay in step however long each one took to load); replay, pause, answers by keyboard.
-// Without JavaScript the page still works: the answers are plain submit buttons.
+// Without JavaScript the page still works: each video keeps its own controls, and the answers
+// are plain submit buttons.
 (function () {
   "use strict";
   var form = document.getElementById("judgment");
@@ -30,6 +31,7 @@
   videos.forEach(function (v) {
     v.loop = false;  // the pair loops as one (below)
     v.muted = true;
+    v.controls = false;  // the page's buttons and keys drive both at once
     v.addEventListener("canplay", playBoth);
     v.addEventListener("ended", function () { if (videos.every(function (x) { return x.ended; })) restart(); });
   });
