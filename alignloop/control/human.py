@@ -42,7 +42,7 @@ from alignloop.control.labeller import SyntheticLabeller, question
 from alignloop.control.video import make_render_env, render_clip
 from alignloop.data.records import Comparison, Samples
 from alignloop.feedback import reports, store
-from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME
+from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME, MAX_SEED
 from alignloop.feedback.waiting import Paused, waiting_message
 from alignloop.quality.ai_alignment import ai_human_alignment
 
@@ -73,6 +73,12 @@ def campaign_name(cfg: ControlConfig, round_: int) -> str:
     """control/OUT/round-r-FINGERPRINT: the same run asks the same campaign again, another run never."""
     tail = f"/round-{round_}-{fingerprint(cfg)[:10]}"
     return f"control/{Path(cfg.out).resolve().name}"[: MAX_CAMPAIGN_NAME - len(tail)] + tail
+
+
+def campaign_seed(cfg: ControlConfig, round_: int) -> int:
+    """The round's campaign seed (display orders, gold mixing): another per round, or each
+    round's raters would draw the same gold turns and left/right orders."""
+    return (cfg.seed * 1_000_003 + round_ * 7_919) % MAX_SEED
 
 
 def rerun_command() -> str:
@@ -152,7 +158,7 @@ def ask_people(cfg: ControlConfig, pool: Clips, plan: Plan, round_: int) -> str:
             try:
                 store.create_campaign(s, name, "clips", samples, raters_per_item=cfg.raters_per_item,
                                       instructions=cfg.human_instructions, gold=golds,
-                                      gold_rate=cfg.gold_rate if golds else 0.0, seed=cfg.seed % (2**31 - 1))
+                                      gold_rate=cfg.gold_rate if golds else 0.0, seed=campaign_seed(cfg, round_))
             except store.FeedbackError as err:
                 raise ConfigError(f"campaign {name!r}: {err.message}") from None
     finally:

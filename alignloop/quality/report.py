@@ -84,12 +84,14 @@ def ai_alignment_section(ai: list[Judgment], records: list[Judgment], n_boot: in
     whose preference changed sides when the two responses were shown in the other order
     (None when no AI record carries `meta.flipped`)."""
     ai_pairs = [r for r in ai if isinstance(r, Comparison)]
-    human = [r for r in records if isinstance(r, Comparison) and r.source in ("human", "simulated")]
+    synthetic = bool(ai_pairs) and all(r.source == "simulated" for r in ai_pairs)
+    # a synthetic labeller (the control loop's) is compared with people only, never with its own top-ups
+    human = [r for r in records if isinstance(r, Comparison) and r.source in (("human",) if synthetic else ("human", "simulated"))]
     flips = [bool(r.meta["flipped"]) for r in ai_pairs if r.meta.get("flipped") is not None]
     return {
         **ai_human_alignment(ai_pairs, human, bootstrap=n_boot, seed=seed),
         "judges": sorted({r.rater or "unknown" for r in ai_pairs}),
-        "synthetic": bool(ai_pairs) and all(r.source == "simulated" for r in ai_pairs),
+        "synthetic": synthetic,
         "ai_records": len(ai_pairs), "human_records": len(human),
         "flip_rate": sum(flips) / len(flips) if flips else None, "flip_n": len(flips),
     }

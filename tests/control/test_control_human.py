@@ -94,6 +94,9 @@ def test_a_human_round_waits_for_its_campaign_and_goes_on_when_run_again(tmp_pat
     fb = result["feedback"]
     assert result["labels"] == 6 and fb["human_labels"] == 6 and fb["synthetic_labels"] == 0
     assert len(fb["campaigns"]) == 2
+    with sessions() as s:  # each round's campaign its own seed: other gold turns and left/right orders
+        seeds = [store.find_campaign(s, name).seed for name in fb["campaigns"]]
+    assert seeds[0] != seeds[1]
     # people who follow the true return agree with its order on every pair they decided
     assert fb["agreement"]["true_order"]["alignment"] == 1.0 and fb["agreement"]["true_order"]["agree"] == 6
     assert fb["agreement"]["synthetic"]["matched"] == 6

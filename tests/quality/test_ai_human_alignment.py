@@ -52,3 +52,18 @@ def test_module_does_not_import_torch():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
              for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "torch" not in names
+
+
+def test_a_synthetic_labeller_is_compared_with_people_only():
+    from alignloop.quality.report import ai_alignment_section
+
+    people = [human("x", ["a", "b"], [0, 1])]
+    top_up = Comparison(prompt="y", responses=["c", "d"], ranking=[1, 0], source="simulated", rater="oracle")
+    synthetic = [Comparison(prompt="x", responses=["a", "b"], ranking=[1, 0], source="simulated", rater="oracle"),
+                 Comparison(prompt="y", responses=["c", "d"], ranking=[1, 0], source="simulated", rater="oracle")]
+    # the loop's own top-up label of {c, d} is no person's: only {a, b} is matched, and there they disagree
+    s = ai_alignment_section(synthetic, people + [top_up], n_boot=0)
+    assert s["synthetic"] and (s["matched"], s["agree"], s["disagree"], s["ai_unmatched"]) == (1, 0, 1, 1)
+    # an AI judge is compared with a simulated panel too, as before
+    judged = ai_alignment_section([ai("y", ["c", "d"], 0.2)], people + [top_up], n_boot=0)
+    assert not judged["synthetic"] and (judged["matched"], judged["agree"]) == (1, 1)
