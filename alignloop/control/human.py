@@ -40,11 +40,14 @@ from alignloop.configs import ControlConfig
 from alignloop.control.clips import Clips
 from alignloop.control.labeller import SyntheticLabeller, question
 from alignloop.control.video import make_render_env, render_clip
+from alignloop.data.io import read_lines
 from alignloop.data.records import Comparison, Samples
 from alignloop.feedback import reports, store
 from alignloop.feedback.limits import CLI_BUSY_TIMEOUT_S, MAX_CAMPAIGN_NAME, MAX_SEED
 from alignloop.feedback.waiting import Paused, waiting_message
+from alignloop.progress import console
 from alignloop.quality.ai_alignment import ai_human_alignment
+from alignloop.train.checkpoint import CHECKPOINT
 
 # how a run goes and where its campaigns live, not what it asks (the campaign name carries OUT's name)
 RUN_ONLY = {"resume", "stop_at_round", "keep_checkpoint", "threads", "out", "feedback_db", "feedback_media"}
@@ -265,6 +268,41 @@ def agreement(human: list[Comparison], synthetic: list[Comparison]) -> dict:
                            "ranking": _true_order(r.meta["true_returns"])}) for r in synthetic]
     return {"synthetic": ai_human_alignment(synthetic, people, bootstrap=0),
             "true_order": ai_human_alignment(truth, people, bootstrap=0)}
+
+
+def waits_for_people(cfg: ControlConfig) -> bool:
+    """OUT's checkpoint waits for a campaign of this very run (same options): go on from it. The
+    same folder waiting with other options is a ConfigError (its campaign asks other questions)."""
+    path = Path(cfg.out) / CHECKPOINT / "state.json"
+    if cfg.feedback == "synthetic" or cfg.reward != "learned" or not path.exists():
+        return False
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("phase") != "asked":
+        return False
+    if saved["asked"]["campaign"] != campaign_name(cfg, saved["round"]):
+        raise ConfigError(f"{cfg.out} waits for people on campaign {saved['asked']['campaign']!r}, asked with other "
+                          "options: run the same command again, or choose another --out")
+    return True
+
+
+def feedback_agreement(out: Path) -> dict:
+    """People against the synthetic labeller and the true-return order, on every pair so far (human.agreement)."""
+    records = read_lines(out / "comparisons.jsonl", missing_ok=True)
+    people = [Comparison(**r) for r in records if r.get("source") == "human"]
+    synthetic = [Comparison(**r) for r in read_lines(out / SYNTHETIC_ANSWERS, missing_ok=True)]
+    return agreement(people, synthetic)
+
+
+def print_feedback(fb: dict) -> None:
+    """The summary's lines on people's labels: where their quality report is, and their agreement."""
+    console.print(f"the labels' quality report (people vs the synthetic labeller in it): {fb['quality_report']}",
+                  highlight=False, soft_wrap=True)
+    for name, a in (("the synthetic labeller", fb["agreement"]["synthetic"]),
+                    ("the true-return order", fb["agreement"]["true_order"])):
+        share = "-" if a["alignment"] is None else f"{a['alignment']:.3f}"
+        console.print(f"people vs {name}: agreement {share} ({a['agree']} of {a['agree'] + a['disagree']} pairs both "
+                      f"decided; people tied {a['human_ties']}, it tied {a['ai_ties']})", highlight=False,
+                      soft_wrap=True)
 
 
 def write_quality_report(out: Path) -> Path:

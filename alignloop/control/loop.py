@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -53,7 +52,7 @@ from alignloop.control.labeller import SyntheticLabeller
 from alignloop.control.queries import select_pairs
 from alignloop.control.reward_model import Pairs, RewardEnsemble, train_ensemble
 from alignloop.control.video import VIDEOS, fps, headless, make_render_env, policy_frames, video_path, write_mp4
-from alignloop.data.records import Comparison
+from alignloop.data.io import append_lines, read_lines
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import CHECKPOINT, has_checkpoint, refuse_to_overwrite
 from alignloop.train.tracking import Tracker
@@ -221,7 +220,7 @@ class LoopState:
     clips: Clips = field(default_factory=empty_clips)  # every labelled clip
     pairs: dict = field(default_factory=lambda: {"a": [], "b": [], "p": [], "heldout": []})
     asked: dict | None = None  # phase "asked": the round's human.Plan, waiting for its campaign
-    records: int | None = None  # lines of OUT/comparisons.jsonl (None: one per label, as before people)
+    records: int = 0  # lines of OUT/comparisons.jsonl (people's rounds may write other than one per label)
     synthetic_answers: int = 0  # lines of OUT/synthetic_answers.jsonl
     human_labels: int = 0
     campaigns: list = field(default_factory=list)  # the people's campaigns, one per round asked
@@ -258,6 +257,8 @@ def save_checkpoint(out: Path, state: LoopState, agent, ensemble: RewardEnsemble
 def load_checkpoint(out: Path, cfg: ControlConfig, vec, ensemble: RewardEnsemble | None):
     folder = out / CHECKPOINT
     saved = json.loads((folder / "state.json").read_text())
+    if saved.get("records") is None:  # a checkpoint from before people: one record per label
+        saved["records"] = saved["labels_used"]
     state = LoopState(**saved, pool=Clips.load(folder / "pool.npz"), clips=Clips.load(folder / "clips.npz"))
     agent = _agent_class(cfg).load(folder / "agent.zip", env=vec, device="cpu")
     if cfg.algo == "sac":
@@ -301,15 +302,6 @@ def keep_labels(state: LoopState, labels: list[tuple[int, int, float, bool]]) ->
     state.labels_used += len(labels)
 
 
-def append_jsonl(path: Path, records: list[dict]) -> int:
-    """Append records in one write, flushed to disk; the number appended."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
-        f.flush()
-        os.fsync(f.fileno())
-    return len(records)
-
-
 def label_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
                 labeller: SyntheticLabeller, out: Path, round_: int) -> None:
     """Step 1: choose `count` pairs of the pool, label them, keep their clips and append the records."""
@@ -326,8 +318,7 @@ def label_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble |
         labels.append((int(i), int(j), 0.5 if len(rec.ranking) == 1 else float(rec.ranking[0] == 0), heldout))
         records.append(rec.model_dump(mode="json", exclude_none=True))
     keep_labels(state, labels)
-    n = append_jsonl(out / "comparisons.jsonl", records)
-    state.records = None if state.records is None else state.records + n
+    state.records += append_lines(out / "comparisons.jsonl", records)
 
 
 def ask_round(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble | None, env, count: int,
@@ -354,18 +345,10 @@ def collect_round(cfg: ControlConfig, state: LoopState, out: Path, round_: int) 
     got = human.labels_of(cfg, plan, answers, round_)
     if got.pairs:
         keep_labels(state, got.pairs)
-    state.records = (state.labels_used - len(got.pairs) if state.records is None else state.records) + append_jsonl(
-        out / "comparisons.jsonl", got.records)
-    state.synthetic_answers += append_jsonl(out / human.SYNTHETIC_ANSWERS, got.synthetic_on_human)
+    state.records += append_lines(out / "comparisons.jsonl", got.records)
+    state.synthetic_answers += append_lines(out / human.SYNTHETIC_ANSWERS, got.synthetic_on_human)
     state.human_labels += got.human_labels
     state.asked = None
-
-
-def feedback_agreement(out: Path) -> dict:
-    """People against the synthetic labeller and the true-return order, on every pair so far (human.agreement)."""
-    people = [Comparison(**r) for r in _read_if(out / "comparisons.jsonl") if r.get("source") == "human"]
-    synthetic = [Comparison(**r) for r in _read_if(out / human.SYNTHETIC_ANSWERS)]
-    return human.agreement(people, synthetic)
 
 
 def _clip_features(env, clips: Clips) -> np.ndarray:
@@ -423,7 +406,7 @@ def evaluate(cfg: ControlConfig, agent, ensemble: RewardEnsemble | None, env) ->
 def run_loop(cfg: ControlConfig) -> dict | None:
     """The rounds of the module docstring into cfg.out; the result (None when stopped early)."""
     out = Path(cfg.out)
-    if waits_for_people(cfg):  # the same command again: go on where the run waits for its campaign
+    if human.waits_for_people(cfg):  # the same command again: go on where the run waits for its campaign
         cfg = cfg.model_copy(update={"resume": True})
     refuse_to_overwrite(out, cfg.resume)
     torch.set_num_threads(cfg.threads)
@@ -447,7 +430,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
     if cfg.resume and has_checkpoint(out):
         state, agent = load_checkpoint(out, cfg, vec, ensemble)
         tracker.resume_from(state.round - 1)
-        _truncate_lines(out / "comparisons.jsonl", state.labels_used if state.records is None else state.records)
+        _truncate_lines(out / "comparisons.jsonl", state.records)
         _truncate_lines(out / human.SYNTHETIC_ANSWERS, state.synthetic_answers)
         _drop_videos_from(out, state.round)
         console.print(f"resuming {out} at round {state.round}/{cfg.rounds} ({state.phase})")
@@ -455,8 +438,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         for stale in ("metrics.jsonl", "comparisons.jsonl", human.SYNTHETIC_ANSWERS, "result.json", "summary.json"):
             (out / stale).unlink(missing_ok=True)
         shutil.rmtree(out / VIDEOS, ignore_errors=True)
-        state = LoopState(weight_decay=cfg.weight_decay, fragment_length=length,
-                          records=None if cfg.feedback == "synthetic" else 0)
+        state = LoopState(weight_decay=cfg.weight_decay, fragment_length=length)
         _reseed(cfg, 0, COLLECT)
         agent = make_agent(cfg, vec)
         state.before = evaluate(cfg, agent, None, probe)[M.TRUE_RETURN]
@@ -515,7 +497,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
                 row.update({M.TRAIN_LOSS: stats.train_loss, M.EVAL_LOSS: stats.val_loss,
                             M.EVAL_ACCURACY: stats.val_accuracy, M.WEIGHT_DECAY: stats.weight_decay})
             if learned and cfg.feedback != "synthetic":
-                agree = feedback_agreement(out)
+                agree = human.feedback_agreement(out)
                 row.update({M.HUMAN_LABELS: state.human_labels,
                             M.HUMAN_SYNTHETIC_AGREEMENT: agree["synthetic"]["alignment"],
                             M.HUMAN_TRUE_AGREEMENT: agree["true_order"]["alignment"]})
@@ -537,7 +519,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         (out / "reward" / "ensemble.json").write_text(json.dumps({"dim": dim, "members": cfg.ensemble,
                                                                    "hidden": cfg.hidden, "image": image}))
         state.clips.save(out / "clips.npz")
-    rows = [m for m in _read(out / "metrics.jsonl")]
+    rows = read_lines(out / "metrics.jsonl")
     result = {"env": cfg.env, "reward": cfg.reward, "algo": cfg.algo, "seed": cfg.seed, "fragment_length": length,
               "rounds": cfg.rounds, "env_steps": state.env_steps, "collect_steps": state.collect_steps,
               "labels": state.labels_used, "true_return_before": state.before,
@@ -549,7 +531,7 @@ def run_loop(cfg: ControlConfig) -> dict | None:
         report = human.write_quality_report(out)
         result["feedback"] = {"mode": cfg.feedback, "db": human.feedback_db(cfg), "campaigns": state.campaigns,
                               "human_labels": state.human_labels, "synthetic_labels": state.labels_used - state.human_labels,
-                              "agreement": feedback_agreement(out), "quality_report": str(report)}
+                              "agreement": human.feedback_agreement(out), "quality_report": str(report)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if not cfg.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
@@ -565,29 +547,6 @@ def _cut(cfg: ControlConfig, trajectories: list, length: int, count: int, round_
         return cut_clips(trajectories, length, size, _rng(cfg, round_, POOL), round_)
     except ValueError as err:
         raise ConfigError(f"--env {cfg.env}: {err}") from None
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _read_if(path: Path) -> list[dict]:
-    return _read(path) if path.exists() else []
-
-
-def waits_for_people(cfg: ControlConfig) -> bool:
-    """OUT's checkpoint waits for a campaign of this very run (same options): go on from it. The
-    same folder waiting with other options is a ConfigError (its campaign asks other questions)."""
-    path = Path(cfg.out) / CHECKPOINT / "state.json"
-    if cfg.feedback == "synthetic" or cfg.reward != "learned" or not path.exists():
-        return False
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("phase") != "asked":
-        return False
-    if saved["asked"]["campaign"] != human.campaign_name(cfg, saved["round"]):
-        raise ConfigError(f"{cfg.out} waits for people on campaign {saved['asked']['campaign']!r}, asked with other "
-                          "options: run the same command again, or choose another --out")
-    return True
 
 
 def run_control(cfg: ControlConfig) -> dict | None:
@@ -621,14 +580,7 @@ def print_summary(s: dict) -> None:
                   f"({s['algo'].upper()} on the {s['reward']} reward, {what}, {s['env_steps']:,} env steps, "
                   f"{s['seconds']:.0f} s)", highlight=False, soft_wrap=True)
     if fb:
-        console.print(f"the labels' quality report (people vs the synthetic labeller in it): {fb['quality_report']}",
-                      highlight=False, soft_wrap=True)
-        for name, a in (("the synthetic labeller", fb["agreement"]["synthetic"]),
-                        ("the true-return order", fb["agreement"]["true_order"])):
-            share = "-" if a["alignment"] is None else f"{a['alignment']:.3f}"
-            console.print(f"people vs {name}: agreement {share} ({a['agree']} of {a['agree'] + a['disagree']} pairs both "
-                          f"decided; people tied {a['human_ties']}, it tied {a['ai_ties']})", highlight=False,
-                          soft_wrap=True)
+        human.print_feedback(fb)
     base = s.get("baseline")
     if base:
         console.print(f"{base['algo'].upper()} on the true reward at the same {base['env_steps']:,} env steps: "

@@ -274,7 +274,22 @@ def to_dataset(records: Iterable[BaseModel | dict]):
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one line and flush it to disk (metrics, logs): a crash loses at most this line."""
+    append_lines(path, [record])
+
+
+def append_lines(path: str | Path, records: list[dict]) -> int:
+    """Append records as JSON lines in one write, flushed to disk; the number appended."""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         f.flush()
         os.fsync(f.fileno())
+    return len(records)
+
+
+def read_lines(path: str | Path, missing_ok: bool = False) -> list[dict]:
+    """The JSON lines of a file this project wrote (blank lines skipped); [] for a missing file
+    when `missing_ok`."""
+    path = Path(path)
+    if missing_ok and not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

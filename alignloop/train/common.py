@@ -44,6 +44,9 @@ def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int)
     return optimizer, scheduler
 
 
+HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --mixed-precision -> its autocast dtype
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """A fresh Accelerator. Stages run one after another in one process (a recipe) may ask for
     different precisions, so the per-run part of Accelerate's global state is reset first; the
@@ -56,7 +59,7 @@ def make_accelerator(mixed_precision: str = "no"):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     on_cpu = not torch.cuda.is_available()
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    half = HALF_TYPES.get(mixed_precision)
     if on_cpu and half is not None and cpu_half_or_float32(half) is torch.float32:
         mixed_precision = "no"  # autocast to a half type without fast kernels: ~60x slower matmuls
     return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu)

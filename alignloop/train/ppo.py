@@ -48,7 +48,7 @@ from alignloop.data.io import append_jsonl, read_sources
 from alignloop.data.records import PromptRecord
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
-from alignloop.train.common import epoch_order, make_accelerator, make_optimizer, seed_everything
+from alignloop.train.common import HALF_TYPES, epoch_order, make_accelerator, make_optimizer, seed_everything
 
 
 @dataclass
@@ -114,8 +114,7 @@ def repeated_ngram_share(tokens: list[int], n: int = 3) -> float:
 
 def sampling_dtype(accelerator, lm) -> torch.dtype:
     """The dtype PPO samples in: the --mixed-precision one, else the policy's own."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision),
-                                                               next(lm.parameters()).dtype)
+    return HALF_TYPES.get(str(accelerator.mixed_precision), next(lm.parameters()).dtype)
 
 
 def sharded_weights(accelerator) -> bool:
