@@ -255,8 +255,12 @@ def section_control(folder: Path, page_dir: Path) -> str:
     base_rows = _metrics(folder / "baseline") or []
     base = {r[M.ENV_STEPS]: r.get(M.TRUE_RETURN) for r in base_rows if M.ENV_STEPS in r}
     # 1) what ran
-    what = (f"a reward ensemble learned from {_last(rows, M.LABELS) or 0} synthetic comparisons of clips" if learned
-            else "the environment's true reward")
+    people = learned and cfg.get("feedback", "synthetic") != "synthetic"
+    labels, by_people = _last(rows, M.LABELS) or 0, _last(rows, M.HUMAN_LABELS) or 0
+    what = ("the environment's true reward" if not learned else
+            f"a reward ensemble learned from {labels} comparisons of clips, {by_people} of them by people "
+            f"(--feedback {cfg['feedback']})" if people else
+            f"a reward ensemble learned from {labels} synthetic comparisons of clips")
     if summary is None:
         done = f"not finished: {len(rows) - 1} of {cfg.get('rounds', '?')} rounds logged"
     else:
@@ -270,17 +274,45 @@ def section_control(folder: Path, page_dir: Path) -> str:
     # 2) one row per round, the true-reward agent's return at the same env steps beside it
     head = ["round", "env steps", "labels used", f"true return, {agent} on the {'learned' if learned else 'true'} reward",
             *([f"true return, {agent} on the true reward"] if base else []),
-            *(["learned vs true reward correlation", "held-out accuracy"] if learned else [])]
+            *(["learned vs true reward correlation", "held-out accuracy"] if learned else []),
+            *(["labels by people", "people vs synthetic labeller", "people vs true-return order"] if people else [])]
     body = [[r["step"], r.get(M.ENV_STEPS), r.get(M.LABELS), r.get(M.TRUE_RETURN),
              *([base.get(r.get(M.ENV_STEPS))] if base else []),
-             *([r.get(M.REWARD_CORRELATION), r.get(M.EVAL_ACCURACY)] if learned else [])] for r in rows]
+             *([r.get(M.REWARD_CORRELATION), r.get(M.EVAL_ACCURACY)] if learned else []),
+             *([r.get(M.HUMAN_LABELS), r.get(M.HUMAN_SYNTHETIC_AGREEMENT), r.get(M.HUMAN_TRUE_AGREEMENT)]
+               if people else [])] for r in rows]
     # 3) the figure
     note = ("True return per round. Left: against the labels used so far, with the true-reward agent's return after "
             "the same env steps beside it (the paper's comparison: how much of the true-reward agent's return the "
             "labels buy). Right: both against env steps." if learned else "True return per round against env steps.")
     fig = figures.control_returns(rows, base_rows, agent)
     return (intro + table(head, body) + _img(fig, "control true return", note)
+            + (_people(summary, folder, page_dir) if people else "")
             + _videos(folder, page_dir, f"{agent} on the {'learned' if learned else 'true'} reward", agent))
+
+
+def _people(summary: dict | None, folder: Path, page_dir: Path) -> str:
+    """People's labels against the synthetic labeller and the true-return order (the run's
+    result.json: control.human.feedback_agreement), and a link to their quality report."""
+    fb = (summary or {}).get("feedback")
+    if not fb:
+        return ("<h3>People's labels</h3><p class=meta>The run has not finished: the agreement of people's labels "
+                "with the synthetic labeller is in the table above, round by round.</p>")
+    rows = []
+    for name, a in (("the synthetic labeller", fb["agreement"]["synthetic"]),
+                    ("the true-return order", fb["agreement"]["true_order"])):
+        rows.append([f"people vs {name}", a["alignment"], a["agree"], a["disagree"], a["human_ties"]])
+    report = Path(fb["quality_report"])
+    report = report if report.is_absolute() or report.exists() else folder / "quality" / "report.html"
+    link = (f" Their quality report (agreement between raters, gold accuracy, position bias, can't-tell answers): "
+            f"<a href='{html.escape(os.path.relpath(report.resolve(), page_dir))}'>quality/report.html</a>."
+            if report.exists() else "")
+    intro = (f"<h3>People's labels</h3><p>{fb['human_labels']} of the labels came from people in "
+             f"{len(fb.get('campaigns', []))} clips campaigns of <code>{html.escape(str(fb['db']))}</code>, "
+             f"{fb['synthetic_labels']} from the synthetic labeller (--feedback {html.escape(fb['mode'])}). "
+             f"Agreement: the share of pairs both sides decided on which people's majority chose the same clip; "
+             f"gold pairs and can't-tell answers are left out.{link}</p>")
+    return intro + table(["comparison", "agreement", "pairs agreed", "pairs disagreed", "people tied"], rows)
 
 
 def _videos(folder: Path, page_dir: Path, who: str, agent: str) -> str:

@@ -190,3 +190,9 @@ def test_the_control_recipe_pauses_for_people_and_goes_on_when_run_again(tmp_pat
     assert result.status == "done" and result.ran == ["control", "report"]
     summary = json.loads((run / "control" / "summary.json").read_text())
     assert summary["feedback"]["human_labels"] == 6 and (run / "report.html").exists()
+    # the run report's control section says how many labels people gave and how they agree
+    page = (run / "report.html").read_text()
+    agree = summary["feedback"]["agreement"]["true_order"]
+    assert "6 of them by people (--feedback human)" in page and "<h3>People's labels</h3>" in page
+    assert f"<td>people vs the true-return order</td><td>{agree['alignment']:.3f}</td>" in page
+    assert "href='control/quality/report.html'" in page
