@@ -140,6 +140,7 @@ class Comparison(PromptRecord):
     rater: str | None = Field(None, description="Who ranked (rater id or judge name).")
     source: Source | None = Field(None, description="human | ai | simulated | gold.")
     weight: float = Field(1.0, ge=0.0, description="Weight of the record in the reward-model loss.")
+    explanation: str | None = Field(None, description="Gold records: why the ranking is right (shown after a practice answer).")
 
     @model_validator(mode="before")
     @classmethod
@@ -201,6 +202,7 @@ class BinaryFeedback(PromptRecord):
     label: Literal[0, 1] = Field(..., description="1 good, 0 bad.")
     rater: str | None = Field(None, description="Who rated.")
     source: Source | None = Field(None, description="human | ai | simulated | gold.")
+    explanation: str | None = Field(None, description="Gold records: why the label is right (shown after a practice answer).")
 
     @field_validator("response")
     @classmethod

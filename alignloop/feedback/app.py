@@ -227,8 +227,10 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
 
     from alignloop.feedback.api import router as api_router
     from alignloop.feedback.pages import router as page_router
+    from alignloop.feedback.panel_pages import router as panel_router
 
     app.include_router(page_router)
+    app.include_router(panel_router)
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

@@ -26,9 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from alignloop.feedback.campaigns import CampaignInfo, ItemText, campaign_info, chat_messages, item_text
-from alignloop.feedback.db import ITEM_IS_OPEN, Assignment, Campaign, Item, Rater, utcnow, writing
+from alignloop.feedback.db import ITEM_IS_OPEN, Assignment, Campaign, Item, PracticeAnswer, Rater, utcnow, writing
 from alignloop.feedback.errors import Conflict, NotFound
 from alignloop.feedback.limits import is_db_id
+from alignloop.feedback.panels import diverse_item, missing_attributes, options_of, rater_attributes
 from alignloop.feedback.raters import Caller
 
 ASSIGN_ATTEMPTS = 8  # a new assignment is looked for this often while other raters take the free items
@@ -50,7 +51,7 @@ def view_of(a: Assignment) -> AssignmentView:
     """The view of an ORM assignment (loaded with its item and campaign)."""
     c, i = a.campaign, a.item
     return AssignmentView(a.id, CampaignInfo(c.id, c.name, c.kind, c.instructions, c.raters_per_item, c.gold_rate,
-                                             c.seed),
+                                             c.seed, options_of(c.options)),
                           ItemText(i.id, i.campaign_id, tuple(chat_messages(i.prompt)), tuple(i.responses), i.is_gold,
                                    tuple(m.sha256 for m in i.media) if c.kind == "clips" else ()),
                           a.status, tuple(a.display_order))
@@ -87,8 +88,12 @@ _FREE_ITEM_WAIT = _FREE_ITEM.with_for_update(of=I)
 _SLOTS = select(A.c.slot).where(A.c.item_id == bindparam("item"), A.c.slot.is_not(None))
 _N_HAD = select(func.count()).select_from(A).where(A.c.rater_id == bindparam("rater"),
                                                    A.c.campaign_id == bindparam("campaign"))
-_GOLD = (select(I.c.id).where(I.c.campaign_id == bindparam("campaign"), I.c.is_gold.is_(True), I.c.id.not_in(_MINE))
+P = PracticeAnswer.__table__
+_PRACTISED = select(P.c.item_id).where(P.c.rater_id == bindparam("rater"))
+_GOLD = (select(I.c.id).where(I.c.campaign_id == bindparam("campaign"), I.c.is_gold.is_(True), I.c.id.not_in(_MINE),
+                              I.c.id.not_in(_PRACTISED))  # a practised item's answer was shown: no gold check
          .order_by(I.c.id).limit(50))
+_WITH_OPTIONS = select(C.c.id).where(C.c.ready, C.c.options.is_not(None)).order_by(C.c.id)
 _INSERT = insert(A)
 _TAKE_PLACE = update(I).where(I.c.id == bindparam("b_item")).values(open_slots=I.c.open_slots - 1)
 _MARK_SHOWN = update(A).where(A.c.id == bindparam("b_id"), A.c.shown_at.is_(None)).values(shown_at=bindparam("b_now"))
@@ -132,7 +137,9 @@ def _assign(conn: Connection, rater_id: int, campaign: CampaignInfo, shown: bool
     skipping items another rater is being given right now; only when every free item is
     being given, wait for them. (SQLite's write lock already excludes every writer.)"""
     params = {"rater": rater_id, "campaign": campaign.id}
-    if conn.dialect.name == "postgresql":
+    if campaign.options is not None and campaign.options.panel is not None:
+        item_id = diverse_item(conn, rater_id, campaign.id, campaign.options.panel)
+    elif conn.dialect.name == "postgresql":
         item_id = (conn.execute(_FREE_ITEM_SKIP_LOCKED, params).scalar()
                    or conn.execute(_FREE_ITEM_WAIT, params).scalar())
     else:
@@ -143,6 +150,34 @@ def _assign(conn: Connection, rater_id: int, campaign: CampaignInfo, shown: bool
     if gold_id is not None and (a := _give(conn, rater_id, campaign, item_text(conn, gold_id), shown)) is not None:
         return a
     return _give(conn, rater_id, campaign, item_text(conn, item_id), shown)
+
+
+def gated_campaigns(conn: Connection, rater_id: int) -> set[int]:
+    """Ready campaigns whose live items this rater cannot have yet: they ask for attributes the
+    rater has not given, or have a practice round the rater has not passed (practice.py)."""
+    from alignloop.feedback.practice import practice_state
+
+    ids = list(conn.execute(_WITH_OPTIONS).scalars())
+    if not ids:
+        return set()
+    attrs = rater_attributes(conn, rater_id)
+    out = set()
+    for cid in ids:
+        info = campaign_info(conn, cid)
+        if info is None or info.options is None or not info.options.gated:
+            continue
+        state = practice_state(conn, rater_id, info)
+        if missing_attributes(info.options, attrs) or (state is not None and state.status != "passed"):
+            out.add(cid)
+    return out
+
+
+def _with_free(conn: Connection, params: dict, campaign_id: int | None, excluded: set[int]) -> int | None:
+    """The first ready campaign (or `campaign_id`) with a free item for the rater, not in `excluded`."""
+    if not excluded:
+        return conn.execute(_WITH_FREE if campaign_id is None else _WITH_FREE_IN, params).scalar()
+    stmt = _WITH_FREE if campaign_id is None else _WITH_FREE_IN
+    return conn.execute(stmt.where(C.c.id.not_in(sorted(excluded))), params).scalar()
 
 
 def _mark_shown(s: Session, assignment_id: int) -> None:
@@ -166,9 +201,11 @@ def next_assignment_view(s: Session, rater_id: int, campaign_id: int | None = No
         if shown and row.shown_at is None:
             _mark_shown(s, row.id)
         return AssignmentView(row.id, campaign, item, row.status, tuple(row.display_order))
-    for _attempt in range(ASSIGN_ATTEMPTS):  # the read found a free item; under the lock it may be gone
+    excluded = gated_campaigns(conn, rater_id)  # attributes to give or a practice round to pass first
+    attempts = 0
+    while attempts < ASSIGN_ATTEMPTS:  # the read found a free item; under the lock it may be gone
         conn = s.connection()
-        found = conn.execute(_WITH_FREE if campaign_id is None else _WITH_FREE_IN, params).scalar()
+        found = _with_free(conn, params, campaign_id, excluded)
         if found is None:
             return None
         campaign = campaign_info(conn, found)
@@ -179,6 +216,10 @@ def next_assignment_view(s: Session, rater_id: int, campaign_id: int | None = No
             a = None
         if a is not None:
             return a
+        if campaign.options is not None and campaign.options.panel is not None:
+            excluded.add(found)  # its free places are held for other groups: look at the next campaign
+        else:
+            attempts += 1
     return None
 
 

@@ -29,12 +29,14 @@ from alignloop.data.records import BinaryFeedback, Comparison, Samples
 from alignloop.feedback.db import KINDS, Campaign, Item, ItemMedia, locked, writing
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
 from alignloop.feedback.media import is_digest, missing_media
+from alignloop.feedback.panels import CampaignOptions, check_options, options_of
 from alignloop.feedback.limits import (MAX_CAMPAIGN_NAME, MAX_INSTRUCTIONS, MAX_PROMPT_CHARS, MAX_RATERS_PER_ITEM,
                                        MAX_RESPONSE_CHARS, MAX_RESPONSES, MAX_SEED, is_db_id)
 
 ITEM_BATCH_ROWS = 200  # a new campaign's items go in in transactions of at most this many items ...
 ITEM_BATCH_CHARS = 1_000_000  # ... or this many characters of text, so the write lock is held briefly
 ITEM_CACHE_SIZE = 20_000  # item texts kept per engine (least recently used dropped first)
+MAX_EXPLANATION = 5_000  # characters of a gold item's explanation
 
 
 def check_samples(record: Samples, kind: str, where: str) -> None:
@@ -111,8 +113,10 @@ def _item_rows(kind: str, samples: Sequence[Samples], gold: Sequence[Comparison 
                 raise Invalid(f"{label}: a {kind} campaign takes comparison records with a ranking as gold")
             responses, answer = list(g.responses), [e if isinstance(e, int) else list(e) for e in g.ranking]
         check_samples(Samples(**g.prompt_fields(), responses=responses, meta=g.meta), kind, label)
+        if g.explanation is not None and (not g.explanation.strip() or len(g.explanation) > MAX_EXPLANATION):
+            raise Invalid(f"{label}: field 'explanation': give 1 to {MAX_EXPLANATION} characters")
         rows.append(dict(source_id=g.id, prompt=g.prompt_fields(), responses=responses, model=None, sampling={},
-                         meta=g.meta, is_gold=True, gold_answer=answer, open_slots=0))
+                         meta=g.meta, is_gold=True, gold_answer=answer, open_slots=0, explanation=g.explanation))
         if kind == "clips":
             rows[-1][MEDIA] = clip_media(g, label)
     return rows
@@ -158,6 +162,7 @@ def create_campaign(
     gold_rate: float = 0.1,
     seed: int = 0,
     where: Sequence[str] | None = None,
+    options: CampaignOptions | dict[str, Any] | None = None,
 ) -> Campaign:
     """A campaign with one item per samples record, plus gold items with known answers.
 
@@ -167,10 +172,21 @@ def create_campaign(
     `where[i]` names record i in error messages (file:line). Everything is checked before
     anything is written; the items then go in in short transactions while the campaign is
     hidden (`ready` false), and it appears whole at the end or, on an error, not at all. An
-    unfinished campaign of the same name (its creation was interrupted) is replaced."""
+    unfinished campaign of the same name (its creation was interrupted) is replaced.
+    `options`: panel and practice options (panels.py); a practice round needs at least
+    `practice.items` gold items, a panel at most `raters_per_item` groups per item."""
     name = check_campaign_settings(name, kind, raters_per_item, gold_rate, seed, instructions)
     if not samples:
         raise Invalid("samples: no records")
+    opts = check_options(options)
+    if opts is not None and opts.practice is not None and kind == "clips":
+        raise Invalid("options.practice: a clips campaign has no practice round (text items only)")
+    if opts is not None and opts.practice is not None and opts.practice.items > len(gold):
+        raise Invalid(f"options.practice.items: {opts.practice.items} practice items need as many gold items "
+                      f"(--gold), got {len(gold)}")
+    if opts is not None and opts.panel is not None and opts.panel.min_groups > raters_per_item:
+        raise Invalid(f"options.panel.min_groups: {opts.panel.min_groups} groups per item need at least as many "
+                      f"raters per item, got {raters_per_item}")
     rows = _item_rows(kind, samples, gold, raters_per_item, where)
     if kind == "clips":
         missing = missing_media(s, [d for row in rows for d in row[MEDIA]])
@@ -181,7 +197,7 @@ def create_campaign(
         raise Conflict(f"a campaign named {name!r} exists already")
     campaign_id = _start_campaign(s, Campaign(name=name, kind=kind, raters_per_item=raters_per_item,
                                               instructions=instructions, gold_rate=gold_rate, seed=seed,
-                                              ready=False))
+                                              ready=False, options=opts.stored() if opts else None))
     try:
         for batch in _batches(rows):
             with writing(s):
@@ -253,6 +269,7 @@ class CampaignInfo:
     raters_per_item: int
     gold_rate: float
     seed: int
+    options: CampaignOptions | None = None  # panel and practice options (panels.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +298,7 @@ _caches: weakref.WeakKeyDictionary[Engine, _Cache] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 C, I = Campaign.__table__, Item.__table__
 _CAMPAIGN = select(C.c.id, C.c.name, C.c.kind, C.c.instructions, C.c.raters_per_item, C.c.gold_rate, C.c.seed,
-                   C.c.ready).where(C.c.id == bindparam("campaign"))
+                   C.c.ready, C.c.options).where(C.c.id == bindparam("campaign"))
 _ITEM = (select(I.c.id, I.c.campaign_id, I.c.prompt, I.c.responses, I.c.is_gold, C.c.ready, C.c.kind)
          .join_from(I, C, C.c.id == I.c.campaign_id).where(I.c.id == bindparam("item")))
 IM = ItemMedia.__table__
@@ -310,7 +327,8 @@ def campaign_info(conn: Connection, campaign_id: int) -> CampaignInfo | None:
         row = conn.execute(_CAMPAIGN, {"campaign": campaign_id}).one_or_none()
         if row is None or not row.ready:
             return None
-        info = CampaignInfo(row.id, row.name, row.kind, row.instructions, row.raters_per_item, row.gold_rate, row.seed)
+        info = CampaignInfo(row.id, row.name, row.kind, row.instructions, row.raters_per_item, row.gold_rate, row.seed,
+                            options_of(row.options))
         cache.campaigns[campaign_id] = info
     return info
 

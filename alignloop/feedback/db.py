@@ -5,6 +5,7 @@ to write: a short write transaction (`writing`).
     Campaign 1--* Assignment *--1 Rater
     Item     1--* Assignment 1--0..1 Judgment
     Item     1--* ItemMedia  *--1 Media       clips campaigns: the video shown for each response (revision 4)
+    Campaign 1--* PracticeAnswer *--1 Rater   a rater's practice round on gold items (revision 5)
 
 An assignment is one rater's turn on one item. It holds the display order the rater saw
 (`display_order[p]` = original index of the response shown at position p) and a `slot`
@@ -102,6 +103,8 @@ class Campaign(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # False while its items are being loaded (in short transactions): nobody sees it yet (revision 3)
     ready: Mapped[bool] = mapped_column(Boolean, default=True)
+    # panel and practice options (feedback/panels.py, practice.py); NULL: none (revision 5)
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     items: Mapped[list[Item]] = relationship(back_populates="campaign", order_by="Item.id")
 
 
@@ -125,6 +128,8 @@ class Item(Base):
     gold_answer: Mapped[list[Any] | None] = mapped_column(JSON)
     # free places: raters_per_item minus the slots taken; gold items have none (revision 3)
     open_slots: Mapped[int] = mapped_column(Integer, default=0)
+    # gold items: why the known answer is right, shown after a practice answer (revision 5)
+    explanation: Mapped[str | None] = mapped_column(Text)
     campaign: Mapped[Campaign] = relationship(back_populates="items")
     # clips campaigns: the video of each response, in original order (revision 4)
     media: Mapped[list[ItemMedia]] = relationship(order_by="ItemMedia.position")
@@ -166,6 +171,8 @@ class Rater(Base):
     # a session cookie is valid only while it carries this number; +1 signs the rater out everywhere (revision 3)
     session_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # free key/value attributes (region, language, expert, ...): panels.py (revision 5)
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
 
     @property
     def is_admin(self) -> bool:
@@ -211,6 +218,30 @@ class Judgment(Base):
     # clips: "can't tell" (no ranking: the rater abstained; "equal" is a tie ranking) (revision 4)
     abstained: Mapped[bool] = mapped_column(Boolean, default=False)
     assignment: Mapped[Assignment] = relationship(back_populates="judgment")
+
+
+class PracticeAnswer(Base):
+    """One practice answer of a rater on a gold item of a campaign (revision 5): its attempt
+    (1, 2, ... after a failed round with retry), the answer in original indices, and its
+    score against the gold answer (share of strict gold pairs ordered the gold way, a tie
+    half; thumbs: share of labels equal to the gold labels). Never a judgment: never
+    exported, never counted in agreement."""
+
+    __tablename__ = "practice_answers"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "rater_id", "attempt", "item_id", name="uq_practice_answer"),
+        Index("ix_practice_answers_rater", "rater_id", "campaign_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    ranking: Mapped[list[Any] | None] = mapped_column(JSON)
+    labels: Mapped[list[int] | None] = mapped_column(JSON)
+    display_order: Mapped[list[int]] = mapped_column(JSON)
+    score: Mapped[float] = mapped_column(Float)
+    submitted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 # --- engines ---------------------------------------------------------------------------------

@@ -53,6 +53,11 @@ def home(request: Request, saved: int = 0, rater: Caller | None = Depends(option
          s: Session = DB):
     if rater is None:
         return render(request, "welcome.html", {})
+    from alignloop.feedback.panel_pages import pending_step
+
+    step = pending_step(s, rater)  # attributes a campaign asks for, or its practice round, first
+    if step is not None:
+        return see_other(f"/{step[0]}/{step[1].id}")
     a = store.next_assignment(s, rater)
     if a is None:
         return render(request, "done.html", {"rater": rater, "progress": reports.rater_progress(s, rater),
@@ -206,7 +211,9 @@ def render_admin(request: Request, s: Session, rater: Caller, status: int = 200,
     campaigns = reports.campaign_summaries(s)
     chosen = next((c for c in campaigns if c["id"] == quality_id), campaigns[-1] if campaigns else None)
     quality = reports.quality_summary(s, chosen, request.app.state.gold_threshold) if chosen else None
-    ctx = {"rater": rater, "campaigns": campaigns, "raters": reports.rater_summaries(s),
+    from alignloop.feedback.panel_pages import admin_panels
+
+    ctx = {"panels": admin_panels(s),"rater": rater, "campaigns": campaigns, "raters": reports.rater_summaries(s),
            "max_upload_mb": MAX_UPLOAD_BYTES // 2**20, "quality_campaign": chosen, "quality": quality,
            "gold_threshold": request.app.state.gold_threshold, **extra}
     return render(request, "admin.html", ctx, status=status)

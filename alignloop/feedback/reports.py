@@ -127,6 +127,7 @@ def rater_summaries(s: Session) -> list[dict[str, Any]]:
             "mean_time_s": statistics.fmean(t) if t else None,
             "median_time_s": statistics.median(t) if t else None,
             "api_access": r.api_token_hash is not None,
+            "attributes": dict(r.attributes or {}),
         })
     s.commit()
     return out
@@ -167,6 +168,8 @@ def export_records(s: Session, campaign_ids: list[int] | None = None,
             "time_spent_s": j.time_spent_s, "is_gold": item.is_gold, "unsafe": j.unsafe, "comment": j.comment,
             "model": item.model, "sampling": item.sampling,
         }
+        if r.attributes:  # the rater's attributes (panels.py): the quality tools group raters by them
+            meta["rater_attributes"] = dict(r.attributes)
         if item.is_gold and c.kind != "thumbs":
             meta["gold_ranking"] = item.gold_answer
         if c.kind == "thumbs":

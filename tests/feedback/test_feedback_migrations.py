@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from alignloop.feedback import reports, store
 from alignloop.feedback.db import Base, Item, Rater, database_url, make_engine, writer
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_upgrade_from_empty_database_reaches_head(db_path):
@@ -188,6 +188,54 @@ def test_downgrade_to_revision_3_and_back(db_path):
     engine = _migrated_then_downgraded(db_path, "0003")
     assert {"media", "item_media"}.isdisjoint(inspect(engine).get_table_names())
     assert "abstained" not in {c["name"] for c in inspect(engine).get_columns("judgments")}
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    engine.dispose()
+
+
+def test_upgrade_from_revision_4_keeps_data_and_adds_panels_and_practice(db_path):
+    from alignloop.data.records import Comparison, Samples
+
+    engine = make_engine(db_path)
+    store.migrate(engine, "0004")
+    assert "practice_answers" not in set(inspect(engine).get_table_names())
+    t = dt.datetime(2025, 3, 1)
+    with writer(engine).begin() as conn:  # a campaign, item, rater, assignment and judgment as revision 4 stored them
+        conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, "
+                          "created_at, ready) VALUES (1, 'old', 'compare', 1, '', 0.0, 0, :t, 1)"), {"t": t})
+        conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold, open_slots) "
+                          "VALUES (1, 1, '{\"prompt\": \"p\"}', '[\"a\", \"b\"]', '{}', '{}', 0, 0)"))
+        conn.execute(text("INSERT INTO raters (id, name, role, created_at, session_version) VALUES (1, 'ann', 'rater', :t, 0)"),
+                     {"t": t})
+        conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, "
+                          "created_at) VALUES (1, 1, 1, 1, 0, '[0, 1]', 'done', :t)"), {"t": t})
+        conn.execute(text("INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
+                          "submitted_at, abstained) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', :t, 0)"), {"t": t})
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT options FROM campaigns")).scalars().all() == [None]
+        assert conn.execute(text("SELECT explanation FROM items")).scalars().all() == [None]
+    engine.dispose()
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        (rec,) = reports.export_records(s)
+        assert rec.ranking == [1, 0] and rec.rater == "ann" and "rater_attributes" not in rec.meta
+        assert s.get(Rater, 1).attributes == {}
+        assert store.set_attributes(s, 1, {"region": "eu"}) == {"region": "eu"}
+        gold = [Comparison(prompt="g", responses=["x", "y"], ranking=[0, 1], explanation="x is right")]
+        store.create_campaign(s, "new", "compare", [Samples(prompt="q", responses=["c", "d"])], raters_per_item=1,
+                              gold=gold, options={"practice": {"items": 1}})
+        info = store.campaign_info(s.connection(), 2)
+        state = store.practice_state(s.connection(), 1, info)
+        result = store.submit_practice(s, 1, info, state.next_item, ranking=[0, 1])
+        assert result.explanation == "x is right" and result.state.status in ("passed", "todo")
+
+
+def test_downgrade_to_revision_4_and_back(db_path):
+    engine = _migrated_then_downgraded(db_path, "0004")
+    assert "practice_answers" not in set(inspect(engine).get_table_names())
+    assert "attributes" not in {c["name"] for c in inspect(engine).get_columns("raters")}
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
     engine.dispose()
