@@ -41,6 +41,38 @@ class FeedbackCreateConfig(StageConfig):
     gold_rate: float = Field(0.1, ge=0.0, le=1.0, description="Probability that a rater's next item is a gold item.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of display orders and gold mixing.")
     media: Path | None = Field(None, description=MEDIA_HELP)
+    panel: str | None = Field(None, description="Diverse panel ATTRIBUTE:N: each item is judged by raters of at least N "
+                              "different values of the rater attribute (e.g. region:2); assignment balances across "
+                              "the groups (docs/readme-feedback.md, 'Diverse panels').")
+    ask: str | None = Field(None, description="Rater attributes to ask for on first login, comma-separated "
+                            "(e.g. region,language); a rater gets no item of the campaign before giving them.")
+    practice_items: int | None = Field(None, ge=1, le=100, description="Practice round: a new rater first answers this "
+                                       "many gold items, each followed by its known answer and explanation.")
+    practice_pass: float = Field(0.8, gt=0.0, le=1.0, description="Practice round: mean score needed before live items.")
+    practice_on_fail: Literal["retry", "stop"] = Field("retry", description="Practice round below the pass mark: retry "
+                                                        "(another round) or stop (no live items for that rater).")
+
+
+def campaign_options(cfg: FeedbackCreateConfig) -> dict | None:
+    """The campaign options (feedback/panels.py) from --panel, --ask and --practice-*."""
+    opts: dict = {}
+    if cfg.panel:
+        attribute, sep, n = cfg.panel.partition(":")
+        if not sep or not n.strip().isdigit():
+            raise ConfigError(f"--panel {cfg.panel!r}: give ATTRIBUTE:N, e.g. region:2")
+        opts["panel"] = {"attribute": attribute.strip(), "min_groups": int(n)}
+    if cfg.ask:
+        opts["ask"] = [k.strip() for k in cfg.ask.split(",") if k.strip()]
+    if cfg.practice_items:
+        opts["practice"] = {"items": cfg.practice_items, "pass": cfg.practice_pass, "on_fail": cfg.practice_on_fail}
+    return opts or None
+
+
+class SetAttributesConfig(StageConfig):
+    name: str = Field(..., description="Rater name.")
+    attributes: str = Field(..., description="key=value pairs, comma-separated (region=eu, expert=yes); key= removes "
+                            "a key. Merged into the rater's attributes.")
+    db: str = Field("feedback.db", description=DB_HELP)
 
 
 class AddRaterConfig(StageConfig):
@@ -122,7 +154,8 @@ def run_create(cfg: FeedbackCreateConfig) -> None:
             c = store.create_campaign(s, name=cfg.name or cfg.samples.stem, kind=cfg.kind, samples=samples,
                                       raters_per_item=cfg.raters_per_item, instructions=instructions, gold=gold,
                                       gold_rate=cfg.gold_rate, seed=cfg.seed,
-                                      where=[f"{cfg.samples}: record {i + 1}" for i in range(len(samples))])
+                                      where=[f"{cfg.samples}: record {i + 1}" for i in range(len(samples))],
+                                      options=campaign_options(cfg))
         except store.FeedbackError as err:
             raise ConfigError(err.message) from None
         click.echo(f"campaign {c.id} {c.name!r}: {len(samples)} items ({cfg.kind}, {cfg.raters_per_item} raters "
@@ -163,6 +196,25 @@ def run_add_rater(cfg: AddRaterConfig) -> None:
         if api:
             click.echo(f"API token (Authorization: Bearer ...): {api}")
     engine.dispose()
+
+
+def run_set_attributes(cfg: SetAttributesConfig) -> None:
+    from sqlalchemy import select
+
+    from alignloop.feedback import store
+    from alignloop.feedback.db import Rater
+
+    engine, sessions = _open(cfg.db, must_exist=True)
+    with sessions() as s:
+        try:
+            rater_id = s.scalar(select(Rater.id).where(Rater.name == cfg.name.strip()))
+            if rater_id is None:
+                raise store.NotFound(f"no rater {cfg.name!r} (add them first: alignloop feedback add-rater)")
+            merged = store.set_attributes(s, rater_id, store.parse_attributes(cfg.attributes, "--attributes"))
+        except store.FeedbackError as err:
+            raise ConfigError(err.message) from None
+    engine.dispose()
+    click.echo(f"rater {cfg.name!r}: " + (", ".join(f"{k}={v}" for k, v in sorted(merged.items())) or "no attributes"))
 
 
 def run_status(cfg: FeedbackStatusConfig) -> None:
@@ -235,6 +287,9 @@ group.add_command(config_command(FeedbackCreateConfig, run_create, "create",
                                  "Create a campaign from a samples file."))
 group.add_command(config_command(AddRaterConfig, run_add_rater, "add-rater",
                                  "Add a rater (or re-issue a login link) and print the one-time login link.",
+                                 positional=("name",)))
+group.add_command(config_command(SetAttributesConfig, run_set_attributes, "set-attributes",
+                                 "Set a rater's attributes (region, language, expert, ...) for diverse panels.",
                                  positional=("name",)))
 group.add_command(config_command(FeedbackStatusConfig, run_status, "status",
                                  "Progress per campaign and per rater."))

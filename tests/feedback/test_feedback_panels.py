@@ -249,3 +249,25 @@ def test_admin_sets_attributes_and_sees_coverage(db_path):
     r = client.post("/admin/raters/attributes", data={"csrf_token": hidden(page.text, "csrf_token"), "name": "nobody",
                                                       "attributes": "region=eu"})
     assert r.status_code == 404
+
+
+def test_cli_creates_a_panel_and_practice_campaign_and_sets_attributes(capsys, tmp_path, samples_file, db_path):
+    from alignloop.cli import main
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(r.model_dump_json() + "\n" for r in _gold(2)), encoding="utf-8")
+    db = str(db_path)
+    main(["feedback", "create", "--db", db, "--samples", str(samples_file), "--gold", str(gold), "--raters-per-item",
+          "2", "--panel", "region:2", "--ask", "region", "--practice-items", "2", "--practice-pass", "0.5"])
+    main(["feedback", "add-rater", "ann", "--db", db])
+    capsys.readouterr()
+    main(["feedback", "set-attributes", "ann", "--db", db, "--attributes", "region=eu, expert=yes"])
+    assert capsys.readouterr().out.strip() == "rater 'ann': expert=yes, region=eu"
+    with pytest.raises(SystemExit) as exc:
+        main(["feedback", "create", "--db", db, "--samples", str(samples_file), "--name", "x", "--panel", "region"])
+    assert exc.value.code == 2 and "--panel 'region': give ATTRIBUTE:N" in capsys.readouterr().err
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        info = store.campaign_info(s.connection(), 1)
+    assert info.options.panel.attribute == "region" and info.options.practice.items == 2
+    assert info.options.ask == ["region"] and info.options.practice.pass_ == 0.5
