@@ -105,6 +105,8 @@ class QualityConfig(_Input):
     session_gap_min: float = Field(30.0, gt=0, description="Minutes without a submission that end a rater's session.")
     ai: Path | None = Field(None, description="AI labels (`alignloop cai label` output), compared with the human "
                             "labels only in the ai_human_alignment section, never counted as a rater.")
+    group_by: list[str] | None = Field(None, description="Rater attributes to report agreement and bias by group for "
+                                       "(meta.rater_attributes; default: every attribute in the judgments, at most 5).")
 
 
 def run_report(cfg: QualityConfig) -> dict:
@@ -113,7 +115,7 @@ def run_report(cfg: QualityConfig) -> dict:
     records = _load(cfg.data, cfg.db)
     ai = read_records(cfg.ai, Comparison) if cfg.ai is not None else None
     a = analyse(records, cfg.consensus_method, cfg.gold_threshold, cfg.screen, cfg.min_gold, cfg.alpha,
-                cfg.n_boot, cfg.seed, cfg.session_gap_min, ai_records=ai)
+                cfg.n_boot, cfg.seed, cfg.session_gap_min, ai_records=ai, group_by=cfg.group_by)
     paths = write_report(a, cfg.out)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     head = admin_view(a)
@@ -123,6 +125,12 @@ def run_report(cfg: QualityConfig) -> dict:
         click.echo(f"  {r:<14} gold {_f(v['gold_accuracy'])} ({v['status']}, weight {_f(v['weight'])})  "
                    f"agreement {_f(v['agreement_with_others'])}  biases: {', '.join(v['biases']) or '-'}")
     click.echo(f"detected: {', '.join(head['detected']) or 'nothing'}")
+    for attr, g in a.get("groups", {}).items():
+        for b in g["between"]:
+            click.echo(f"groups by {attr}: {b['a']} vs {b['b']}: cross agreement {_f(b['cross_agreement'])} (within "
+                       f"{_f(g['groups'][b['a']]['agreement'])} / {_f(g['groups'][b['b']]['agreement'])}), length "
+                       f"effect difference {_f(b['length_difference'])} {_ci(b['length_difference_ci'])}; "
+                       f"{g['n_flagged_items']} items with opposite group majorities")
     if "ai_human_alignment" in a:
         s = a["ai_human_alignment"]
         click.echo(f"AI-labeler alignment {_f(s['alignment'])} ({s['agree']} of {s['agree'] + s['disagree']} "
@@ -134,6 +142,10 @@ def run_report(cfg: QualityConfig) -> dict:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or any(v is None or v != v for v in ci) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 class ConsensusConfig(_Input):

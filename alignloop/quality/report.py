@@ -20,6 +20,7 @@ from alignloop.quality.ai_alignment import ai_human_alignment
 from alignloop.quality.bias import detect_biases
 from alignloop.quality.calibration import rater_weights, screening
 from alignloop.quality.consensus import consensus
+from alignloop.quality.groups import attributes_seen, group_report, rater_groups
 from alignloop.quality.judgments import Judgment, Judgments, load_judgments
 from alignloop.report_html import fmt, png, pyplot, table
 
@@ -36,6 +37,7 @@ def analyse(
     session_gap_min: float = 30.0,
     judgments: Judgments | None = None,
     ai_records: list[Comparison] | None = None,
+    group_by: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the report, as plain data (NaN becomes None in JSON).
 
@@ -73,7 +75,14 @@ def analyse(
         }
     if ai:
         out["ai_human_alignment"] = ai_alignment_section(ai, records, n_boot, seed)
+    # per group of raters (groups.py): every rater attribute in the records unless named
+    attributes = group_by if group_by is not None else attributes_seen(records)[:MAX_GROUP_ATTRIBUTES]
+    out["groups"] = {attr: rep for attr in attributes
+                     if (rep := group_report(j, rater_groups(records, attr), n_boot, seed))}
     return out
+
+
+MAX_GROUP_ATTRIBUTES = 5  # rater attributes reported by group when none are named
 
 
 def ai_alignment_section(ai: list[Judgment], records: list[Judgment], n_boot: int = 200,
@@ -284,6 +293,8 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
          "gold accuracy", "gold pairs", "screening", "weight", "consensus model", "simulated profile"], rater_rows))
     if "ai_human_alignment" in a:
         parts.append(_ai_html(a["ai_human_alignment"]))
+    for attr, g in (a.get("groups") or {}).items():
+        parts.append(_groups_html(attr, g))
     for key, b64 in figs.items():
         parts.append(f"<h2>{key.replace('_', ' ').capitalize()}</h2><p class=note>{html.escape(EXPLAIN[key])}</p>"
                      f"<img alt='{key}' src='data:image/png;base64,{b64}'>")
@@ -293,6 +304,31 @@ def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:
              "img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Feedback quality report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _groups_html(attr: str, g: dict[str, Any]) -> str:
+    """Agreement and bias per group of raters and between groups (groups.py)."""
+    rows = [[name, ", ".join(v["raters"]), v["votes"], v["items"], v["agreement"], v["agreement_ci"], v["position"],
+             v["length"]] for name, v in g["groups"].items()]
+    out = (f"<h2>Rater groups by {html.escape(attr)}</h2><p class=note>Agreement within each group; bias effects: "
+           "first-shown win share - 0.5, longer-wins share - 0.5. Between groups: cross-group agreement (share of "
+           "rater pairs, one from each group, voting alike on a shared pair of responses); gap = mean within-group "
+           "agreement - cross agreement (&gt; 0: the groups disagree with each other more than among "
+           "themselves); differences of the bias effects with bootstrap 95% intervals over items.</p>"
+           + table(["group", "raters", "votes", "items", "agreement", "95% CI", "position effect", "length effect"],
+                   rows))
+    if g["between"]:
+        out += table(["A", "B", "shared pairs", "cross agreement", "95% CI", "gap", "opposite majorities",
+                      "position A - B", "95% CI", "length A - B", "95% CI"],
+                     [[b["a"], b["b"], b["shared_units"], b["cross_agreement"], b["cross_agreement_ci"], b["gap"],
+                       b["opposite_majority_share"], b["position_difference"], b["position_difference_ci"],
+                       b["length_difference"], b["length_difference_ci"]] for b in g["between"]])
+    if g["flagged_items"]:
+        out += (f"<p>{g['n_flagged_items']} items on which the groups' majorities are opposite (at least "
+                f"{g['min_votes']} votes per group): "
+                + html.escape(", ".join(f["item"] for f in g["flagged_items"]))
+                + (" ..." if g["n_flagged_items"] > len(g["flagged_items"]) else "") + "</p>")
+    return out
 
 
 def _abstentions_html(counts: dict[str, int]) -> str:
