@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -37,6 +38,9 @@ from alignloop.feedback.auth import AdminRequired, CsrfFailed, LoginRequired, ch
 from alignloop.feedback.db import is_busy
 from alignloop.feedback.limits import BUSY_TIMEOUT_S, DEFAULT_BASE_URL, RETRY_AFTER_S
 from alignloop.feedback.secret import session_key
+
+if TYPE_CHECKING:
+    from alignloop.feedback.chat_web import ChatSettings
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 32 * 1024 * 1024  # an uploaded samples file, with room for multipart framing
@@ -192,7 +196,7 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
                gold_threshold: float = 0.75, base_url: str | None = None,
                default_base_url: str = DEFAULT_BASE_URL, session_hours: float = DEFAULT_SESSION_HOURS,
                secret_key_file: Path | None = None, busy_timeout: float = BUSY_TIMEOUT_S,
-               media: Path | None = None) -> FastAPI:
+               media: Path | None = None, chat: ChatSettings | None = None) -> FastAPI:
     """The web app on database `db` (SQLite path or SQLAlchemy URL), migrated to head first.
 
     `secure_cookies` marks the session cookie Secure (when served over HTTPS); `gold_threshold`
@@ -201,7 +205,8 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
     `default_base_url`. A session lasts `session_hours` from sign-in. The cookies are signed
     with `secret.session_key(secret_key_file)`. A request waits up to `busy_timeout` seconds
     for the database's write lock, then answers 503. Clip videos are served from `media`,
-    else the folder beside a SQLite database (media.py)."""
+    else the folder beside a SQLite database (media.py). `chat` adds the chat page, the arena
+    and the leaderboard (`alignloop chat`, chat_web.py)."""
     if not 0.5 < gold_threshold <= 1.0:
         raise ValueError(f"gold_threshold {gold_threshold}: must be in (0.5, 1]")
     if not 0 < session_hours <= 24 * 366:
@@ -229,6 +234,10 @@ def create_app(db: str | Path = "feedback.db", upgrade: bool = True, secure_cook
     from alignloop.feedback.pages import router as page_router
     from alignloop.feedback.panel_pages import router as panel_router
 
+    if chat is not None:  # before the rater pages: its `/` leads to the chat page
+        from alignloop.feedback.chat_web import install_chat
+
+        install_chat(app, chat)
     app.include_router(page_router)
     app.include_router(panel_router)
     app.include_router(api_router)

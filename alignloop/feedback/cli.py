@@ -262,7 +262,8 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def run_serve(cfg: ServeConfig) -> None:
+def run_serve(cfg: ServeConfig, chat=None) -> None:
+    """Run the app; `chat` (chat_web.ChatSettings) adds the chat page and the arena (`alignloop chat`)."""
     import uvicorn
 
     from alignloop.feedback.app import create_app
@@ -272,10 +273,11 @@ def run_serve(cfg: ServeConfig) -> None:
                          base_url=cfg.base_url, default_base_url=f"http://{_url_host(cfg.host)}:{cfg.port}",
                          session_hours=cfg.session_hours,
                          secret_key_file=Path(cfg.secret_key_file) if cfg.secret_key_file else None,
-                         busy_timeout=cfg.busy_timeout, media=cfg.media)
+                         busy_timeout=cfg.busy_timeout, media=cfg.media, chat=chat)
     except ValueError as err:  # a bad --base-url or session key
         raise ConfigError(str(err)) from None
-    click.echo(f"feedback app on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
+    what = "chat and feedback app" if chat is not None else "feedback app"
+    click.echo(f"{what} on http://{cfg.host}:{cfg.port} (database {shown_db(cfg.db)}); API spec at /docs")
     # Idle keep-alive connections stay open longer than clients keep them (httpx: 5 s), so a
     # client never sends a request on a connection the server is closing at that moment.
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=KEEP_ALIVE_S)

@@ -22,6 +22,7 @@ act on (errors.py).
 
 from __future__ import annotations
 
+from alignloop.feedback import chat_db  # noqa: F401  the chat page's and the arena's tables (chat_store.py)
 from alignloop.feedback.assignments import (ASSIGN_ATTEMPTS, AssignmentView, display_order, gated_campaigns,
                                             get_assignment, mark_shown, next_assignment, next_assignment_view, skip_assignment,
                                             view_of)

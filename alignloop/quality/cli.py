@@ -2,6 +2,7 @@
 
     alignloop quality report     --data comparisons.jsonl | --db feedback.db  [--ai ai_labels.jsonl]  --out DIR
     alignloop quality consensus  --data comparisons.jsonl --method dawid-skene --out consensus.jsonl
+    alignloop quality arena      --db feedback.db [--n-boot 100] [--seed 0] [--include-flagged]
     alignloop feedback simulate  (`simulate_command`, attached to the feedback group)
     alignloop feedback plan      (`plan_command`, attached to the feedback group)
 """
@@ -279,14 +280,39 @@ def run_plan(cfg: PlanConfig) -> list[dict]:
     return rows
 
 
+class ArenaConfig(StageConfig):
+    db: str = Field(..., description="Feedback database with the chat page's thumbs and the arena's votes "
+                    "(`alignloop chat`): a SQLite file path or a database URL. Only read.")
+    n_boot: int = Field(100, ge=0, le=100_000, description="Bootstrap resamples of the battles for the 95% intervals.")
+    seed: int = Field(0, ge=0, description="Seed of the bootstrap.")
+    include_flagged: bool = Field(False, description="Count battles flagged because a model revealed its identity.")
+
+
+def run_arena(cfg: ArenaConfig) -> dict:
+    """Print the arena leaderboard (quality/arena.py) of the database as JSON."""
+    from alignloop.feedback.chat_export import arena_from_db
+    from alignloop.quality.arena import leaderboard
+
+    try:
+        battles, thumbs = arena_from_db(cfg.db, cfg.include_flagged)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    board = leaderboard(battles, thumbs, n_boot=cfg.n_boot, seed=cfg.seed).to_json()
+    click.echo(json.dumps(board, indent=1))
+    return board
+
+
 report_command = config_command(QualityConfig, run_report, "report",
                                 "Feedback-quality report: agreement, gold calibration, biases (HTML + JSON).")
 consensus_command = config_command(ConsensusConfig, run_consensus, "consensus",
                                    "Consensus labels (majority, Dawid-Skene, noisy Bradley-Terry) as comparisons.")
+arena_command = config_command(ArenaConfig, run_arena, "arena",
+                               "Arena leaderboard as JSON: Bradley-Terry ratings with bootstrap 95% intervals, "
+                               "win rates, thumbs-up rates (alignloop chat's votes).")
 simulate_command = config_command(SimulateConfig, run_simulate, "simulate",
                                   "Simulated rater panel: judgments of samples around a gold scorer, with biases.")
 plan_command = config_command(PlanConfig, run_plan, "plan",
                               "How consensus accuracy against gold grows with raters per item, for a panel.")
 
 group = click.Group("quality", help="Feedback quality: agreement, calibration, bias, consensus labels.",
-                    commands={"report": report_command, "consensus": consensus_command})
+                    commands={"report": report_command, "consensus": consensus_command, "arena": arena_command})

@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from alignloop.feedback import reports, store
 from alignloop.feedback.db import Base, Item, Rater, database_url, make_engine, writer
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def test_upgrade_from_empty_database_reaches_head(db_path):
@@ -236,6 +236,55 @@ def test_downgrade_to_revision_4_and_back(db_path):
     engine = _migrated_then_downgraded(db_path, "0004")
     assert "practice_answers" not in set(inspect(engine).get_table_names())
     assert "attributes" not in {c["name"] for c in inspect(engine).get_columns("raters")}
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    engine.dispose()
+
+
+def test_upgrade_from_revision_5_keeps_data_and_adds_chat_and_arena(db_path):
+    from alignloop.feedback import chat_export, chat_store
+    from alignloop.feedback.chat_store import Job
+
+    engine = make_engine(db_path)
+    store.migrate(engine, "0005")
+    assert "chat_messages" not in set(inspect(engine).get_table_names())
+    t = dt.datetime(2025, 3, 1)
+    with writer(engine).begin() as conn:  # a campaign, item, rater, assignment and judgment as revision 5 stored them
+        conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, "
+                          "created_at, ready) VALUES (1, 'old', 'compare', 1, '', 0.0, 0, :t, 1)"), {"t": t})
+        conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold, open_slots) "
+                          "VALUES (1, 1, '{\"prompt\": \"p\"}', '[\"a\", \"b\"]', '{}', '{}', 0, 0)"))
+        conn.execute(text("INSERT INTO raters (id, name, role, created_at, session_version, attributes) "
+                          "VALUES (1, 'ann', 'rater', :t, 0, '{}')"), {"t": t})
+        conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, "
+                          "created_at) VALUES (1, 1, 1, 1, 0, '[0, 1]', 'done', :t)"), {"t": t})
+        conn.execute(text("INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
+                          "submitted_at, abstained) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', :t, 0)"), {"t": t})
+    store.migrate(engine)
+    assert store.schema_revision(engine) == HEAD
+    assert {"chat_conversations", "chat_messages", "chat_thumbs", "arena_battles", "arena_votes"} <= set(
+        inspect(engine).get_table_names())
+    engine.dispose()
+    _, sessions = store.open_db(db_path)
+    with sessions() as s:
+        (rec,) = reports.export_records(s)
+        assert rec.ranking == [1, 0] and rec.rater == "ann"
+        # the old rater chats in the arena and votes once
+        conv = chat_store.create_conversation(s, 1, "arena", None)
+        jobs, battle, _ = chat_store.start_turn(s, 1, conv.id, "hi", 0, 5, ("m1", "m2"))
+        for job, text_ in zip(jobs, ("left answer", "right answer")):
+            chat_store.save_answer(s, job, text_, {}, "stop", 0.1)
+        assert chat_store.vote(s, 1, battle.id, "b")[1] is True
+        assert chat_store.vote(s, 1, battle.id, "b")[1] is False
+        (c,), _ = chat_export.comparison_records(chat_export.collect(s))
+        assert c.responses == ["left answer", "right answer"] and c.ranking == [1, 0] and c.rater == "ann"
+        assert isinstance(jobs[0], Job)
+
+
+def test_downgrade_to_revision_5_and_back(db_path):
+    engine = _migrated_then_downgraded(db_path, "0005")
+    assert {"chat_conversations", "chat_messages", "chat_thumbs", "arena_battles", "arena_votes"}.isdisjoint(
+        inspect(engine).get_table_names())
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
     engine.dispose()

@@ -4,6 +4,7 @@ alembic command is used directly."""
 
 from alembic import context
 
+from alignloop.feedback import chat_db  # noqa: F401  its tables are on Base too (revision 6)
 from alignloop.feedback.db import Base, make_engine, writer
 
 config = context.config
