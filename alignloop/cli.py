@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("alignloop.pipeline", "command", "Run a recipe: its stages in order, cached in a run folder, resumable."),
     "feedback": ("alignloop.feedback.cli", "group", "Human feedback campaigns: create, add-rater, status, export; simulate, plan."),
     "serve": ("alignloop.feedback.cli", "serve_command", "Run the human-feedback web app (rater and admin pages, JSON API)."),
+    "serve-model": ("alignloop.serving.cli", "command",
+                    "Serve a model with an OpenAI-compatible API (chat completions, streaming), batching requests."),
     "chat": ("alignloop.feedback.chat_cli", "group",
              "Chat page with thumbs, side-by-side arena and leaderboard (model servers by URL); export the votes."),
     "quality": ("alignloop.quality.cli", "group", "Feedback quality: agreement, calibration, bias, consensus labels."),

@@ -1,9 +1,10 @@
 """Sampling K responses per prompt: the one generation function every stage calls.
 
-Batched with left padding and the KV cache (Hugging Face `generate`), stops each sequence at
-EOS, temperature / top-p / max-new-tokens, reproducible for a seed. Sequences are sorted by
-prompt length before batching so a batch holds prompts of similar length (little padding)
-and put back in order afterwards. The global RNG state is restored afterwards, so sampling
+Batched with left padding and the KV cache (the step-wise loop of models/decoding.py, which the
+model server shares), stops each sequence at EOS, temperature / top-p / max-new-tokens,
+reproducible for a seed: it draws what Hugging Face's `generate` draws for the same seed.
+Sequences are sorted by prompt length before batching so a batch holds prompts of similar
+length (little padding) and put back in order afterwards. The global RNG state is restored afterwards, so sampling
 never perturbs a training loop's random stream.
 """
 
@@ -14,11 +15,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig
 
 from alignloop.data.chat import encode_prompt
-from alignloop.data.padding import left_pad
+from alignloop.models.decoding import RowSampling, decode
 from alignloop.progress import progress_bar
+
+
+# Sampling keeps the 50 most likely tokens before top-p: what Hugging Face's `generate` did
+# here before this module had its own loop (its `top_k=None` means "the default, 50"), kept so
+# that a seed samples what it sampled then.
+HF_TOP_K = 50
 
 
 @dataclass
@@ -61,6 +67,10 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def pad_token(tokenizer, eos: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+
+
 def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
     for i, t in enumerate(tokens):
         if t in eos:
@@ -95,13 +105,8 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], sampling: Sa
              show_progress: bool = True) -> Generations:
     """Sample `sampling.num_samples` responses for each chat prompt."""
     eos = eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    greedy = sampling.temperature <= 0
-    config = GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
-        top_k=None, eos_token_id=eos, pad_token_id=pad_id, use_cache=True,
-    )
+    pad_id = pad_token(tokenizer, eos)
+    row = RowSampling(temperature=max(sampling.temperature, 0.0), top_p=sampling.top_p, top_k=HF_TOP_K)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     seq_prompt = [p for p in range(len(prompts)) for _ in range(sampling.num_samples)]
     order = sorted(range(len(seq_prompt)), key=lambda i: (len(encoded[seq_prompt[i]]), i))
@@ -114,10 +119,10 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], sampling: Sa
             progress_bar("generate", len(order), enabled=show_progress) as advance:
         for b, batch in enumerate(batches):
             torch.manual_seed(sampling.seed * 1_000_003 + b)
-            ids, mask = left_pad([encoded[seq_prompt[i]] for i in batch], pad_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-            for row, i in enumerate(batch):
-                responses[i] = out[row, ids.shape[1]:].tolist()
+            out = decode(model, [encoded[seq_prompt[i]] for i in batch], pad_id, set(eos), [row] * len(batch),
+                         sampling.max_new_tokens)
+            for tokens, i in zip(out, batch):
+                responses[i] = tokens
             advance(len(batch))
     model.train(was_training)
 

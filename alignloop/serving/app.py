@@ -1,0 +1,210 @@
+"""The model server's web app: OpenAI's chat-completions API over a generator (no torch here).
+
+    GET  /v1/models             the served model's name
+    POST /v1/chat/completions   an answer (`chat.completion`) or, with "stream": true, its
+                                server-sent events (serving/wire.py)
+    GET  /health                status and the batcher's counters
+
+A request is validated (400 in OpenAI's error shape, `param` naming the field), tokenised off
+the event loop, submitted to the engine as a `Job` (503 when too many wait) and answered from
+the events the engine's worker thread sends back; the event loop never waits on the model.
+A time-out answers 504 with what was generated (`partial`); in a stream, the pieces already
+sent stay and an error event comes before [DONE]. A client that goes away cancels its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alignloop.serving.jobs import Engine, Event, Job, Overloaded
+from alignloop.serving.wire import (DONE, AssistantMessage, ChatCompletion, ChatCompletionChunk,
+                                    ChatCompletionRequest, Choice, ChunkChoice, Delta, ErrorBody, ModelCard,
+                                    ModelList, Usage, completion_id, sse)
+
+GRACE_S = 5.0  # the web side gives the worker this long past a deadline to report the time-out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask (the serve-model options of the same names)."""
+
+    max_new_tokens_limit: int = 1024
+    default_max_tokens: int = 256
+    timeout_s: float = 120.0
+    max_choices: int = 8  # n: at most --max-batch-size
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, partial: ChatCompletion | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.body, self.partial, self.headers = status, ErrorBody(
+            message=message, type=type_, param=param, code=code), partial, headers
+
+
+def error_json(body: ErrorBody, partial: ChatCompletion | None = None) -> dict:
+    return {"error": body.model_dump(), **({"partial": partial.model_dump(mode="json")} if partial else {})}
+
+
+def _timeout_error(limits: Limits, tokens: int, partial: ChatCompletion | None = None) -> ApiError:
+    return ApiError(504, f"generation timed out after {limits.timeout_s:g} s ({tokens} tokens generated)",
+                    "timeout_error", code="timeout", partial=partial)
+
+
+def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=None) -> FastAPI:
+    """The app serving `engine` under the model name `name`; `lifespan` (an async context
+    manager factory, FastAPI's) starts and stops the engine's worker with the server."""
+    created = int(time.time())
+    app = FastAPI(title="alignloop model server", version="1", lifespan=lifespan,
+                  description="An OpenAI-compatible chat-completions API for one model.")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(error_json(err.body, err.partial), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        loc = [str(x) for x in first["loc"] if x != "body"]
+        message = f"{'.'.join(loc) or 'body'}: {first['msg'].removeprefix('Value error, ')}"
+        return JSONResponse(error_json(ErrorBody(message=message, type="invalid_request_error",
+                                                 param=".".join(loc) or None)), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_json(ErrorBody(message=str(err.detail), type="invalid_request_error")),
+                            status_code=err.status_code)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": name, **engine.health()}
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=name, created=created)])
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion,
+              responses={400: {"description": "bad request"}, 503: {"description": "overloaded"},
+                         504: {"description": "timed out"}})
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        job, events = await _submit(engine, name, limits, body)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(job, events, name, limits, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _collect(job, events, name, limits)
+
+    return app
+
+
+async def _submit(engine: Engine, name: str, limits: Limits, body: ChatCompletionRequest
+                  ) -> tuple[Job, asyncio.Queue[Event]]:
+    """Validate what the schema cannot, tokenise, and hand the job to the engine."""
+    if body.model != name:
+        raise ApiError(400, f"unknown model '{body.model}': this server serves '{name}'", param="model",
+                       code="model_not_found")
+    max_tokens = body.token_limit() or min(limits.default_max_tokens, limits.max_new_tokens_limit)
+    if max_tokens > limits.max_new_tokens_limit:
+        raise ApiError(400, f"max_tokens {max_tokens} is more than this server's limit, "
+                            f"{limits.max_new_tokens_limit}", param="max_tokens")
+    if body.n > limits.max_choices:
+        raise ApiError(400, f"n {body.n} is more than this server's batch size, {limits.max_choices}", param="n")
+    prompt_ids = await asyncio.to_thread(engine.encode, body.chat())
+    if len(prompt_ids) + max_tokens > engine.max_positions:
+        raise ApiError(400, f"too many tokens: the prompt's {len(prompt_ids)} + max_tokens {max_tokens} is more "
+                            f"than the model's {engine.max_positions}", param="messages",
+                       code="context_length_exceeded")
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    job = Job(prompt_ids=prompt_ids, max_tokens=max_tokens, deadline=time.monotonic() + limits.timeout_s,
+              send=lambda event: loop.call_soon_threadsafe(events.put_nowait, event), n=body.n,
+              temperature=body.temperature, top_p=body.top_p, stops=body.stop_list(), seed=body.seed)
+    try:
+        engine.submit(job)
+    except Overloaded as err:
+        raise ApiError(503, f"the server is overloaded: {err}; retry later", "overloaded_error",
+                       code="overloaded", headers={"Retry-After": "1"}) from None
+    return job, events
+
+
+async def _events(job: Job, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+    """The job's events until each choice has ended; a worker silent past the deadline ends
+    the unfinished choices with a time-out."""
+    open_choices = set(range(job.n))
+    while open_choices:
+        wait = job.deadline + GRACE_S - time.monotonic()
+        try:
+            event = await asyncio.wait_for(events.get(), timeout=max(wait, 0.0))
+        except TimeoutError:
+            job.cancelled = True
+            for choice in sorted(open_choices):
+                yield Event(choice, finish="timeout")
+            return
+        if event.finish is not None:
+            open_choices.discard(event.choice)
+        yield event
+
+
+async def _collect(job: Job, events: asyncio.Queue[Event], name: str, limits: Limits) -> ChatCompletion:
+    texts, finish, tokens = [""] * job.n, [None] * job.n, [0] * job.n
+    failures = []
+    async for event in _events(job, events):
+        texts[event.choice] += event.text
+        tokens[event.choice] = max(tokens[event.choice], event.completion_tokens)
+        if event.finish in ("stop", "length"):
+            finish[event.choice] = event.finish
+        elif event.finish is not None:
+            failures.append(event)
+    answer = ChatCompletion(
+        model=name, usage=_usage(job, tokens),
+        choices=[Choice(index=i, message=AssistantMessage(content=t), finish_reason=f)
+                 for i, (t, f) in enumerate(zip(texts, finish))])
+    if any(f.finish == "timeout" for f in failures):
+        raise _timeout_error(limits, sum(tokens), answer)
+    if failures:
+        raise ApiError(500, failures[0].message, "server_error", code="generation_failed")
+    return answer
+
+
+def _usage(job: Job, tokens: list[int]) -> Usage:
+    return Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=sum(tokens),
+                 total_tokens=len(job.prompt_ids) + sum(tokens))
+
+
+async def _stream(job: Job, events: asyncio.Queue[Event], name: str, limits: Limits,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's event stream: role chunks, content chunks, finish chunks, [usage], [DONE]."""
+    cid, created = completion_id(), int(time.time())
+
+    def chunk(choice: int, delta: Delta, finish=None, usage=None, choices=True) -> str:
+        return sse(ChatCompletionChunk(id=cid, created=created, model=name, usage=usage, choices=[
+            ChunkChoice(index=choice, delta=delta, finish_reason=finish)] if choices else []))
+
+    tokens, failure = [0] * job.n, None
+    try:
+        for choice in range(job.n):
+            yield chunk(choice, Delta(role="assistant", content=""))
+        async for event in _events(job, events):
+            tokens[event.choice] = max(tokens[event.choice], event.completion_tokens)
+            if event.text:
+                yield chunk(event.choice, Delta(content=event.text))
+            if event.finish in ("stop", "length"):
+                yield chunk(event.choice, Delta(), finish=event.finish)
+            elif event.finish is not None and failure is None:
+                failure = event
+        if failure is not None:
+            err = _timeout_error(limits, sum(tokens)) if failure.finish == "timeout" else ApiError(
+                500, failure.message, "server_error", code="generation_failed")
+            yield sse(error_json(err.body))
+        elif include_usage:
+            yield chunk(0, Delta(), usage=_usage(job, tokens), choices=False)
+        yield DONE
+    finally:  # the client went away (or the stream ended): drop what is still decoding
+        job.cancelled = True

@@ -1,0 +1,98 @@
+"""The step-wise decoding loop (models/decoding.py): it samples what Hugging Face's `generate`
+samples for a seed, its warpers are HF's row by row, and rows that join a running batch or
+leave it keep decoding what they would alone."""
+
+import pytest
+import torch
+from transformers import GenerationConfig
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from alignloop.data.chat import encode_prompt
+from alignloop.models.decoding import DecodeBatch, RowSampling, nucleus_filter, pick_tokens, top_k_filter
+from alignloop.models.generation import HF_TOP_K, Sampling, eos_ids, generate
+
+PROMPTS = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me a long story about a river."}],
+           [{"role": "user", "content": "What is 2+2?"}]]
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (0.7, 1.0), (1.0, 0.9)])
+def test_generate_samples_what_hugging_face_generate_samples(tiny, temperature, top_p):
+    model, tok = tiny
+    s = Sampling(num_samples=2, temperature=temperature, top_p=top_p, max_new_tokens=12, seed=4, batch_size=6)
+    ours = generate(model, tok, PROMPTS, s, show_progress=False)
+    eos = eos_ids(model, tok)
+    config = GenerationConfig(max_new_tokens=12, do_sample=temperature > 0, temperature=temperature or None,
+                              top_p=top_p if temperature else None, top_k=HF_TOP_K if temperature else None,
+                              eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    encoded = [encode_prompt(tok, p) for p in PROMPTS]
+    order = sorted(range(6), key=lambda i: (len(encoded[i // 2]), i))  # generate's batch order
+    from alignloop.data.padding import left_pad
+
+    ids, mask = left_pad([encoded[i // 2] for i in order], tok.pad_token_id)
+    torch.manual_seed(4 * 1_000_003)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    for row, i in enumerate(order):
+        theirs = out[row, ids.shape[1]:].tolist()
+        if any(t in eos for t in theirs):
+            theirs = theirs[: next(k for k, t in enumerate(theirs) if t in eos) + 1]
+        assert ours.response_ids[i] == theirs
+
+
+def test_warpers_are_hugging_faces_row_by_row():
+    scores = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    for row, (p, k) in enumerate([(0.9, 5), (0.5, 1), (0.3, 40)]):
+        assert torch.equal(nucleus_filter(scores, [0.9, 0.5, 0.3])[row],
+                           TopPLogitsWarper(p)(None, scores[row: row + 1])[0])
+        assert torch.equal(top_k_filter(scores, [5, 1, 40])[row], TopKLogitsWarper(k)(None, scores[row: row + 1])[0])
+    assert torch.equal(nucleus_filter(scores, [1.0, 1.0, 1.0]), scores)
+    assert torch.equal(top_k_filter(scores, [0, 0, 0]), scores)
+
+
+def test_pick_tokens_per_row():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    g = torch.Generator().manual_seed(1)
+    # row 1: top-k 1 leaves one token to draw
+    assert pick_tokens(logits, [RowSampling(), RowSampling(temperature=5.0, top_k=1, generator=g)]).tolist() == [1, 0]
+    # a row's own generator: the same draws whatever the other rows are
+    a = pick_tokens(logits[1:], [RowSampling(1.0, generator=torch.Generator().manual_seed(7))])
+    b = pick_tokens(logits, [RowSampling(1.0), RowSampling(1.0, generator=torch.Generator().manual_seed(7))])
+    assert a.item() == b[1].item()
+
+
+def logits_alone(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """(V,) logits after `prompt` + `tokens`, decoded as a batch of one."""
+    batch = DecodeBatch(model, 0)
+    logits = batch.add([prompt])
+    for t in tokens:
+        logits = batch.step(torch.tensor([t]))
+    return logits[0]
+
+
+def test_rows_join_and_leave_a_running_batch(tiny):
+    """Row 0 decodes 3 steps, rows 1 and 2 (another width) join, row 0 leaves after 2 more
+    steps: every row's logits stay what it computes alone on the same tokens (to float
+    rounding: batch shapes change the order of sums)."""
+    model, tok = tiny
+    prompts = [encode_prompt(tok, p) for p in PROMPTS]
+    batch = DecodeBatch(model, tok.pad_token_id)
+    logits = batch.add(prompts[:1])
+    fed = [[]]
+    for _ in range(3):
+        fed[0].append(int(logits[0].argmax()))
+        logits = batch.step(torch.tensor(fed[0][-1:]))
+    joined = batch.add(prompts[1:])
+    logits = torch.cat([logits, joined])
+    fed += [[], []]
+    for step in range(4):
+        if step == 2:
+            batch.keep([1, 2])
+            logits, fed = logits[1:], fed[1:]
+            survivors = prompts[1:]
+        tokens = logits.argmax(-1)
+        for row, t in enumerate(tokens.tolist()):
+            fed[row].append(t)
+        logits = batch.step(tokens)
+    assert batch.size == 2 and batch.mask.shape[1] == max(len(p) for p in survivors) + 4
+    for prompt, tokens, row_logits in zip(survivors, fed, logits):
+        torch.testing.assert_close(row_logits, logits_alone(model, prompt, tokens), atol=1e-4, rtol=1e-4)
