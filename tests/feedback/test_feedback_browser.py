@@ -228,3 +228,71 @@ def test_a_rater_compares_two_clips_that_play_and_answers_by_keyboard(browser, d
     assert cant_tell["meta"]["answer"] == "cant_tell" and cant_tell["meta"]["abstained"] and cant_tell["weight"] == 0
     bob = [r for r in records if r["rater"] == "bob"]
     assert len(bob) == 1 and bob[0]["meta"]["answer"] == "right"
+
+
+def test_a_new_rater_passes_a_practice_round_in_a_browser(browser, db_path, server_factory, shots, tmp_path):
+    """A campaign with `practice: {items: 2, pass: 1.0, on_fail: retry}`: dan gives his region,
+    answers a practice item wrongly (sees the known answer and its explanation), starts a new
+    round, answers both right and then gets the live item; practice answers are not exported."""
+    from alignloop.data.records import Comparison
+
+    right = [f"Paris is the capital of France ({k})." for k in range(3)]
+    gold = [Comparison(id=f"g{k}", prompt=f"Capital of France? ({k})", responses=[right[k], f"Lyon ({k})."],
+                       ranking=[0, 1], explanation=f"Paris has been the capital for centuries ({k}).")
+            for k in range(3)]
+    engine, sessions = store.open_db(db_path)
+    with sessions() as s:
+        store.create_campaign(s, "practice", "compare", [Samples(prompt="Which is kinder?", responses=["Thanks!", "No."])],
+                              raters_per_item=1, gold=gold, gold_rate=0.0,
+                              options={"ask": ["region"], "practice": {"items": 2, "pass": 1.0, "on_fail": "retry"}})
+        token = store.add_rater(s, "dan")[1]
+    engine.dispose()
+    server = server_factory(db_path)
+    ctx = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = ctx.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{server.url}/login/{token}")
+    page.click("#continue")
+    page.wait_for_selector("#profile")
+    page.fill("input[name=attr_region]", "eu")
+    page.click("#save-profile")
+
+    def answer(correctly: bool) -> None:
+        page.wait_for_selector("#practice-notice")
+        texts = page.locator("#cards .card .text").all_inner_texts()
+        good = next(p for p, t in enumerate(texts) if t.startswith("Paris"))
+        pick = good if correctly else 1 - good
+        page.keyboard.press(str(pick + 1))  # the rating page's keys work on practice items too
+        page.keyboard.press(str(2 - pick))
+        page.click("#submit")
+        page.wait_for_selector("#practice-feedback")
+
+    answer(correctly=False)
+    assert "your score 0%" in page.inner_text("h1")
+    assert page.locator("#known-answer li").first.inner_text().startswith("A Paris") or \
+        page.locator("#known-answer li").first.inner_text().startswith("B Paris")
+    assert "capital for centuries" in page.inner_text("#explanation")
+    page.screenshot(path=str(shots / "practice-feedback.png"), full_page=True)
+    page.click("#practice-next")
+    answer(correctly=True)
+    assert page.locator("#practice-retry").count() == 1  # 1 of 2 right: below the pass mark, a new round
+    page.click("#practice-next")
+    answer(correctly=True)
+    page.click("#practice-next")
+    answer(correctly=True)
+    assert page.locator("#practice-passed").count() == 1
+    page.click("#practice-next")
+    page.wait_for_selector("#judgment[action^='/assignments/']")
+    assert "Which is kinder?" in page.content()
+    page.keyboard.press("1")
+    page.keyboard.press("2")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/?saved=1")
+    assert dialogs == []
+    ctx.close()
+    records = export(db_path, tmp_path / "c.jsonl")
+    assert [(r["rater"], r["prompt"]) for r in records] == [("dan", "Which is kinder?")]
+    assert records[0]["meta"]["rater_attributes"] == {"region": "eu"}
+    with store.open_db(db_path)[1]() as s:
+        assert [a["score"] for a in store.practice_curves(s, 1, 1.0)[0]["answers"]] == [0.0, 1.0, 1.0, 1.0]
