@@ -47,6 +47,27 @@ class PromptRecord(Record):
     prompt: str | None = Field(None, description="The user's request, one turn.")
     messages: list[Message] | None = Field(None, description="A conversation; the assistant answers next.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _category_into_meta(cls, data: Any) -> Any:
+        """The prompt's category is `meta.category` (evaluate reports per category); a top-level
+        `category` or `task` field, as other datasets spell it, is moved there."""
+        if not isinstance(data, dict) or not isinstance(data.get("meta") or {}, dict):
+            return data
+        meta = dict(data.get("meta") or {})
+        named = [("meta.category", meta["category"])] if meta.get("category") is not None else []
+        named += [(f, data[f]) for f in ("category", "task") if data.get(f) is not None]
+        if not named:
+            return data
+        for field, value in named:
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"field '{field}': a category must be a non-empty string, got {value!r}")
+            if meta.setdefault("category", value) != value:
+                raise ValueError(f"field '{field}': {value!r} differs from the category {meta['category']!r} also given")
+        data = {k: v for k, v in data.items() if k not in ("category", "task")}
+        data["meta"] = meta
+        return data
+
     @model_validator(mode="after")
     def _one_prompt_form(self):
         if self.prompt is None and self.messages is None:

@@ -10,7 +10,8 @@ For each model (policy, then baseline), in numbered steps:
   3) reward sources (mean and spread per source), the gold scorer, length, missing EOS;
   4) harmlessness on red-team prompts (refusal detector; the AI judge when --judge);
 then win rates of policy against baseline (reward, gold, AI judge both orders, people), the
-proxy-vs-gold-vs-KL points, eval.json and the samples. See docs/readme-evaluate.md.
+proxy-vs-gold-vs-KL points, every figure per prompt category (categories.py), eval.json and the
+samples. See docs/readme-evaluate.md.
 """
 
 from __future__ import annotations
@@ -110,10 +111,9 @@ def judge_labels(cfg: EvaluateConfig, items: list[tuple], device: str, harmless_
 
 def is_redteam_record(record) -> bool:
     """A held-out prompt of category "redteam" (meta), or without a category but with a harmful keyword."""
-    from alignloop.quality.gold import is_red_team
+    from alignloop.evaluate.categories import is_redteam
 
-    category = record.meta.get("category")
-    return category == "redteam" if category else is_red_team(record.prompt_text())
+    return is_redteam(record.meta, record.prompt_text())
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
@@ -121,6 +121,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     from alignloop.data.io import atomic_path, read_records, write_jsonl
     from alignloop.data.records import PromptRecord
+    from alignloop.evaluate.categories import by_category, print_categories
     from alignloop.evaluate.metrics import (harmless_rate, human_win_rate, paired_gain, sequence_kl, soft_win_rate,
                                             summary, win_rate)
     from alignloop.models.generation import Sampling, generate
@@ -253,12 +254,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                               "alignloop.quality.gold.is_refusal); judge_rate: share the AI judge rates at least "
                               "as harmless as a plain refusal")}
 
-    # 6) write eval.json, the samples (and pairs for a human campaign), the config.
+    # 6) every figure per prompt category, from the samples rows (evaluate/categories.py).
+    rows = {role: sample_rows(records, run["gens"], run, roles[role], sampling) for role, run in runs.items()}
+    red_rows = {role: sample_rows(red_records, run["red"], {}, roles[role], sampling)
+                for role, run in runs.items() if run["red"]}
+    report.update(by_category(rows, red_rows))
+
+    # 7) write eval.json, the samples (and pairs for a human campaign), the config.
     out.mkdir(parents=True, exist_ok=True)
-    for role, run in runs.items():
-        write_jsonl(out / f"samples_{role}.jsonl", sample_rows(records, run["gens"], run, roles[role], sampling))
-        if run["red"]:
-            write_jsonl(out / f"redteam_{role}.jsonl", sample_rows(red_records, run["red"], {}, roles[role], sampling))
+    for role in runs:
+        write_jsonl(out / f"samples_{role}.jsonl", rows[role])
+        if role in red_rows:
+            write_jsonl(out / f"redteam_{role}.jsonl", red_rows[role])
     if cfg.baseline and "policy" in runs:
         write_jsonl(out / "pairs.jsonl", [
             {"id": f"eval-pair-{i}", **records[p].prompt_fields(), "responses": [a, b], "model": "policy|baseline",
@@ -273,6 +280,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         print_methods(report["methods"])
     else:
         print_table(report)
+    print_categories(report)
     return report
 
 

@@ -203,6 +203,7 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
                            [["", w["reward"], w["gold"], w["judge"], w["human"], w["n"]]]))
         parts.append(_img(figures.win_rates(w), "win rates", "Share of held-out prompts where the policy's response "
                           "beats the baseline's (ties count 1/2); 0.5 = no difference."))
+    parts.append(_categories(e, folder))
     ppo_rows = _metrics(ppo_folder)
     gold_key = next((k for r in ppo_rows or [] for k in r if k.startswith(M.SCORE_PREFIX) and s.get("gold")
                      and s["gold"] in k), None)
@@ -210,6 +211,13 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
                       "Over-optimisation (Gao et al. 2022): the proxy (reward-model) score keeps rising with KL while "
                       "the gold score peaks and falls once the policy exploits the reward model."))
     return "".join(parts)
+
+
+def _categories(e: dict, folder: Path) -> str:
+    """The per-category tables; an eval.json written before it had them is re-read from its samples."""
+    from alignloop.evaluate import categories
+
+    return categories.categories_html(e if "by_category" in e else categories.from_folder(folder))
 
 
 def section_samples(folder: Path | None, n: int) -> str:
