@@ -132,3 +132,31 @@ def test_help_lists_every_option():
                          text=True, check=True).stdout
     for field in ServeModelConfig.model_fields:
         assert "--" + field.replace("_", "-") in out
+
+
+def test_a_runs_lora_folder_is_served_merged_into_its_base(talky_dir, tmp_path):
+    """`--model` takes an adapter folder as the other commands do: its base with the adapter
+    merged in, named after the folder; the answer is `generate`'s on that merged model."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from alignloop.config import LoraOptions
+    from alignloop.models.generation import Sampling, generate
+    from alignloop.models.loading import apply_lora, load_causal_lm, load_tokenizer, save_model
+
+    model = apply_lora(load_causal_lm(str(talky_dir)), LoraOptions(lora_rank=4))
+    with torch.no_grad():  # a LoRA that changes something (peft starts B at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    save_model(model, load_tokenizer(str(talky_dir)), tmp_path / "sft", base=str(talky_dir))
+    server, _ = build_server(ServeModelConfig(model=str(tmp_path / "sft")))
+    chat = [{"role": "user", "content": "Hi"}]
+    with TestClient(server.config.app) as c:
+        body = c.post("/v1/chat/completions", json={"model": "sft", "messages": chat, "temperature": 0,
+                                                     "max_tokens": 8}).json()
+    merged, tok = load_causal_lm(str(tmp_path / "sft")), load_tokenizer(str(tmp_path / "sft"))
+    expected = generate(merged, tok, [chat], Sampling(temperature=0, max_new_tokens=8), show_progress=False).texts[0]
+    base = generate(load_causal_lm(str(talky_dir)), tok, [chat], Sampling(temperature=0, max_new_tokens=8),
+                    show_progress=False).texts[0]
+    assert body["choices"][0]["message"]["content"] == expected != base
