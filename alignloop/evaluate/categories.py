@@ -198,7 +198,7 @@ def from_folder(folder: str | Path) -> dict:
     folder = Path(folder)
 
     def read(kind: str) -> dict[str, list[dict]]:
-        files = sorted(folder.glob(f"{kind}_*.jsonl"), key=lambda p: p.stem == f"{kind}_{BASELINE}")
+        files = sorted(folder.glob(f"{kind}_*.jsonl"), key=lambda p: (p.stem == f"{kind}_{BASELINE}", p.name))
         return {p.stem[len(kind) + 1:]: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()
                                          if line.strip()] for p in files}
 

@@ -186,7 +186,7 @@ def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
                 + table_html(e["methods"]) + _img(figure(e["methods"]), "policies side by side",
                                                   "Left: gold reward of each model (error bars: the paired standard "
                                                   "error of its gain over the baseline). Right: gold reward against KL "
-                                                  "to the reference."))
+                                                  "to the reference.") + _categories(e, folder))
     roles = [r for r in ("baseline", "policy") if r in e]
     head = ["metric", *(f"{r} ({'SFT' if r == 'baseline' else 'RLHF'}): {e[r]['model']}" for r in roles)]
     rows = [[f"reward {figures.short(s)} (mean ± std)", *(f"{fmt(e[r]['reward'][s]['mean'])} ± {fmt(e[r]['reward'][s]['std'])}"
