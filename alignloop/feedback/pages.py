@@ -53,7 +53,7 @@ def home(request: Request, saved: int = 0, rater: Caller | None = Depends(option
          s: Session = DB):
     if rater is None:
         return render(request, "welcome.html", {})
-    from alignloop.feedback.panel_pages import pending_step
+    from alignloop.feedback.panel_views import pending_step
 
     step = pending_step(s, rater)  # attributes a campaign asks for, or its practice round, first
     if step is not None:
@@ -211,7 +211,7 @@ def render_admin(request: Request, s: Session, rater: Caller, status: int = 200,
     campaigns = reports.campaign_summaries(s)
     chosen = next((c for c in campaigns if c["id"] == quality_id), campaigns[-1] if campaigns else None)
     quality = reports.quality_summary(s, chosen, request.app.state.gold_threshold) if chosen else None
-    from alignloop.feedback.panel_pages import admin_panels
+    from alignloop.feedback.panel_views import admin_panels
 
     ctx = {"panels": admin_panels(s),"rater": rater, "campaigns": campaigns, "raters": reports.rater_summaries(s),
            "max_upload_mb": MAX_UPLOAD_BYTES // 2**20, "quality_campaign": chosen, "quality": quality,

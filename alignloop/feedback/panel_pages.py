@@ -2,7 +2,7 @@
 round (an item, then its known answer and explanation), and the admin's attributes form and
 per-campaign coverage and practice curves.
 
-`pending_step` is what the home page asks first: a campaign that still has items for the
+The home page asks `panel_views.pending_step` first: a campaign that still has items for the
 rater but wants their attributes (`ask`) or a practice round before its live items. The
 answer of a practice item arrives like a judgment (`rank_<p>` numbers in display positions,
 `label_<p>` for thumbs) and is stored as a practice answer (practice.py), never a judgment.
@@ -19,31 +19,13 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alignloop.feedback import reports, store
-from alignloop.feedback.assignments import _WITH_FREE_IN
 from alignloop.feedback.auth import DB, csrf_form, page_admin, page_rater
 from alignloop.feedback.campaigns import CampaignInfo
-from alignloop.feedback.db import Campaign
 from alignloop.feedback.practice import practice_order
 from alignloop.feedback.raters import Caller
 from alignloop.feedback.web import IdPath, form_int, form_text
 
 router = APIRouter(include_in_schema=False)
-
-
-def pending_step(s: Session, rater: Caller) -> tuple[str, CampaignInfo] | None:
-    """("profile", campaign) when a campaign with items left for the rater asks for attributes
-    they have not given; ("practice", campaign) when its practice round is not done; else None."""
-    conn = s.connection()
-    for cid in sorted(store.gated_campaigns(conn, rater.id)):
-        if conn.execute(_WITH_FREE_IN, {"rater": rater.id, "campaign": cid}).scalar() is None:
-            continue  # nothing left for them there: nothing to ask
-        info = store.campaign_info(conn, cid)
-        if store.missing_attributes(info.options, store.rater_attributes(conn, rater.id)):
-            return "profile", info
-        state = store.practice_state(conn, rater.id, info)
-        if state is not None and state.status == "todo":
-            return "practice", info
-    return None
 
 
 def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -155,22 +137,6 @@ def practice_answer(request: Request, campaign_id: IdPath, form: FormData = Depe
 
 
 # --- admin --------------------------------------------------------------------------------------
-
-def admin_panels(s: Session) -> list[dict[str, Any]]:
-    """Per ready campaign with options: its options, coverage per group and practice curves."""
-    out = []
-    for c in s.query(Campaign).filter(Campaign.ready, Campaign.options.is_not(None)).order_by(Campaign.id):
-        opts = store.CampaignOptions.model_validate(c.options)
-        entry: dict[str, Any] = {"id": c.id, "name": c.name, "options": opts.stored()}
-        if opts.panel is not None:
-            entry["coverage"] = store.coverage(s, c.id, opts.panel)
-        if opts.practice is not None:
-            entry["practice"] = store.practice_curves(s, c.id, opts.practice.pass_)
-            entry["practice_pass"] = opts.practice.pass_
-        out.append(entry)
-    s.commit()
-    return out
-
 
 @router.post("/admin/raters/attributes", response_class=HTMLResponse)
 def admin_set_attributes(request: Request, form: FormData = Depends(csrf_form), admin: Caller = Depends(page_admin),

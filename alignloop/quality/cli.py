@@ -162,6 +162,18 @@ class ConsensusConfig(_Input):
         "pairs", description="For K > 2: one record per response pair (soft p) or one K-way consensus ranking.")
     use_gold: bool = Field(True, description="Dawid-Skene: pin gold pairs to their known answer during EM.")
     gold_file: Path | None = Field(None, description="Gold kept aside (simulate's <out>.gold.jsonl): print accuracy.")
+    balance: Literal["none", "group"] = Field("none", description="group: weigh raters so that every group of "
+                                              "--group-attribute counts as much in total, however much it labelled "
+                                              "(majority and raw only; quality/balance.py).")
+    group_attribute: str = Field("group", description="Rater attribute (meta.rater_attributes) whose values are the "
+                                 "groups for --balance and --weights.")
+    weights: str | None = Field(None, description="Weights by group value or source, e.g. 'expert=2,crowd=1' or "
+                                "'human=1,ai=0.5' (majority and raw only).")
+    gold_weights: bool = Field(False, description="Weigh each rater by the log-odds of their gold accuracy "
+                               "(crowd-kit GoldMajorityVote; majority and raw only).")
+    apply_audit: Path | None = Field(None, description="Apply the recommendations of an `alignloop quality audit` "
+                                     "JSON file: exclude (drop judgments), reweight (multiply the weight), retrain "
+                                     "(reported only).")
 
 
 def run_consensus(cfg: ConsensusConfig) -> list:
@@ -171,8 +183,22 @@ def run_consensus(cfg: ConsensusConfig) -> list:
     from alignloop.quality.judgments import load_judgments
 
     records = _load(cfg.data, cfg.db)
+    original = records
+    records, extra, applied = _balance_inputs(cfg, records)
     j = load_judgments(records)
-    weights = rater_weights(screening(j, cfg.gold_threshold, cfg.screen, cfg.min_gold))
+    screened = rater_weights(screening(j, cfg.gold_threshold, cfg.screen, cfg.min_gold))
+    weights = screened
+    if extra is not None:  # --balance, --weights, --gold-weights, --apply-audit (quality/balance.py)
+        from alignloop.quality.balance import changed_sides, combine
+
+        weights = combine(screened, extra(j))
+        click.echo("rater weights: " + ", ".join(f"{r} {w:.3f}" for r, w in sorted(weights.items())) + applied)
+        j0 = load_judgments(original) if records is not original else j  # before --apply-audit's exclusions
+        w0 = rater_weights(screening(j0, cfg.gold_threshold, cfg.screen, cfg.min_gold))
+        moved = changed_sides(consensus(j0, "majority", w0).pairs, consensus(j, "majority", weights).pairs)
+        click.echo(f"the weighting changed the majority consensus side of {moved['changed']} of {moved['units']} "
+                   f"pairs ({moved['flipped']} flipped from one response to the other"
+                   + (f"; {moved['lost']} pairs lost every vote" if moved["lost"] else "") + ")")
     if cfg.method == "raw":
         out = raw_records(j, records, weights)
     else:
@@ -191,6 +217,124 @@ def run_consensus(cfg: ConsensusConfig) -> list:
     return out
 
 
+def _balance_inputs(cfg: ConsensusConfig, records: list):
+    """(records after --apply-audit, a function judgments -> extra rater weights or None, a note)."""
+    from alignloop.quality.balance import (apply_audit, balance_weights, combine, gold_weights, parse_weights,
+                                           read_audit, set_weights)
+    from alignloop.quality.groups import rater_groups
+
+    asked = cfg.balance != "none" or cfg.weights or cfg.gold_weights or cfg.apply_audit
+    if not asked:
+        return records, None, ""
+    if cfg.method not in ("majority", "raw"):
+        raise click.BadParameter(f"--method {cfg.method} learns each rater's reliability itself and takes no vote "
+                                 "weights; use --method majority or raw with --balance, --weights, --gold-weights "
+                                 "or --apply-audit")
+    try:
+        named = parse_weights(cfg.weights) if cfg.weights else None
+        audit_weights: dict = {}
+        note = ""
+        if cfg.apply_audit:
+            records, audit_weights, done = apply_audit(records, read_audit(cfg.apply_audit))
+            note = (f" (audit: {done['excluded_judgments']} judgments excluded, {done['reweighted_raters']} raters "
+                    f"reweighted, {done['retrain']} to retrain)")
+            if not records:
+                raise DataError(f"--apply-audit {cfg.apply_audit}: every judgment was excluded")
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    groups = rater_groups(records, cfg.group_attribute)
+    if cfg.balance == "group" and not groups:
+        raise DataError(f"--balance group: no rater has the attribute {cfg.group_attribute!r} "
+                        "(meta.rater_attributes); name another with --group-attribute")
+
+    def extra(j):
+        parts = [audit_weights]
+        if cfg.balance == "group":
+            parts.append(balance_weights(j, groups))
+        if named:
+            parts.append(set_weights(records, groups, named))
+        if cfg.gold_weights:
+            parts.append(gold_weights(j))
+        return combine(*parts)
+
+    return records, extra, note
+
+
+class AuditConfig(StageConfig):
+    """`alignloop quality audit`."""
+
+    db: str | None = Field(None, description="Feedback database (SQLite path or URL); only read. Skip rates need it.")
+    data: Path | None = Field(None, description="Or judgments JSONL (an export or a simulation): no skip rates.")
+    campaign: str | None = Field(None, description="Campaign name (default: every campaign).")
+    out: Path = Field(..., description="audit.html (and audit.json beside it) or audit.json: the figures, the alerts "
+                      "and the recommendations that `quality consensus --apply-audit` reads.")
+    group_attribute: str = Field("group", description="Rater attribute (meta.rater_attributes) whose values are the "
+                                 "groups of the per-group figures.")
+    window: int = Field(40, ge=2, description="Alerts compare a rater's last WINDOW gold pairs (drift) or judgments "
+                        "(speeding) with their first WINDOW.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise false-alarm rate of each alert over raters "
+                         "(Bonferroni).")
+    speed_ratio: float = Field(0.5, gt=0, lt=1, description="Speeding: the recent median time per item is below "
+                               "this times the earlier median.")
+    gold_threshold: float = Field(0.75, gt=0.5, le=1.0, description="Gold accuracy below this: reweight.")
+    exclude_below: float = Field(0.55, ge=0.0, lt=1.0, description="Gold accuracy at or below this: exclude.")
+
+
+def _skips_from_db(db: str, campaign: str | None) -> dict:
+    """(rater, day) -> skipped assignments of the campaign(s)."""
+    from sqlalchemy import select
+
+    from alignloop.feedback import store
+    from alignloop.feedback.db import Assignment, Campaign, Rater
+
+    engine, sessions = store.open_db(db, upgrade=False)
+    try:
+        with sessions() as s:
+            q = (select(Rater.name, Assignment.created_at).join(Rater, Rater.id == Assignment.rater_id)
+                 .join(Campaign, Campaign.id == Assignment.campaign_id).where(Assignment.status == "skipped"))
+            if campaign:
+                q = q.where(Campaign.name == campaign)
+            out: dict = {}
+            for name, t in s.execute(q):
+                key = (name, t.date().isoformat())
+                out[key] = out.get(key, 0) + 1
+            return out
+    finally:
+        engine.dispose()
+
+
+def run_audit(cfg: AuditConfig) -> dict:
+    from alignloop.quality.audit import audit, write_audit
+    from alignloop.quality.groups import rater_groups
+
+    records = _load(cfg.data, cfg.db)
+    if cfg.campaign:
+        records = [r for r in records if str(r.meta.get("campaign")) == cfg.campaign]
+        if not records:
+            raise DataError(f"--campaign {cfg.campaign}: no judgments")
+    skips = _skips_from_db(cfg.db, cfg.campaign) if cfg.db else None
+    try:
+        a = audit(records, skips, rater_groups(records, cfg.group_attribute), cfg.window, cfg.alpha, cfg.speed_ratio,
+                  cfg.gold_threshold, cfg.exclude_below)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    paths = write_audit(a, cfg.out)
+    click.echo(f"audit of {a['judgments']} judgments by {len(a['raters'])} raters over {len(a['per_day'])} days; "
+               f"{len(a['alerts'])} alerts (p < {a['settings']['alert_level']:.3g} each)")
+    for al in a["alerts"]:
+        if al["alert"] == "speeding":
+            click.echo(f"  speeding   {al['rater']}: median time {al['before_median_s']:.1f} s -> "
+                       f"{al['recent_median_s']:.1f} s (p = {al['p']:.2g}) since {al['since']}")
+        else:
+            click.echo(f"  gold drift {al['rater']}: accuracy {al['before']:.2f} -> {al['recent']:.2f} over the last "
+                       f"{al['n_recent']} gold pairs (p = {al['p']:.2g})")
+    for r in a["recommendations"]:
+        w = f" (weight {r['weight']:.2f})" if r.get("weight") is not None else ""
+        click.echo(f"  recommend {r['action']} {r['rater']}{w}: {r['reason']}")
+    click.echo("wrote " + " and ".join(str(p) for p in paths))
+    return a
+
+
 class SimulateConfig(StageConfig):
     """`alignloop feedback simulate`."""
 
@@ -199,7 +343,8 @@ class SimulateConfig(StageConfig):
     demo_k: int = Field(2, ge=2, description="Responses per demo item.")
     gold: str = Field(DEFAULT_GOLD, description="Gold scorer module:function, (prompt, response) -> float.")
     raters: str = Field(DEFAULT_PANEL, description="Rater panel: 'name:key=value, ...' (keys: noise, position_bias, "
-                        "length_bias, leniency, drift, confirmation; name*N repeats a profile).")
+                        "length_bias, leniency, drift, confirmation, anchor, rush, learn, group=NAME; name*N "
+                        "repeats a profile).")
     per_item: int = Field(3, ge=1, description="Raters per item (gold items get every rater).")
     out: Path = Field(..., description="Output JSONL of judgments; the gold is written to <out>.gold.jsonl.")
     seed: int = Field(0, description="Random seed.")
@@ -209,6 +354,10 @@ class SimulateConfig(StageConfig):
     session_size: int = Field(50, ge=1, description="Judgments per rater session (sessions are 4 h apart).")
     campaign: str = Field("simulated", description="Campaign name written into meta.campaign.")
     feedback: Literal["ranking", "thumbs"] = Field("ranking", description="Rank the K responses, or thumbs on each.")
+    practice_items: int = Field(0, ge=0, description="Practice round first: each rater answers this many items with "
+                                "a known answer and learns from the feedback (rater parameter learn; the modelling "
+                                "assumption is in alignloop/quality/simulate.py).")
+    practice_pass: float = Field(0.8, gt=0, le=1, description="Practice round: mean score that ends it.")
 
 
 def gold_path(out: Path) -> Path:
@@ -230,7 +379,7 @@ def run_simulate(cfg: SimulateConfig) -> tuple[list, list]:
     panel = parse_panel(cfg.raters)
     items = _items(cfg.samples, cfg.gold, cfg.demo_items, cfg.demo_k, cfg.seed)
     records, gold = simulate(items, panel, cfg.per_item, cfg.seed, cfg.gold_fraction, cfg.noise_model,
-                             cfg.session_size, cfg.campaign, cfg.feedback)
+                             cfg.session_size, cfg.campaign, cfg.feedback, cfg.practice_items, cfg.practice_pass)
     write_jsonl(cfg.out, records)
     write_jsonl(gold_path(cfg.out), gold)
     save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))
@@ -306,6 +455,9 @@ report_command = config_command(QualityConfig, run_report, "report",
                                 "Feedback-quality report: agreement, gold calibration, biases (HTML + JSON).")
 consensus_command = config_command(ConsensusConfig, run_consensus, "consensus",
                                    "Consensus labels (majority, Dawid-Skene, noisy Bradley-Terry) as comparisons.")
+audit_command = config_command(AuditConfig, run_audit, "audit",
+                               "Audit of the feedback process: per day, rater and group; drift and speeding alerts; "
+                               "recommendations for consensus --apply-audit.")
 arena_command = config_command(ArenaConfig, run_arena, "arena",
                                "Arena leaderboard as JSON: Bradley-Terry ratings with bootstrap 95% intervals, "
                                "win rates, thumbs-up rates (alignloop chat's votes).")
@@ -316,3 +468,4 @@ plan_command = config_command(PlanConfig, run_plan, "plan",
 
 group = click.Group("quality", help="Feedback quality: agreement, calibration, bias, consensus labels.",
                     commands={"report": report_command, "consensus": consensus_command, "arena": arena_command})
+group.add_command(audit_command)

@@ -254,7 +254,8 @@ def _profile(p: dict | None) -> str:
     """A simulated rater's non-zero parameters, e.g. `noise=0.5, position_bias=0.3`."""
     if not p:
         return ""
-    return ", ".join(f"{k}={v:g}" for k, v in p.items() if k != "name" and v)
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in p.items()
+                     if k not in ("name", "practice_scores") and v)
 
 
 def render_html(a: dict[str, Any], figs: dict[str, str]) -> str:

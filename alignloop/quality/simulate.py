@@ -33,6 +33,29 @@ Rater parameters (`name:key=value`; see `PARAMS`):
     confirmation   weight of a private, persistent belief about each response (a N(0, 1)
                    draw fixed by the rater's name and the response text): the rater confirms
                    what it already believes, identically every time it meets the response
+    anchor         confirmation bias toward a shown model suggestion: the response shown first
+                   is presented as the model's suggestion (meta.suggested) and gets this
+                   utility bonus (the rater sees the suggestion first and looks for reasons
+                   to keep it)
+    rush           from the rater's second session on, time per item is multiplied by
+                   (1 - rush) and the noise divided by it (speeding: a rater who reads a
+                   fifth as long is five times as noisy; `alignloop quality audit` alerts on it)
+    learn          practice round (`practice_items` > 0): after each practice item the rater
+                   did not get fully right, seeing the known answer lowers its noise to
+                   max(NOISE_FLOOR, noise * (1 - learn))
+    group          (a name, not a number) the rater's group, exported as
+                   meta.rater_attributes.group (what `quality report` and `quality consensus
+                   --balance group` read)
+
+**Modelling assumption of learning from feedback (practice rounds).** A rater's judgment
+noise is the only thing practice changes: every practice answer that orders some strict gold
+pair wrongly (score < 1) is followed by the known answer, and the rater's noise shrinks by
+the factor (1 - learn), never below NOISE_FLOOR (0.2, the "careful" rater of the default
+panel); right answers teach nothing, biases are not unlearned, and nothing is forgotten
+later. A round is `practice_items` items with a known answer drawn at random; a mean score
+below `practice_pass` starts another round (at most PRACTICE_ROUNDS). Live judgments then
+use the learned noise; the practice answers are not emitted as judgments (their scores are
+in meta.simulated.practice_scores).
 
 Thumbs (`feedback=thumbs`): the rater judges each response alone: thumbs up when
 gold_k + length_bias * len_k + confirmation * belief_k + leniency + noise * eps > 0, here
@@ -71,7 +94,13 @@ PARAMS: dict[str, str] = {
     "leniency": "thumbs only: shift of the thumbs-up threshold (> 0 lenient, < 0 harsh)",
     "drift": "noise added per session: noise + drift * session index (fatigue)",
     "confirmation": "weight of a private persistent belief about each response (N(0, 1), fixed per rater and text)",
+    "anchor": "utility bonus of the response shown first, presented as the model's suggestion (confirmation bias)",
+    "rush": "from the second session on, time per item is multiplied by (1 - rush) (speeding)",
+    "learn": "practice round: noise shrinks by (1 - learn) after each practice item not fully right",
+    "group": "the rater's group (a name): meta.rater_attributes.group",
 }
+NOISE_FLOOR = 0.2  # practice never makes a rater less noisy than this (module docstring)
+PRACTICE_ROUNDS = 5  # practice rounds at most, as `on_fail: retry` would run them
 
 
 class PanelSpecError(ValueError):
@@ -87,6 +116,10 @@ class RaterProfile:
     leniency: float = 0.0
     drift: float = 0.0
     confirmation: float = 0.0
+    anchor: float = 0.0
+    rush: float = 0.0
+    learn: float = 0.0
+    group: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,15 +157,22 @@ def parse_panel(spec: str) -> list[RaterProfile]:
                 raise PanelSpecError(f"rater panel: {part!r}: {a!r} is not key=value")
             if key not in PARAMS:
                 raise PanelSpecError(f"rater panel: {part!r}: unknown parameter {key!r} (known: {', '.join(PARAMS)})")
+            if key == "group":
+                if not _NAME.match(value) or "*" in value:
+                    raise PanelSpecError(f"rater panel: {part!r}: group {value!r}: letters, digits, _ . -")
+                raters[-1]["params"][key] = value
+                continue
             try:
                 number = float(value)
             except ValueError:
                 raise PanelSpecError(f"rater panel: {part!r}: {key}={value!r} is not a number") from None
-            if not np.isfinite(number) or (key in ("noise", "drift", "confirmation") and number < 0):
+            if not np.isfinite(number) or (key in ("noise", "drift", "confirmation", "anchor") and number < 0):
                 raise PanelSpecError(f"rater panel: {part!r}: {key} must be a finite number"
-                                     + (" >= 0" if key in ("noise", "drift", "confirmation") else ""))
+                                     + (" >= 0" if key in ("noise", "drift", "confirmation", "anchor") else ""))
             if key == "position_bias" and not 0 <= number <= 1:
                 raise PanelSpecError(f"rater panel: {part!r}: position_bias is a probability in [0, 1]")
+            if key in ("rush", "learn") and not 0 <= number <= 0.99:
+                raise PanelSpecError(f"rater panel: {part!r}: {key} is a fraction in [0, 0.99]")
             raters[-1]["params"][key] = number
     out: list[RaterProfile] = []
     for r in raters:
@@ -229,6 +269,8 @@ def simulate(
     session_size: int = 50,
     campaign: str = "simulated",
     feedback: str = "ranking",
+    practice_items: int = 0,
+    practice_pass: float = 0.8,
 ) -> tuple[list[Comparison | BinaryFeedback], list[Comparison]]:
     """(judgment records, gold records kept aside); see the module docstring."""
     if not panel:
@@ -247,6 +289,8 @@ def simulate(
     lz = [length_z(it.responses, scale) for it in items]
     done = {r.name: 0 for r in panel}
     clock = {r.name: START + timedelta(minutes=7 * k) for k, r in enumerate(panel)}
+    learned = practice_round(items, gz, lz, panel, practice_items, practice_pass, seed + 7919, noise_model) \
+        if practice_items > 0 else {}
 
     def draw_noise(size: int) -> np.ndarray:
         if noise_model == "thurstone":
@@ -267,10 +311,12 @@ def simulate(
         for ri in sorted(int(c) for c in chosen):
             rater = panel[ri]
             session = done[rater.name] // session_size
-            noise = rater.noise + rater.drift * session
+            noise = (learned[rater.name]["noise"] if rater.name in learned else rater.noise) + rater.drift * session
+            if session and rater.rush:
+                noise /= 1 - rater.rush
             belief = np.array([_belief(rater.name, it.prompt_text, r) for r in it.responses]) \
                 if rater.confirmation else np.zeros(k)
-            spent = float(np.round(rng.lognormal(np.log(15 + 6 * k), 0.35), 1))
+            spent = float(np.round(rng.lognormal(np.log(15 + 6 * k), 0.35) * (1 - rater.rush if session else 1.0), 1))
             if done[rater.name] and done[rater.name] % session_size == 0:
                 clock[rater.name] += timedelta(hours=4)
             clock[rater.name] += timedelta(seconds=spent + 5)
@@ -278,6 +324,11 @@ def simulate(
             meta = {"item_id": it.item_id, "campaign": campaign,
                     "submitted_at": clock[rater.name].isoformat(), "time_spent_s": spent,
                     "is_gold": is_gold, "unsafe": [], "simulated": rater.as_dict()}
+            if rater.group is not None:
+                meta["rater_attributes"] = {"group": rater.group}
+            if rater.name in learned:
+                meta["simulated"] = {**meta["simulated"], "practice_scores": learned[rater.name]["scores"],
+                                     "noise_after_practice": learned[rater.name]["noise"]}
             if feedback == "thumbs":
                 u = global_z[n] + rater.length_bias * lz[n] + rater.confirmation * belief \
                     + rater.leniency + noise * draw_noise(k)
@@ -288,6 +339,9 @@ def simulate(
                 continue
             order = [int(x) for x in rng.permutation(k)]
             u = gz[n] + rater.length_bias * lz[n] + rater.confirmation * belief + noise * draw_noise(k)
+            if rater.anchor:  # the first shown is presented as the model's suggestion
+                u[order[0]] += rater.anchor
+                meta["suggested"] = order[0]
             if rng.random() < rater.position_bias:  # lazy click on the first shown
                 u[order[0]] = np.max(u) + 1.0
             meta["display_order"] = order
@@ -297,6 +351,45 @@ def simulate(
                                       ranking=[int(x) for x in np.argsort(-u, kind="stable")],
                                       rater=rater.name, source="simulated", meta=meta))
     return records, gold_records
+
+
+def _pair_score(gold: np.ndarray, u: np.ndarray) -> float:
+    """Share of the strict gold pairs that the utilities u order the gold way."""
+    right = n = 0
+    for a in range(len(gold)):
+        for b in range(a + 1, len(gold)):
+            if gold[a] != gold[b]:
+                n += 1
+                right += int((u[a] - u[b]) * (gold[a] - gold[b]) > 0)
+    return right / n if n else 1.0
+
+
+def practice_round(items: list[SimItem], gz: list[np.ndarray], lz: list[np.ndarray], panel: list[RaterProfile],
+                   m: int, pass_: float, seed: int, noise_model: str = "thurstone") -> dict[str, dict[str, Any]]:
+    """Per rater: the noise after practice and each practice score (the modelling assumption in
+    the module docstring): rounds of `m` random items, noise -> max(NOISE_FLOOR, noise * (1 -
+    learn)) after each answer scoring below 1, until a round's mean reaches `pass_` (at most
+    PRACTICE_ROUNDS rounds)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for rater in panel:
+        noise, scores = rater.noise, []
+        for _round in range(PRACTICE_ROUNDS):
+            these = []
+            for n in rng.choice(len(items), size=min(m, len(items)), replace=False):
+                k = len(items[n].responses)
+                eps = rng.normal(size=k) if noise_model == "thurstone" else \
+                    (rng.gumbel(size=k) - np.euler_gamma) * np.sqrt(6) / np.pi
+                u = gz[n] + rater.length_bias * lz[n] + noise * eps
+                score = _pair_score(gz[n], u)
+                these.append(score)
+                if score < 1.0:
+                    noise = max(min(NOISE_FLOOR, rater.noise), noise * (1.0 - rater.learn))
+            scores += these
+            if np.mean(these) >= pass_:
+                break
+        out[rater.name] = {"noise": float(noise), "scores": [float(x) for x in scores]}
+    return out
 
 
 def plan(
