@@ -15,6 +15,7 @@ from alignloop.feedback.panels import Candidate, groups_needed, pick_item
 from alignloop.feedback.practice import ranking_score, round_outcome
 
 from .conftest import SAMPLES, hidden
+from .test_feedback_postgres import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database, or skip)
 
 PANEL = {"panel": {"attribute": "region", "min_groups": 2}}
 
@@ -271,3 +272,49 @@ def test_cli_creates_a_panel_and_practice_campaign_and_sets_attributes(capsys, t
         info = store.campaign_info(s.connection(), 1)
     assert info.options.panel.attribute == "region" and info.options.practice.items == 2
     assert info.options.ask == ["region"] and info.options.practice.pass_ == 0.5
+
+
+def test_panels_and_practice_on_postgres(pg_url):
+    """The same panel assignment and practice round on PostgreSQL (candidate items locked with
+    SKIP LOCKED). Skipped unless a server is reachable (test_feedback_postgres.py)."""
+    from alignloop.feedback.practice import practice_order
+
+    engine, sessions = store.open_db(pg_url)
+    ids = _panel_db(sessions, {"a1": "eu", "a2": "eu", "b1": "us"})
+    with sessions() as s:
+        assert _take_all(s, ids["a1"]) == [1, 2, 3, 4]
+        assert _take_all(s, ids["a2"]) == []
+        assert _take_all(s, ids["b1"]) == [1, 2, 3, 4]
+        store.create_campaign(s, "prac", "compare", _samples(1), raters_per_item=1, gold=_gold(2), gold_rate=0.0,
+                              options={"practice": {"items": 1, "pass": 1.0}})
+        info = store.campaign_info(s.connection(), 2)
+        assert store.next_assignment_view(s, ids["a2"]) is None  # practice first
+        state = store.practice_state(s.connection(), ids["a2"], info)
+        shown = practice_order(info, ids["a2"], 1, state.next_item, 2)
+        right = [shown.index(0), shown.index(1)]  # the gold answer [0, 1] in display positions
+        result = store.submit_practice(s, ids["a2"], info, state.next_item, ranking=right)
+        assert result.score == 1.0 and result.state.status == "passed"
+        a = store.next_assignment_view(s, ids["a2"])
+        assert a is not None and a.campaign.name == "prac"
+    engine.dispose()
+
+
+def test_audit_of_a_database_counts_skips_and_groups(sessions, db_path, tmp_path, capsys):
+    import json
+
+    from alignloop.cli import main
+
+    ids = _panel_db(sessions, {"a1": "eu", "b1": "us"}, n_items=4)
+    with sessions() as s:
+        for name in ("a1", "b1"):
+            rid = ids[name]
+            caller = store.caller(s, rid)
+            a = store.next_assignment_view(s, rid)
+            store.skip_assignment(s, caller, a.id)  # one skip each
+            _take_all(s, rid)  # the other three answered
+    main(["quality", "audit", "--db", str(db_path), "--campaign", "panel", "--group-attribute", "region",
+          "--out", str(tmp_path / "audit.json")])
+    assert "audit of 6 judgments by 2 raters" in capsys.readouterr().out
+    a = json.loads((tmp_path / "audit.json").read_text())
+    assert a["per_rater"]["a1"]["skip_rate"] == pytest.approx(1 / 4) and a["per_rater"]["a1"]["group"] == "eu"
+    assert {(d["group"], d["judgments"]) for d in a["per_day_group"]} == {("eu", 3), ("us", 3)}
