@@ -129,9 +129,10 @@ def run_report(cfg: QualityConfig) -> dict:
     for attr, g in a.get("groups", {}).items():
         for b in g["between"]:
             click.echo(f"groups by {attr}: {b['a']} vs {b['b']}: cross agreement {_f(b['cross_agreement'])} (within "
-                       f"{_f(g['groups'][b['a']]['agreement'])} / {_f(g['groups'][b['b']]['agreement'])}), length "
-                       f"effect difference {_f(b['length_difference'])} {_ci(b['length_difference_ci'])}; "
-                       f"{g['n_flagged_items']} items with opposite group majorities")
+                       f"{_f(g['groups'][b['a']]['agreement'])} / {_f(g['groups'][b['b']]['agreement'])}); {b['a']} - "
+                       f"{b['b']}: position effect {_f(b['position_difference'])} {_ci(b['position_difference_ci'])}, "
+                       f"length effect {_f(b['length_difference'])} {_ci(b['length_difference_ci'])}; "
+                       f"{b['flagged_pairs']} pairs with opposite majorities (>= {g['min_votes']} votes each)")
     if "ai_human_alignment" in a:
         s = a["ai_human_alignment"]
         click.echo(f"AI-labeler alignment {_f(s['alignment'])} ({s['agree']} of {s['agree'] + s['disagree']} "

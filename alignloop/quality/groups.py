@@ -145,6 +145,7 @@ def group_report(judgments: Judgments, groups: dict[str, str], n_boot: int = 200
             "cross_agreement": cross, "cross_agreement_ci": list(ratio_bootstrap(same_i, total_i, n_boot, seed)),
             "gap": (wa + wb) / 2 - cross if np.isfinite(wa) and np.isfinite(wb) else float("nan"),
             "opposite_majority_share": float(opp["opposite"].mean()) if len(opp) else float("nan"),
+            "flagged_pairs": int(opp_strict["opposite"].sum()),
             "position_difference": per_group[ga]["position"] - per_group[gb]["position"],
             "position_difference_ci": _effect_gap_ci(a, b, "position", n_boot, seed),
             "length_difference": per_group[ga]["length"] - per_group[gb]["length"],

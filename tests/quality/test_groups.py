@@ -30,6 +30,7 @@ def test_within_cross_and_flagged_hand_worked():
     assert b["cross_agreement"] == pytest.approx(1 / 3)  # (2 * 1 + 0 * 2) / (2 * 3)
     assert b["gap"] == pytest.approx(1 / 3)
     assert b["opposite_majority_share"] == 1.0
+    assert b["flagged_pairs"] == 1
     assert [f["item"] for f in rep["flagged_items"]] == ["x"]
     assert rep["flagged_items"][0]["pairs"][0]["groups"]["B"] == {"mean_vote": pytest.approx(-1 / 3), "votes": 3}
 
