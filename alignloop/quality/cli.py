@@ -143,7 +143,7 @@ def run_report(cfg: QualityConfig) -> dict:
 
 
 def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+    return "-" if v is None or v != v else f"{v:.3f}"
 
 
 def _ci(ci) -> str:
@@ -197,9 +197,9 @@ def run_consensus(cfg: ConsensusConfig) -> list:
         j0 = load_judgments(original) if records is not original else j  # before --apply-audit's exclusions
         w0 = rater_weights(screening(j0, cfg.gold_threshold, cfg.screen, cfg.min_gold))
         moved = changed_sides(consensus(j0, "majority", w0).pairs, consensus(j, "majority", weights).pairs)
-        click.echo(f"the weighting changed the majority consensus side of {moved['changed']} of {moved['units']} "
-                   f"pairs ({moved['flipped']} flipped from one response to the other"
-                   + (f"; {moved['lost']} pairs lost every vote" if moved["lost"] else "") + ")")
+        click.echo(f"the weighting moved {moved['changed']} of {moved['units']} pairs of the majority consensus: "
+                   f"{moved['flipped']} to the other response, {moved['changed'] - moved['flipped']} from or to a tie"
+                   + (f"; {moved['lost']} pairs lost every vote" if moved["lost"] else ""))
     if cfg.method == "raw":
         out = raw_records(j, records, weights)
     else:
@@ -320,7 +320,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     except ValueError as err:
         raise DataError(str(err)) from None
     paths = write_audit(a, cfg.out)
-    click.echo(f"audit of {a['judgments']} judgments by {len(a['raters'])} raters over {len(a['per_day'])} days; "
+    click.echo(f"audit of {a['judgments']} judgments by {len(a['raters'])} raters over {len(a['per_day'])} day{'s' if len(a['per_day']) != 1 else ''}; "
                f"{len(a['alerts'])} alerts (p < {a['settings']['alert_level']:.3g} each)")
     for al in a["alerts"]:
         if al["alert"] == "speeding":

@@ -74,7 +74,7 @@ def test_audit_alerts_on_simulated_drift_and_speeding_and_consensus_applies_it(t
     main(["quality", "consensus", "--data", str(data), "--method", "majority", "--apply-audit",
           str(tmp_path / "audit.json"), "--out", str(tmp_path / "c.jsonl")])
     out = capsys.readouterr().out
-    assert f"{done['excluded_judgments']} judgments excluded" in out and "changed the majority consensus side" in out
+    assert f"{done['excluded_judgments']} judgments excluded" in out and "pairs of the majority consensus" in out
 
 
 def test_audit_of_a_stable_panel_raises_no_alert():
