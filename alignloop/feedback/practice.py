@@ -102,10 +102,11 @@ class PracticeState:
 
 
 def round_outcome(scores: list[float], m: int, threshold: float) -> Literal["open", "passed", "failed"]:
-    """A round of M practice answers: open until M answers, then passed if mean >= threshold."""
+    """A round of M practice answers: open until M answers, then passed if the mean of the first
+    M (two browser tabs racing may store one more) is >= threshold."""
     if len(scores) < m:
         return "open"
-    return "passed" if sum(scores) / m >= threshold - 1e-12 else "failed"
+    return "passed" if sum(scores[:m]) / m >= threshold - 1e-12 else "failed"
 
 
 def practice_state(conn: Connection, rater_id: int, campaign: CampaignInfo) -> PracticeState | None:
