@@ -159,6 +159,8 @@ def audit(records: list[Judgment], skips: dict[tuple[str, str], int] | None = No
                      for (d, gr), g in rk[rk["group"].notna()].groupby(["day", "group"])]
     per_rater = {r: {"group": groups.get(r), **_figures(pairs[pairs["rater"] == r], g, skip_count(r, None))}
                  for r, g in rk.groupby("rater")}
+    per_group = {gr: _figures(pairs[pairs["group"] == gr], g, skip_count(None, None, gr))
+                 for gr, g in rk[rk["group"].notna()].groupby("group")}
     per_day = [{"day": d, **_figures(pairs[pairs["day"] == d], g, skip_count(None, d))} for d, g in rk.groupby("day")]
 
     # alerts
@@ -200,7 +202,7 @@ def audit(records: list[Judgment], skips: dict[tuple[str, str], int] | None = No
             "settings": {"window": window, "alpha": alpha, "speed_ratio": speed_ratio, "threshold": threshold,
                          "exclude_below": exclude_below, "alert_level": level},
             "judgments": int(len(rk)), "raters": raters, "skips_known": skips is not None,
-            "per_day": per_day, "per_rater": per_rater, "per_day_rater": per_day_rater,
+            "per_day": per_day, "per_rater": per_rater, "per_group": per_group, "per_day_rater": per_day_rater,
             "per_day_group": per_day_group, "alerts": alerts, "recommendations": recs}
 
 
@@ -234,6 +236,8 @@ def render_html(a: dict[str, Any]) -> str:
                                            "<p>None.</p>"),
              "<h2>Per rater</h2>" + _table([{"rater": r, **v} for r, v in a["per_rater"].items()],
                                            ["rater", "group"] + FIGS),
+             "<h2>Per group</h2>" + (_table([{"group": g, **v} for g, v in a["per_group"].items()], ["group"] + FIGS)
+                                     if a["per_group"] else "<p>No rater groups.</p>"),
              "<h2>Per day</h2>" + _table(a["per_day"], ["day"] + FIGS),
              "<h2>Per day and group</h2>" + (_table(a["per_day_group"], ["day", "group"] + FIGS)
                                               if a["per_day_group"] else "<p>No rater groups.</p>"),

@@ -318,3 +318,23 @@ def test_audit_of_a_database_counts_skips_and_groups(sessions, db_path, tmp_path
     a = json.loads((tmp_path / "audit.json").read_text())
     assert a["per_rater"]["a1"]["skip_rate"] == pytest.approx(1 / 4) and a["per_rater"]["a1"]["group"] == "eu"
     assert {(d["group"], d["judgments"]) for d in a["per_day_group"]} == {("eu", 3), ("us", 3)}
+    assert a["per_group"]["eu"]["skip_rate"] == pytest.approx(1 / 4) and a["per_group"]["us"]["judgments"] == 3
+
+
+def test_thumbs_practice_scores_labels(sessions):
+    from alignloop.data.records import BinaryFeedback
+
+    gold = [BinaryFeedback(prompt="Is this polite?", response="Thank you kindly.", label=1, explanation="It thanks."),
+            BinaryFeedback(prompt="Is this polite?", response="Go away.", label=0, explanation="It dismisses.")]
+    with sessions() as s:
+        store.create_campaign(s, "t", "thumbs", _samples(1), raters_per_item=1, gold=gold, gold_rate=0.0,
+                              options={"practice": {"items": 2, "pass": 0.5, "on_fail": "stop"}})
+        r = store.add_rater(s, "ann")[0]
+        info = store.campaign_info(s.connection(), 1)
+        scores = []
+        while (st := store.practice_state(s.connection(), r.id, info)).status == "todo":
+            label = 1  # always thumbs up: right on one of the two
+            result = store.submit_practice(s, r.id, info, st.next_item, labels=[label])
+            scores.append(result.score)
+            assert result.explanation in ("It thanks.", "It dismisses.")
+        assert sorted(scores) == [0.0, 1.0] and st.status == "passed"  # mean 0.5 reaches the pass mark
