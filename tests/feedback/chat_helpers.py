@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from alignloop.feedback import store
@@ -14,7 +17,7 @@ from alignloop.feedback.chat_client import Endpoint, completions_url
 from alignloop.feedback.chat_web import ChatSettings
 
 from .conftest import hidden
-from .stub_model import StubModel
+from .stub_model import StubModel, free_port
 
 
 def chat_app(db_path, models, **settings):
@@ -95,3 +98,25 @@ def site(db_path, sessions, models):
         app = chat_app(db_path, models, **settings)
         return app, lambda name, admin=False: Chatter(*login(app, add_rater(sessions, name, admin)))
     return make
+
+
+class AppServer:
+    """A FastAPI app served by uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "the chat server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

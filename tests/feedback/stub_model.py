@@ -100,3 +100,22 @@ class StubModel:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+def main() -> None:
+    """`python -m tests.feedback.stub_model --name NAME --port PORT [--delay S]`: one stub model
+    server in the foreground (a stand-in model for trying `alignloop chat` without a model)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--name", default="stub")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--delay", type=float, default=0.05, help="seconds between words")
+    args = p.parse_args()
+    stub = StubModel(args.name, delay=args.delay)
+    stub.port, stub.url = args.port, f"http://127.0.0.1:{args.port}"
+    uvicorn.run(stub.app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
