@@ -145,6 +145,11 @@ def admin_view(a: dict[str, Any]) -> dict[str, Any]:
         "bias_tests": [{k: f.get(k) for k in ("detector", "scope", "effect", "effect_name", "p", "p_adjusted",
                                               "detected")} for f in findings],
         "alpha": a["biases"]["alpha"],
+        "groups": {attr: {"groups": {name: {k: v[k] for k in ("raters", "votes", "agreement", "position", "length")}
+                                     for name, v in g["groups"].items()},
+                          "between": [{k: b[k] for k in ("a", "b", "cross_agreement", "gap", "flagged_pairs")}
+                                      for b in g["between"]], "n_flagged_items": g["n_flagged_items"]}
+                   for attr, g in (a.get("groups") or {}).items()},
     })
 
 

@@ -338,3 +338,18 @@ def test_thumbs_practice_scores_labels(sessions):
             scores.append(result.score)
             assert result.explanation in ("It thanks.", "It dismisses.")
         assert sorted(scores) == [0.0, 1.0] and st.status == "passed"  # mean 0.5 reaches the pass mark
+
+
+def test_admin_quality_section_shows_agreement_per_group(db_path):
+    _, sessions = store.open_db(db_path)
+    ids = _panel_db(sessions, {"a1": "eu", "b1": "us"}, n_items=3)
+    with sessions() as s:
+        for name, best in (("a1", 0), ("b1", 1)):  # a1 always prefers response 0, b1 response 1
+            while (a := store.next_assignment_view(s, ids[name])) is not None:
+                order = list(a.display_order)
+                store.judge(s, ids[name], a.id, ranking=[order.index(best), order.index(1 - best)])
+        boss = store.add_rater(s, "boss", admin=True)[1]
+    page = login(create_app(db_path), boss).get("/admin").text
+    assert 'id="quality-groups-region"' in page
+    # one rater per group: no within-group agreement; opposite majorities need 2 votes per group
+    assert "eu vs us: cross-group agreement 0.000" in page and "0 pairs with opposite majorities" in page
