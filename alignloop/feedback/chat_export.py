@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import false, select
 from sqlalchemy.orm import Session
 
 from alignloop.data.records import BinaryFeedback, Comparison, PromptRecord
-from alignloop.feedback.chat_db import ChatConversation
+from alignloop.feedback.chat_db import ArenaBattle, ArenaVote, ChatConversation, ChatMessage, ChatThumb
 from alignloop.feedback.chat_store import TurnView, context, thumbs_of, turns_of
 from alignloop.feedback.db import Rater
 
@@ -117,15 +117,18 @@ def prompt_records(data: Collected) -> list[PromptRecord]:
     return out
 
 
-def arena_inputs(data: Collected, include_flagged: bool = False):
-    """The leaderboard's inputs: `quality.arena.Battle`s of the voted battles and `Thumb`s of
-    the chat answers."""
+def arena_inputs(s: Session, include_flagged: bool = False):
+    """The leaderboard's inputs: a `quality.arena.Battle` per arena vote (flagged ones only with
+    `include_flagged`) and a `Thumb` per thumb under a chat answer (two queries)."""
     from alignloop.quality.arena import Battle, Thumb
 
-    battles = [Battle(t.battle.model_a, t.battle.model_b, t.vote.outcome) for _, _, t in battle_rows(data, include_flagged)]
-    thumbs = [Thumb(m.model, th.up) for conv, _, turns in data.conversations if conv.mode == "chat"
-              for t in turns for m in t.answers.get(0, []) if (th := data.thumbs.get(m.id)) is not None]
-    return battles, thumbs
+    votes = (select(ArenaBattle.model_a, ArenaBattle.model_b, ArenaVote.outcome)
+             .join(ArenaVote, ArenaVote.battle_id == ArenaBattle.id).order_by(ArenaVote.id))
+    if not include_flagged:
+        votes = votes.where(ArenaVote.flagged == false())
+    thumbs = (select(ChatMessage.model, ChatThumb.up).join(ChatThumb, ChatThumb.message_id == ChatMessage.id)
+              .order_by(ChatThumb.id))
+    return [Battle(*row) for row in s.execute(votes)], [Thumb(*row) for row in s.execute(thumbs)]
 
 
 class Written(NamedTuple):
@@ -164,6 +167,6 @@ def arena_from_db(db: str, include_flagged: bool = False):
             raise ValueError(f"--db {db}: schema revision {have}, this version reads {head}; any "
                              "`alignloop feedback` command (e.g. status) upgrades it")
         with sessions() as s:
-            return arena_inputs(collect(s), include_flagged)
+            return arena_inputs(s, include_flagged)
     finally:
         engine.dispose()

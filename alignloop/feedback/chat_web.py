@@ -201,13 +201,13 @@ def _limits(cfg: ChatSettings) -> dict[str, Any]:
 
 
 def _leaderboard(request: Request, s: Session, rater: Caller, include_flagged: bool):
-    from alignloop.feedback.chat_export import arena_inputs, collect
+    from alignloop.feedback.chat_export import arena_inputs
     from alignloop.quality.arena import leaderboard
 
     cfg = settings_of(request)
     if cfg.leaderboard_for == "admins" and not rater.is_admin:
         raise AdminRequired()
-    battles, thumbs = arena_inputs(collect(s), include_flagged)
+    battles, thumbs = arena_inputs(s, include_flagged)
     return leaderboard(battles, thumbs, n_boot=cfg.n_boot, seed=0)
 
 
@@ -267,6 +267,8 @@ async def send(request: Request, conversation_id: IdPath, body: NewMessage, rate
     if len(content) > cfg.max_message_chars:
         raise store.Invalid(f"content: {len(content)} characters; at most {cfg.max_message_chars} per message")
     conv = await run_in_threadpool(chat_store.get_conversation, s, rater.id, conversation_id)
+    if conv.mode == "chat":
+        _check_served(cfg, [conv.model])
     pair = chat_store.draw_pair(cfg.names, request.app.state.chat_rng) if conv.mode == "arena" else None
     limiter: Limiter = request.app.state.chat_limiter
     limiter.take(rater.id)
@@ -287,6 +289,7 @@ async def regenerate(request: Request, conversation_id: IdPath, rater: Caller = 
     limiter: Limiter = request.app.state.chat_limiter
     conv = await run_in_threadpool(chat_store.get_conversation, s, rater.id, conversation_id)
     jobs = await run_in_threadpool(chat_store.regenerate, s, rater.id, conv.id)
+    _check_served(settings_of(request), [j.model for j in jobs])
     limiter.take(rater.id)
     head = {"event": "turn", "conversation": conv.id, "turn": jobs[0].turn, "user_message": None, "regenerate": True,
             "sides": [{"side": j.side, "label": _label(conv.mode, j)} for j in jobs]}
@@ -317,6 +320,13 @@ def flag(battle_id: IdPath, body: FlagBody, rater: Caller = Depends(api_rater), 
 def leaderboard_json(request: Request, include_flagged: bool = False, rater: Caller = Depends(api_rater),
                      s: Session = DB):
     return _leaderboard(request, s, rater, include_flagged).to_json()
+
+
+def _check_served(cfg: ChatSettings, names: list[str]) -> None:
+    """A conversation begun with a model this server no longer serves (restarted with other --models)."""
+    gone = [n for n in names if n not in cfg.names]
+    if gone:
+        raise store.Conflict(f"{gone[0]} is not served here any more; start a new conversation.")
 
 
 def _vote_json(v: chat_store.VoteView) -> dict[str, Any]:

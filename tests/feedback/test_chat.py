@@ -261,3 +261,14 @@ def test_the_leaderboard_page_and_json(site, sessions):
     bob = rater2("bob")
     assert bob.client.get("/leaderboard").status_code == 403
     assert rater2("boss", admin=True).client.get("/leaderboard").status_code == 200
+
+
+def test_a_conversation_with_a_model_no_longer_served_says_so(db_path, sessions, models):
+    ann = Chatter(*login(chat_app(db_path, models), add_rater(sessions, "ann")))
+    conv = ann.new("chat", "beta")
+    answer_text(events(ann.send(conv["id"], "hi", 0)))
+    again = Chatter(*login(chat_app(db_path, models[:1]), add_rater(sessions, "ann")))  # restarted without beta
+    r = again.send(conv["id"], "still there?", 1)
+    assert r.status_code == 409 and "beta is not served here any more" in r.json()["detail"]
+    assert again.regenerate(conv["id"]).status_code == 409
+    assert count(sessions, ChatMessage) == 2
