@@ -14,6 +14,12 @@ places down. The rater's request path is SQLAlchemy Core on prepared statements,
 campaign and the item texts from the per-process cache (campaigns.py): a few indexed
 statements and no ORM objects. `next_assignment` and `get_assignment` return ORM objects
 for the pages, the CLI and tests.
+
+Campaign options (panels.py): a campaign that asks for rater attributes the rater has not
+given, or has a practice round they have not passed, gives them none of its items yet
+(`gated_campaigns`; the pages lead them to the form or the practice round first); a panel
+campaign picks the item by `panels.diverse_item` (balanced across groups) and, when all its
+free places are held for other groups, the next campaign is looked at.
 """
 
 from __future__ import annotations
