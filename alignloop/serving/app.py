@@ -1,9 +1,11 @@
 """The model server's web app: OpenAI's chat-completions API over a generator (no torch here).
 
-    GET  /v1/models             the served model's name
+    GET  /v1/models             the served model's name (and the LoRA adapters loaded)
     POST /v1/chat/completions   an answer (`chat.completion`) or, with "stream": true, its
                                 server-sent events (serving/wire.py)
     GET  /health                status and the batcher's counters
+    POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's runtime LoRA endpoints, only
+                                with an `AdapterLoader`: an adapter folder served under a name
 
 A request is validated (400 in OpenAI's error shape, `param` naming the field), tokenised off
 the event loop, submitted to the engine as a `Job` (503 when too many wait) and answered from
@@ -21,13 +23,13 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alignloop.serving.jobs import Engine, Event, Job, Overloaded
+from alignloop.serving.jobs import AdapterLoader, Engine, Event, Job, Overloaded
 from alignloop.serving.wire import (DONE, AssistantMessage, ChatCompletion, ChatCompletionChunk,
-                                    ChatCompletionRequest, Choice, ChunkChoice, Delta, ErrorBody, ModelCard,
-                                    ModelList, Usage, completion_id, sse)
+                                    ChatCompletionRequest, Choice, ChunkChoice, Delta, ErrorBody, LoadLoraAdapter,
+                                    ModelCard, ModelList, UnloadLoraAdapter, Usage, completion_id, sse)
 
 GRACE_S = 5.0  # the web side gives the worker this long past a deadline to report the time-out
 
@@ -59,10 +61,21 @@ def _timeout_error(limits: Limits, tokens: int, partial: ChatCompletion | None =
                     "timeout_error", code="timeout", partial=partial)
 
 
-def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=None) -> FastAPI:
+@dataclass
+class Served:
+    """A model the app answers for: its engine, and for a loaded adapter its folder."""
+
+    engine: Engine
+    created: int
+    root: str | None = None
+
+
+def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=None,
+               adapters: AdapterLoader | None = None) -> FastAPI:
     """The app serving `engine` under the model name `name`; `lifespan` (an async context
-    manager factory, FastAPI's) starts and stops the engine's worker with the server."""
-    created = int(time.time())
+    manager factory, FastAPI's) starts and stops the engine's worker with the server;
+    `adapters`, when given, opens the runtime LoRA endpoints."""
+    models = {name: Served(engine, int(time.time()))}
     app = FastAPI(title="alignloop model server", version="1", lifespan=lifespan,
                   description="An OpenAI-compatible chat-completions API for one model.")
 
@@ -85,32 +98,66 @@ def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=No
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, **engine.health()}
+        return {"status": "ok", "model": name, **engine.health(), "adapters": sorted(set(models) - {name})}
 
     @app.get("/v1/models", response_model=ModelList)
-    async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=name, created=created)])
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=n, created=m.created, root=m.root, parent=None if n == name else name)
+                               for n, m in models.items()])
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
               responses={400: {"description": "bad request"}, 503: {"description": "overloaded"},
                          504: {"description": "timed out"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        job, events = await _submit(engine, name, limits, body)
+        if body.model not in models:
+            raise ApiError(400, f"unknown model '{body.model}': this server serves {', '.join(map(repr, models))}",
+                           param="model", code="model_not_found")
+        job, events = await _submit(models[body.model].engine, limits, body)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(job, events, name, limits, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_stream(job, events, body.model, limits, include_usage),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _collect(job, events, name, limits)
+        return await _collect(job, events, body.model, limits)
 
+    if adapters is not None:
+        _adapter_routes(app, models, name, adapters)
     return app
 
 
-async def _submit(engine: Engine, name: str, limits: Limits, body: ChatCompletionRequest
-                  ) -> tuple[Job, asyncio.Queue[Event]]:
+def _adapter_routes(app: FastAPI, models: dict[str, Served], name: str, adapters: AdapterLoader) -> None:
+    """vLLM's runtime LoRA endpoints: a loaded adapter is a model of its own (loading runs off
+    the event loop; an unloaded one's requests still decoding end as its worker stops)."""
+    loading: set[str] = set()
+
+    @app.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
+    async def load_lora_adapter(body: LoadLoraAdapter) -> str:
+        if body.lora_name in models or body.lora_name in loading:
+            raise ApiError(400, f"a model named '{body.lora_name}' is already served", param="lora_name")
+        loading.add(body.lora_name)
+        try:
+            engine = await asyncio.to_thread(adapters.load, body.lora_path)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            raise ApiError(400, f"cannot load the LoRA adapter {body.lora_path}: {err}", param="lora_path") from None
+        finally:
+            loading.discard(body.lora_name)
+        models[body.lora_name] = Served(engine, int(time.time()), root=body.lora_path)
+        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+    @app.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
+    async def unload_lora_adapter(body: UnloadLoraAdapter) -> str:
+        if body.lora_name == name:
+            raise ApiError(400, f"'{name}' is the served model, not a loaded adapter", param="lora_name")
+        served = models.pop(body.lora_name, None)
+        if served is None:
+            raise ApiError(404, f"no LoRA adapter named '{body.lora_name}' is loaded", param="lora_name",
+                           code="model_not_found")
+        await asyncio.to_thread(adapters.unload, served.engine)
+        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+
+async def _submit(engine: Engine, limits: Limits, body: ChatCompletionRequest) -> tuple[Job, asyncio.Queue[Event]]:
     """Validate what the schema cannot, tokenise, and hand the job to the engine."""
-    if body.model != name:
-        raise ApiError(400, f"unknown model '{body.model}': this server serves '{name}'", param="model",
-                       code="model_not_found")
     max_tokens = body.token_limit() or min(limits.default_max_tokens, limits.max_new_tokens_limit)
     if max_tokens > limits.max_new_tokens_limit:
         raise ApiError(400, f"max_tokens {max_tokens} is more than this server's limit, "

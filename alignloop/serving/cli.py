@@ -46,6 +46,12 @@ class ServeModelConfig(StageConfig):
     batch_window_ms: float = Field(5.0, ge=0, description="An idle server waits this long after a request for "
                                                           "others before it starts, so requests sent together "
                                                           "start together.")
+    lora_loading: bool = Field(False, description="Open vLLM's runtime LoRA endpoints: POST /v1/load_lora_adapter "
+                                                   "{lora_name, lora_path} serves a LoRA adapter folder (merged into "
+                                                   "the base it records: one more copy of the weights, its own "
+                                                   "worker) under lora_name; POST /v1/unload_lora_adapter "
+                                                   "{lora_name} drops it. Off by default: a request names a folder "
+                                                   "on this machine.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads [default: torch's own choice].")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level.")
 
@@ -70,6 +76,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class AdapterFolders:
+    """The runtime LoRA endpoints' loader: an adapter folder is loaded as every command loads
+    one (merged into the base it records) and decoded by a Batcher of its own, with the
+    server's options."""
+
+    def __init__(self, cfg: ServeModelConfig):
+        self.cfg = cfg
+        self.loaded: list = []
+
+    def batcher(self, model, tokenizer):
+        from alignloop.serving.batcher import Batcher
+
+        return Batcher(model, tokenizer, max_batch_size=self.cfg.max_batch_size, max_waiting=self.cfg.max_waiting,
+                       window_s=self.cfg.batch_window_ms / 1000)
+
+    def load(self, path: str):
+        from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device
+
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError("not a LoRA adapter folder (it has no adapter_config.json)")
+        engine = self.batcher(load_causal_lm(str(folder), self.cfg.dtype, pick_device(self.cfg.device)),
+                              load_tokenizer(str(folder)))
+        engine.start()
+        self.loaded.append(engine)
+        return engine
+
+    def unload(self, engine) -> None:
+        engine.close()
+        self.loaded.remove(engine)
+
+    def close(self) -> None:
+        for engine in list(self.loaded):
+            self.unload(engine)
+
+
 def build_server(cfg: ServeModelConfig, model=None, tokenizer=None):
     """(uvicorn.Server, Batcher) for `cfg`; the model is loaded unless given. The batcher's
     worker starts and stops with the server."""
@@ -77,7 +119,6 @@ def build_server(cfg: ServeModelConfig, model=None, tokenizer=None):
 
     from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device
     from alignloop.serving.app import Limits, create_app
-    from alignloop.serving.batcher import Batcher
 
     if cfg.default_max_tokens > cfg.max_new_tokens_limit:
         from alignloop.config import ConfigError
@@ -91,8 +132,8 @@ def build_server(cfg: ServeModelConfig, model=None, tokenizer=None):
         import torch
 
         torch.set_num_threads(cfg.threads)
-    batcher = Batcher(model, tokenizer, max_batch_size=cfg.max_batch_size, max_waiting=cfg.max_waiting,
-                      window_s=cfg.batch_window_ms / 1000)
+    adapters = AdapterFolders(cfg)
+    batcher = adapters.batcher(model, tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -101,10 +142,12 @@ def build_server(cfg: ServeModelConfig, model=None, tokenizer=None):
             yield
         finally:
             batcher.close()
+            adapters.close()
 
     limits = Limits(max_new_tokens_limit=cfg.max_new_tokens_limit, default_max_tokens=cfg.default_max_tokens,
                     timeout_s=cfg.timeout_s, max_choices=cfg.max_batch_size)
-    app = create_app(batcher, served_name(cfg), limits, lifespan=lifespan)
+    app = create_app(batcher, served_name(cfg), limits, lifespan=lifespan,
+                     adapters=adapters if cfg.lora_loading else None)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=30)
     return uvicorn.Server(config), batcher
 

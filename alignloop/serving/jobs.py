@@ -59,6 +59,14 @@ class Engine(Protocol):
     def health(self) -> dict: ...
 
 
+class AdapterLoader(Protocol):
+    """Loads a LoRA adapter folder as a model of its own (the runtime LoRA endpoints)."""
+
+    def load(self, path: str) -> Engine: ...  # blocking; ValueError / FileNotFoundError for a bad folder
+
+    def unload(self, engine: Engine) -> None: ...
+
+
 def visible_end(text: str, stops: list[str]) -> tuple[int, bool]:
     """(end, stopped): `text[:end]` may be shown now.
 

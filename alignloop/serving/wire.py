@@ -10,6 +10,7 @@ first with `delta.role`, then `delta.content` pieces, then one with `finish_reas
 with `usage` when `stream_options.include_usage`; finally `data: [DONE]\\n\\n`. An error is
 `{"error": {"message", "type", "param", "code"}}`, in a stream as one such event before
 [DONE]. A time-out (504) also carries what was generated until then, under `partial`.
+vLLM's runtime LoRA endpoints take `{"lora_name", "lora_path"}` and `{"lora_name"}`.
 """
 
 from __future__ import annotations
@@ -149,6 +150,21 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "alignloop"
+    root: str | None = None  # a loaded LoRA adapter: its folder
+    parent: str | None = None  # a loaded LoRA adapter: the served model it was loaded beside
+
+
+class LoadLoraAdapter(BaseModel):
+    """vLLM's `POST /v1/load_lora_adapter` body."""
+
+    lora_name: str = Field(..., min_length=1)
+    lora_path: str = Field(..., min_length=1)
+
+
+class UnloadLoraAdapter(BaseModel):
+    """vLLM's `POST /v1/unload_lora_adapter` body."""
+
+    lora_name: str = Field(..., min_length=1)
 
 
 class ModelList(BaseModel):

@@ -134,29 +134,79 @@ def test_help_lists_every_option():
         assert "--" + field.replace("_", "-") in out
 
 
-def test_a_runs_lora_folder_is_served_merged_into_its_base(talky_dir, tmp_path):
-    """`--model` takes an adapter folder as the other commands do: its base with the adapter
-    merged in, named after the folder; the answer is `generate`'s on that merged model."""
+@pytest.fixture(scope="module")
+def lora_folder(talky_dir, tmp_path_factory):
+    """A LoRA adapter folder on the talky model whose adapter changes the answers."""
     import torch
-    from fastapi.testclient import TestClient
 
     from alignloop.config import LoraOptions
-    from alignloop.models.generation import Sampling, generate
     from alignloop.models.loading import apply_lora, load_causal_lm, load_tokenizer, save_model
 
     model = apply_lora(load_causal_lm(str(talky_dir)), LoraOptions(lora_rank=4))
-    with torch.no_grad():  # a LoRA that changes something (peft starts B at zero)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # peft starts B at zero: an adapter that does nothing
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    save_model(model, load_tokenizer(str(talky_dir)), tmp_path / "sft", base=str(talky_dir))
-    server, _ = build_server(ServeModelConfig(model=str(tmp_path / "sft")))
-    chat = [{"role": "user", "content": "Hi"}]
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    out = tmp_path_factory.mktemp("run") / "sft"
+    save_model(model, load_tokenizer(str(talky_dir)), out, base=str(talky_dir))
+    return out
+
+
+def greedy_text(folder, chat, tokens: int = 8) -> str:
+    from alignloop.models.generation import Sampling, generate
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+
+    return generate(load_causal_lm(str(folder)), load_tokenizer(str(folder)), [chat],
+                    Sampling(temperature=0, max_new_tokens=tokens), show_progress=False).texts[0]
+
+
+CHAT = [{"role": "user", "content": "Hi"}]
+
+
+def answer(client, model: str):
+    return client.post("/v1/chat/completions", json={"model": model, "messages": CHAT, "temperature": 0,
+                                                     "max_tokens": 8})
+
+
+def test_a_runs_lora_folder_is_served_merged_into_its_base(talky_dir, lora_folder):
+    """`--model` takes an adapter folder as the other commands do: its base with the adapter
+    merged in, named after the folder; the answer is `generate`'s on that merged model."""
+    from fastapi.testclient import TestClient
+
+    server, _ = build_server(ServeModelConfig(model=str(lora_folder)))
     with TestClient(server.config.app) as c:
-        body = c.post("/v1/chat/completions", json={"model": "sft", "messages": chat, "temperature": 0,
-                                                     "max_tokens": 8}).json()
-    merged, tok = load_causal_lm(str(tmp_path / "sft")), load_tokenizer(str(tmp_path / "sft"))
-    expected = generate(merged, tok, [chat], Sampling(temperature=0, max_new_tokens=8), show_progress=False).texts[0]
-    base = generate(load_causal_lm(str(talky_dir)), tok, [chat], Sampling(temperature=0, max_new_tokens=8),
-                    show_progress=False).texts[0]
-    assert body["choices"][0]["message"]["content"] == expected != base
+        body = answer(c, "sft").json()
+    assert body["choices"][0]["message"]["content"] == greedy_text(lora_folder, CHAT) != greedy_text(talky_dir, CHAT)
+
+
+def test_lora_adapters_load_and_unload_at_run_time(talky_dir, lora_folder, tmp_path):
+    """vLLM's runtime LoRA endpoints (--lora-loading): an adapter folder is served under its
+    lora_name beside the base, then dropped; without the option the endpoints do not exist."""
+    from fastapi.testclient import TestClient
+
+    server, _ = build_server(ServeModelConfig(model=str(talky_dir), lora_loading=True))
+    with TestClient(server.config.app) as c:
+        r = c.post("/v1/load_lora_adapter", json={"lora_name": "policy-v2", "lora_path": str(lora_folder)})
+        assert r.status_code == 200 and r.text == "Success: LoRA adapter 'policy-v2' added successfully."
+        cards = c.get("/v1/models").json()["data"]
+        assert [(m["id"], m["parent"], m["root"]) for m in cards] == [("talky", None, None),
+                                                                     ("policy-v2", "talky", str(lora_folder))]
+        assert answer(c, "policy-v2").json()["choices"][0]["message"]["content"] == greedy_text(lora_folder, CHAT)
+        assert answer(c, "talky").json()["choices"][0]["message"]["content"] == greedy_text(talky_dir, CHAT)
+        again = c.post("/v1/load_lora_adapter", json={"lora_name": "policy-v2", "lora_path": str(lora_folder)})
+        assert again.status_code == 400 and again.json()["error"]["param"] == "lora_name"
+        bad = c.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(talky_dir)})
+        assert bad.status_code == 400 and "no adapter_config.json" in bad.json()["error"]["message"]
+        gone = c.post("/v1/load_lora_adapter", json={"lora_name": "y", "lora_path": str(tmp_path / "nothing")})
+        assert gone.status_code == 400 and gone.json()["error"]["param"] == "lora_path"
+        r = c.post("/v1/unload_lora_adapter", json={"lora_name": "policy-v2"})
+        assert r.status_code == 200 and r.text == "Success: LoRA adapter 'policy-v2' removed successfully."
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["talky"]
+        assert answer(c, "policy-v2").status_code == 400
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "policy-v2"}).status_code == 404
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "talky"}).status_code == 400
+    closed, _ = build_server(ServeModelConfig(model=str(talky_dir)))
+    with TestClient(closed.config.app) as c:
+        r = c.post("/v1/load_lora_adapter", json={"lora_name": "policy-v2", "lora_path": str(lora_folder)})
+        assert r.status_code == 404 and r.json()["error"]["message"]
