@@ -82,7 +82,7 @@
     user.appendChild(el("span", "role", "you"));
     user.appendChild(el("div", "text", userText));
     li.appendChild(user);
-    const answers = el("div", mode === "arena" ? "answers side-by-side" : "answers");
+    const answers = el("div", mode === "arena" ? "replies side-by-side" : "replies");
     labels.forEach((label, side) => answers.appendChild(answerBox(side, label)));
     li.appendChild(answers);
     li.appendChild(el("div", "turn-tools"));
@@ -94,8 +94,8 @@
 
   function thumbs(tools, messageId, stored) {
     tools.replaceChildren();
-    const up = el("button", "thumb up", "👍");
-    const down = el("button", "thumb down", "👎");
+    const up = el("button", "thumb up", "▲ Good");
+    const down = el("button", "thumb down", "▼ Bad");
     up.type = down.type = "button";
     up.title = "Thumb up"; down.title = "Thumb down";
     up.setAttribute("aria-label", "Thumb up"); down.setAttribute("aria-label", "Thumb down");
@@ -157,7 +157,7 @@
     const flagLabel = el("label", "flag-label");
     flagLabel.append(flagged, document.createTextNode(" a model revealed its identity (flag)"));
     let k = null;
-    [["a", "👈 A is better"], ["b", "B is better 👉"], ["tie", "🤝 Tie"], ["both_bad", "👎 Both are bad"]].forEach(([outcome, text]) => {
+    [["a", "← A is better"], ["b", "B is better →"], ["tie", "Tie"], ["both_bad", "Both are bad"]].forEach(([outcome, text]) => {
       const b = el("button", "vote", text);
       b.type = "button";
       b.dataset.outcome = outcome;
