@@ -4,7 +4,6 @@ and CSRF, limits, upstream failures shown as errors, and the leaderboard."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
