@@ -9,7 +9,9 @@ each concurrency C (--concurrency 1,8) sends C streaming requests at once, C rou
 completion tokens in all, wall seconds, tokens/s in all, each request's tokens/s (mean) and time
 to its first content piece (mean), and the batcher's counters (prefills, peak rows). With
 --compare-generate, then the same prompts through `generate` in this process (no server), in
-batches of C: its tokens/s in all, the yardstick the server's batching is measured against.
+batches of C: its tokens/s in all, the yardstick the server's batching is measured against;
+and the server's Batcher in this process (no HTTP, no client), C jobs at once: what the
+decoding loop itself does, apart from the web side and the client.
 """
 
 from __future__ import annotations
@@ -94,6 +96,40 @@ def generate_rate(model_name: str, concurrency: int, rounds: int, max_tokens: in
             "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1)}
 
 
+def batcher_rate(model_name: str, concurrency: int, rounds: int, max_tokens: int) -> dict:
+    import threading
+
+    from alignloop.data.chat import encode_prompt
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.serving.batcher import Batcher
+    from alignloop.serving.jobs import Job
+
+    model, tokenizer = load_causal_lm(model_name), load_tokenizer(model_name)
+    texts = prompts()
+    batcher = Batcher(model, tokenizer, max_batch_size=max(concurrency, 1))
+    batcher.start()
+
+    def round_of(r: int, c: int, tokens: int) -> None:
+        done = [threading.Event() for _ in range(c)]
+        for i in range(c):
+            chat = [{"role": "user", "content": texts[(r * c + i) % len(texts)]}]
+            batcher.submit(Job(prompt_ids=encode_prompt(tokenizer, chat), max_tokens=tokens,
+                               deadline=time.monotonic() + 3600, temperature=0.7, seed=r * c + i,
+                               send=lambda e, ev=done[i]: ev.set() if e.finish else None))
+        for ev in done:
+            ev.wait()
+
+    round_of(0, 1, 8)  # warm-up
+    before, start = batcher.stats.tokens, time.perf_counter()
+    for r in range(rounds):
+        round_of(r, concurrency, max_tokens)
+    wall = time.perf_counter() - start
+    tokens = batcher.stats.tokens - before
+    batcher.close()
+    return {"batcher_in_process": concurrency, "completion_tokens": tokens, "wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -132,6 +168,7 @@ def main() -> None:
     if args.compare_generate:
         for c in levels:
             print(json.dumps(generate_rate(args.model, c, args.rounds, args.max_tokens)), flush=True)
+            print(json.dumps(batcher_rate(args.model, c, args.rounds, args.max_tokens)), flush=True)
 
 
 if __name__ == "__main__":
