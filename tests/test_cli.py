@@ -71,5 +71,5 @@ def test_generate_writes_samples_with_model_and_settings(tmp_path, tiny_model_di
     recs = read_records(out, Samples)
     assert [x.id for x in recs] == ["a", "b"] and all(len(x.responses) == 3 for x in recs)
     assert recs[0].model == str(tiny_model_dir)
-    assert recs[0].sampling == {"temperature": 0.9, "top_p": 1.0, "max_new_tokens": 6, "seed": 5}
+    assert recs[0].sampling == {"temperature": 0.9, "top_p": 1.0, "top_k": 50, "max_new_tokens": 6, "seed": 5}
     assert yaml.safe_load(out.with_suffix(".config.yaml").read_text())["num_samples"] == 3

@@ -39,8 +39,8 @@ class Sampling:
     batch_size: int = 16
 
     def record(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed}
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": HF_TOP_K,
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed}
 
 
 @dataclass
