@@ -125,8 +125,9 @@ def fingerprint(step: Step, before: str, run: Path) -> str:
     # Files read from outside RUN join the hash; a choice field's word is not a file, even where a
     # folder of that name is in the working directory (`format: alignloop` beside the source tree
     # hashed the whole package, so any code edit re-ran the quality stage of every copied run).
+    # A config's `live_inputs` (a chat database that grows while the run waits) are named, not hashed.
     choices = {k: {f for f, info in type(c).model_fields.items() if _is_choice(info.annotation)}
-               for k, c in step.configs.items()}
+               | getattr(type(c), "live_inputs", frozenset()) for k, c in step.configs.items()}
     inputs: dict[str, str] = {}
     _external_inputs({k: {f: v for f, v in cfg.items() if f not in choices[k]} for k, cfg in configs.items()}, run, inputs)
     blob = json.dumps({"stage": step.kind, "configs": configs, "inputs": inputs, "before": before}, sort_keys=True)

@@ -14,13 +14,15 @@ The wiring (DESIGN.md section 3); R is RUN in round 1 and RUN/round-r in round r
     revise   -> RUN/revisions.jsonl (+ .demos.jsonl, .comparisons.jsonl)   [CAIReviseConfig]
     sft      -> RUN/sft                 data: the revise stage's demos    [SFTConfig]
     generate -> R/samples.jsonl          model: the newest policy          [GenerateConfig]
-    feedback -> R/comparisons.jsonl      kind: simulated | ai | human      [SimulateConfig | CAILabelConfig |
-                                         (human: a campaign in RUN/feedback.db)  FeedbackCreateConfig]
+    feedback -> R/comparisons.jsonl      kind: simulated | ai | human | chat  [SimulateConfig | CAILabelConfig |
+                                         (human: a campaign in RUN/feedback.db)  FeedbackCreateConfig |
+                                         (chat: votes from alignloop chat; thumbs: R/thumbs.jsonl)  ChatRoundConfig]
     quality  -> R/quality/, R/consensus.jsonl   with: {report: {...}, consensus: {...}}
     reward   -> R/reward                 data: consensus (else comparisons) [RewardConfig]
     ppo      -> R/ppo                    model: newest policy, reward: R/reward, prompts: generate's
     dpo      -> R/dpo                    model: the SFT policy, data: consensus (else comparisons) [DPOConfig]
     kto      -> R/kto                    the same, comparisons converted to binary feedback  [KTOConfig]
+    arena    -> R/arena.sh               the commands serving R's new policy beside the last  [ArenaRoundConfig]
     evaluate -> RUN/eval                 policy: the last PPO, baseline: RUN/sft  [EvaluateConfig]
                                          (with dpo / kto stages: policies {ppo, dpo, kto} side by side)
     report   -> RUN/report.html                                             [ReportConfig]
@@ -38,6 +40,7 @@ from pydantic import BaseModel
 
 from alignloop.configs import (CAIReviseConfig, ControlConfig, DPOConfig, EvaluateConfig, GenerateConfig, KTOConfig,
                                PPOConfig, ReportConfig, RewardConfig, SFTConfig)
+from alignloop.feedback.chat_round import ArenaRoundConfig
 
 
 @dataclass
@@ -80,7 +83,21 @@ class Wiring:
         return str(self.round_dir(r - 1) / "ppo") if r > 1 and self.has("ppo") else self.start_policy()
 
     def labels(self, r: int) -> Path:
-        return self.round_dir(r) / ("consensus.jsonl" if self.has("quality") else "comparisons.jsonl")
+        return self.round_dir(r) / "consensus.jsonl" if self.has("quality") else self.feedback_out(r)
+
+    def feedback_out(self, r: int) -> Path:
+        """The feedback stage's file: comparisons.jsonl (thumbs.jsonl: chat thumbs)."""
+        return self.round_dir(r) / ("thumbs.jsonl" if self.chat_labels() == "thumbs" else "comparisons.jsonl")
+
+    def chat_labels(self) -> str | None:
+        """comparisons | thumbs with `feedback: {kind: chat}`, else None."""
+        fb = self.withs.get("feedback", {})
+        return fb.get("labels", "comparisons") if fb.get("kind") == "chat" else None
+
+    def trained(self, r: int) -> str:
+        """The policy round r trains (ppo, else dpo, else kto); round 0's is the start policy."""
+        kind = next((k for k in ("ppo", "dpo", "kto") if self.has(k)), None)
+        return str(self.round_dir(r) / kind) if r >= 1 and kind else self.start_policy()
 
     def planned(self, kind: str) -> Step | None:
         return next((s for s in self.steps if s.kind == kind), None)
@@ -170,6 +187,8 @@ def _ppo(w: Wiring, r: int) -> dict[str, Any]:
         defaults["reward"] = str(w.round_dir(r) / "reward")
     if "prompts" in w.withs.get("generate", {}):
         defaults["prompts"] = w.withs["generate"]["prompts"]
+    elif w.chat_labels() and not w.has("generate"):  # the chat users' messages
+        defaults["prompts"] = w.round_dir(r) / "prompts.jsonl"
     return defaults
 
 
@@ -212,7 +231,29 @@ def _with_sidecars(*suffixes: str) -> Callable[[Any], list[Path]]:
     return outputs
 
 
-FEEDBACK_KINDS = ("simulated", "ai", "human")
+FEEDBACK_KINDS = ("simulated", "ai", "human", "chat")
+
+
+def _chat_feedback(w: Wiring, values: dict, r: int, build: Build) -> tuple[dict[str, BaseModel], list[Path]]:
+    """feedback kind chat: the votes of the chat's users (feedback/chat_round.py)."""
+    from alignloop.feedback.chat_round import ChatRoundConfig
+
+    if w.chat_labels() == "thumbs" and (w.has("reward") or w.has("dpo")):
+        raise FieldError("labels", "thumbs train kto only; reward and dpo need comparisons (labels: comparisons)")
+    arena = w.withs.get("arena", {})
+    policies = {f"round-{q}": w.trained(q) for q in (r - 2, r - 1) if q >= 0}
+    R = w.round_dir(r)
+    cfg = build(ChatRoundConfig, values, {
+        "db": str(w.run / "feedback.db"), "out": w.feedback_out(r), "prompts": R / "prompts.jsonl",
+        "previous": [w.feedback_out(q) for q in range(1, r)], "policies": policies, "round": r, "seed": w.seed,
+        **{k: arena[k] for k in ("port", "chat_port") if k in arena}})
+    return {"chat": cfg}, [cfg.out, cfg.out.with_suffix(".config.yaml"), cfg.prompts]
+
+
+def _arena(w: Wiring, r: int) -> dict[str, Any]:
+    db = w.withs.get("feedback", {}).get("db", str(w.run / "feedback.db"))
+    return {"db": db, "policies": {f"round-{r - 1}": w.trained(r - 1), f"round-{r}": w.trained(r)}, "round": r,
+            "out": w.round_dir(r) / "arena.sh"}
 
 
 def _feedback(w: Wiring, values: dict, r: int, build: Build) -> tuple[dict[str, BaseModel], list[Path]]:
@@ -224,6 +265,8 @@ def _feedback(w: Wiring, values: dict, r: int, build: Build) -> tuple[dict[str, 
     kind = values.pop("kind", "simulated")
     if kind not in FEEDBACK_KINDS:
         raise FieldError("kind", f"{kind!r} is not one of {', '.join(FEEDBACK_KINDS)}")
+    if kind == "chat":
+        return _chat_feedback(w, values, r, build)
     if kind == "human":  # the campaign's own kind (rank | compare); thumbs give no comparisons
         values["kind"] = values.pop("campaign_kind", "rank")
         if values["kind"] not in ("rank", "compare"):
@@ -247,6 +290,8 @@ def _run_feedback(step: Step, ctx: Context) -> None:
 
         run_campaign(cfg, f"{cfg.name or ctx.recipe + '/' + step.name}-{ctx.fingerprint[:8]}", step.outputs[0],
                      ctx.command)
+    elif kind == "chat":
+        call("alignloop.feedback.chat_round:run_chat_round", cfg, ctx.command)
     else:
         call({"simulated": "alignloop.quality.cli:run_simulate", "ai": "alignloop.cai.cli:run_label"}[kind], cfg)
 
@@ -304,6 +349,8 @@ STAGES: dict[str, Stage] = {s.kind: s for s in [
           "alignloop.train.dpo:run_dpo", defaults=_direct("dpo"), resumable=True, done="alignloop_model.json"),
     Stage("kto", "KTO of the SFT policy on the labels (as binary feedback)", 1, KTOConfig,
           "alignloop.train.kto:run_kto", defaults=_direct("kto"), resumable=True, done="alignloop_model.json"),
+    Stage("arena", "the commands that serve the new policy beside the last in the arena", 1, ArenaRoundConfig,
+          "alignloop.feedback.chat_round:run_arena", defaults=_arena, outputs=lambda cfg: [Path(cfg.out)]),
     Stage("evaluate", "policy vs baseline on held-out prompts", 2, EvaluateConfig,
           "alignloop.evaluate.evaluate:run_evaluate", defaults=_evaluate),
     Stage("report", "HTML report", 2, ReportConfig, "alignloop.evaluate.report:run_report", defaults=_report),

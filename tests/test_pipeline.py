@@ -320,7 +320,7 @@ def test_recipe_errors_name_the_file_stage_and_field(tmp_path, text, overrides, 
 def test_shipped_recipes_resolve_and_validate(tmp_path):
     assert find_recipe("recipes/quickstart.yaml") == shipped_recipes() / "quickstart.yaml"
     assert find_recipe("cai") == shipped_recipes() / "cai.yaml"
-    with pytest.raises(ConfigError, match="shipped recipes: cai, compare, control, quickstart"):
+    with pytest.raises(ConfigError, match="shipped recipes: cai, chat, compare, control, quickstart"):
         find_recipe("nonesuch.yaml")
     recipe, path = load_recipe("quickstart")
     steps = plan(recipe, tmp_path / "run", str(path))
