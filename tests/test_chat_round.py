@@ -156,3 +156,36 @@ def test_leaderboard_lines_show_the_best_first():
     board = leaderboard([Battle("new", "old", "a")] * 3 + [Battle("old", "new", "tie")], n_boot=0)
     lines = leaderboard_lines(board, 1)
     assert len(lines) == 1 and lines[0].startswith("new: ") and "4 battles 3-0-1" in lines[0]
+
+
+def add_thumbs(db, ups, model: str = "round-0") -> None:
+    """One rater's chat with `model`, a thumb (up or down) under each answer, through the chat store."""
+    engine, sessions = store.open_db(str(db))
+    with sessions() as s:
+        rater, _, _ = store.add_rater(s, "bob")
+        conv = chat_store.create_conversation(s, rater.id, "chat", model)
+        for turn, up in enumerate(ups):
+            (job,), _, _ = chat_store.start_turn(s, rater.id, conv.id, f"Tell me fact {turn}.", turn, 100)
+            message = chat_store.save_answer(s, job, f"Fact {turn} is" + " true" * (turn + 1), {}, "stop", 0.1)
+            chat_store.thumb(s, rater.id, message, up)
+    engine.dispose()
+
+
+def test_thumbs_wait_then_train_kto_on_binary_feedback(tmp_path, tiny_model_dir):
+    from alignloop.train.kto import binary_records
+
+    db = tmp_path / "feedback.db"
+    path = tmp_path / "thumbs.yaml"
+    path.write_text(f"name: thumbs\nmodel: {tiny_model_dir}\nstages:\n"
+                    f"  - feedback: {{kind: chat, db: {db}, labels: thumbs, min_votes: 2}}\n"
+                    "  - kto: {lora: false, batch_size: 2, max_length: 48, heldout_fraction: 0.0, epochs: 1}\n")
+    run = tmp_path / "run"
+    add_thumbs(db, [True])
+    waiting = run_recipe(path, run)
+    assert waiting.status == "waiting" and "waiting for 1 more thumbs: round 1 has 1 new" in waiting.message
+    assert "people vote in the chat page (/chat)" in waiting.message and "round-0: " in waiting.message
+    add_thumbs(db, [False, True])
+    assert run_recipe(path, run).ran == ["feedback", "kto"]
+    assert yaml.safe_load((run / "kto/config.yaml").read_text())["data"] == str(run / "thumbs.jsonl")
+    assert [r.label for r in binary_records(run / "thumbs.jsonl")] == [1, 0, 1]
+    assert (run / "kto/alignloop_model.json").exists()
