@@ -338,7 +338,7 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value (YAML): rounds=2, model=PATH, reward.epochs=2, quality.consensus.method=majority.")
 def command(recipe: str, out: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Run a recipe (a YAML list of stages; shipped: quickstart, cai) into a run folder.
+    """Run a recipe (a YAML list of stages; shipped: quickstart, cai, compare, control, chat) into a run folder.
 
     Finished stages whose config and inputs are unchanged are skipped; a changed stage re-runs
     with every stage after it. Exit status 3: paused for human feedback; 4: a stage stopped early.
