@@ -83,7 +83,7 @@ def test_changing_one_stage_reruns_it_and_the_stages_after_it(quickstart_run, tm
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)  # a copied run folder keeps its cache (paths inside RUN are relative)
     before = _mtimes(copy)
-    result = run_recipe("quickstart", copy, overrides=[*overrides, "reward.epochs=2"])
+    result = run_recipe("quickstart", copy, overrides=[*overrides, "reward.learning_rate=2e-4"])
     assert result.skipped == ["sft", "generate", "feedback", "quality"]
     assert result.ran == ["reward", "ppo", "evaluate", "report"]
     after = _mtimes(copy)
@@ -91,7 +91,7 @@ def test_changing_one_stage_reruns_it_and_the_stages_after_it(quickstart_run, tm
         assert after[f] == before[f], f
     for f in ("reward/reward_config.json", "ppo/config.yaml", "eval/eval.json", "report.html"):
         assert f not in before or after[f] != before[f], f
-    assert yaml.safe_load((copy / "reward/config.yaml").read_text())["epochs"] == 2
+    assert yaml.safe_load((copy / "reward/config.yaml").read_text())["learning_rate"] == 2e-4
 
 
 def test_a_changed_input_file_changes_every_fingerprint_from_its_stage_on(tiny_model_dir, tmp_path):
