@@ -151,15 +151,12 @@ def test_downgrade_to_revision_2_and_back(db_path):
     engine.dispose()
 
 
-def test_upgrade_from_revision_3_keeps_data_and_adds_clips(db_path, tmp_path):
-    from .clips import TASK, write_clip
-    from alignloop.data.records import Samples
-
-    engine = make_engine(db_path)
-    store.migrate(engine, "0003")
-    assert "media" not in set(inspect(engine).get_table_names())
+def _old_rows(engine, abstained: bool) -> None:
+    """A campaign, item, rater, assignment and judgment as revisions 3 (no `abstained` column)
+    and 4 (with it) stored them."""
     t = dt.datetime(2025, 3, 1)
-    with writer(engine).begin() as conn:  # a campaign, item, rater, assignment and judgment as revision 3 stored them
+    cols, vals = ("submitted_at, abstained", ":t, 0") if abstained else ("submitted_at", ":t")
+    with writer(engine).begin() as conn:
         conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, "
                           "created_at, ready) VALUES (1, 'old', 'compare', 1, '', 0.0, 0, :t, 1)"), {"t": t})
         conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold, open_slots) "
@@ -168,8 +165,18 @@ def test_upgrade_from_revision_3_keeps_data_and_adds_clips(db_path, tmp_path):
                      {"t": t})
         conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, "
                           "created_at) VALUES (1, 1, 1, 1, 0, '[0, 1]', 'done', :t)"), {"t": t})
-        conn.execute(text("INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
-                          "submitted_at) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', :t)"), {"t": t})
+        conn.execute(text(f"INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
+                          f"{cols}) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', {vals})"), {"t": t})
+
+
+def test_upgrade_from_revision_3_keeps_data_and_adds_clips(db_path, tmp_path):
+    from .clips import TASK, write_clip
+    from alignloop.data.records import Samples
+
+    engine = make_engine(db_path)
+    store.migrate(engine, "0003")
+    assert "media" not in set(inspect(engine).get_table_names())
+    _old_rows(engine, abstained=False)  # as revision 3 stored them
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
     with engine.connect() as conn:
@@ -199,18 +206,7 @@ def test_upgrade_from_revision_4_keeps_data_and_adds_panels_and_practice(db_path
     engine = make_engine(db_path)
     store.migrate(engine, "0004")
     assert "practice_answers" not in set(inspect(engine).get_table_names())
-    t = dt.datetime(2025, 3, 1)
-    with writer(engine).begin() as conn:  # a campaign, item, rater, assignment and judgment as revision 4 stored them
-        conn.execute(text("INSERT INTO campaigns (id, name, kind, raters_per_item, instructions, gold_rate, seed, "
-                          "created_at, ready) VALUES (1, 'old', 'compare', 1, '', 0.0, 0, :t, 1)"), {"t": t})
-        conn.execute(text("INSERT INTO items (id, campaign_id, prompt, responses, sampling, meta, is_gold, open_slots) "
-                          "VALUES (1, 1, '{\"prompt\": \"p\"}', '[\"a\", \"b\"]', '{}', '{}', 0, 0)"))
-        conn.execute(text("INSERT INTO raters (id, name, role, created_at, session_version) VALUES (1, 'ann', 'rater', :t, 0)"),
-                     {"t": t})
-        conn.execute(text("INSERT INTO assignments (id, campaign_id, item_id, rater_id, slot, display_order, status, "
-                          "created_at) VALUES (1, 1, 1, 1, 0, '[0, 1]', 'done', :t)"), {"t": t})
-        conn.execute(text("INSERT INTO judgments (id, assignment_id, ranking, unsafe, comment, display_order, "
-                          "submitted_at, abstained) VALUES (1, 1, '[1, 0]', '[]', '', '[0, 1]', :t, 0)"), {"t": t})
+    _old_rows(engine, abstained=True)  # as revision 4 stored them
     store.migrate(engine)
     assert store.schema_revision(engine) == HEAD
     with engine.connect() as conn:
