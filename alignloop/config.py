@@ -12,6 +12,7 @@ from the config classes; a hand-written typer signature would repeat every field
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -152,12 +153,29 @@ def _options_for(cls: type[StageConfig], positional: tuple[str, ...]) -> list[cl
     return params
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true / false (any case) are booleans,
+    so `mixed_precision: no` (Accelerate's own spelling) is the string "no", not False."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values, with YAML 1.2 booleans (`yes`, `no`, `on`, `off` stay strings)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

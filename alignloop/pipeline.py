@@ -36,7 +36,7 @@ import yaml
 from alignloop import metric_names as M
 from alignloop.feedback.waiting import EXIT_WAITING, Paused
 from alignloop.recipe import load_recipe, plan
-from alignloop.stages import STAGES, Context, Step, call
+from alignloop.stages import STAGES, Context, Step, call, title as stage_title
 
 NOT_FINGERPRINTED = {"resume", "stop_at_step", "stop_at_iteration", "stop_at_round", "keep_checkpoint"}
 EXIT_STOPPED = 4  # EXIT_WAITING (3): paused for people (feedback/waiting.py)
@@ -209,7 +209,7 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         before = fp
         state = read_state(run, step)
         same = state.get("fingerprint") == fp
-        title = f"stage {i}/{len(steps)}: {step.name} — {STAGES[step.kind].describe}"
+        title = f"stage {i}/{len(steps)}: {step.name} — {stage_title(step)}"
         if same and state.get("status") == "done" and complete(step) and not ran:
             console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
             skipped.append(step.name)

@@ -23,11 +23,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignloop.assets import asset_dir
-from alignloop.config import DEFAULT_MODEL, ConfigError, build_config, load_yaml
+from alignloop.config import DEFAULT_MODEL, ConfigError, build_config, load_yaml, parse_yaml
 from alignloop.stages import STAGES, FieldError, Step, Wiring
 
 
@@ -123,7 +122,7 @@ def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
         key, eq, raw = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
         head, _, rest = key.partition(".")
         if not rest:
             data[head] = value

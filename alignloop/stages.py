@@ -137,7 +137,8 @@ class Stage:
     """One row of the table."""
 
     kind: str
-    describe: str  # the runner's title: "stage 3/8: feedback — rankings of the samples"
+    describe: str | Callable[["Step"], str]  # the runner's title: "stage 3/8: feedback — rankings of the
+    # samples" (a function of the step where it depends on its configs)
     phase: int  # 0: once, before the rounds; 1: once per round (the online loop); 2: once, after the last round
     config: type[BaseModel] | None  # the class of its `with:` fields (None: `configure` builds the configs)
     run: str | Callable | None  # "module:function" (or a function) called with the config (None: `execute`)
@@ -256,6 +257,21 @@ def _arena(w: Wiring, r: int) -> dict[str, Any]:
             "out": w.round_dir(r) / "arena.sh"}
 
 
+FEEDBACK_TITLES = {"simulated": "simulated raters' rankings of the samples", "ai": "an AI judge's rankings of the samples",
+                   "human": "people's rankings of the samples", "chat": "votes from the chat"}
+
+
+def _feedback_title(step: Step) -> str:
+    """The feedback stage's title by its kind (its config's key): 'votes from the chat', ..."""
+    return FEEDBACK_TITLES.get(next(iter(step.configs), ""), "labels of the samples")
+
+
+def title(step: Step) -> str:
+    """What the runner prints after 'stage i/n: NAME — '."""
+    describe = STAGES[step.kind].describe
+    return describe(step) if callable(describe) else describe
+
+
 def _feedback(w: Wiring, values: dict, r: int, build: Build) -> tuple[dict[str, BaseModel], list[Path]]:
     """feedback: `kind` picks the source: a simulated panel, an AI judge, or people (a campaign)."""
     from alignloop.configs import CAILabelConfig
@@ -335,7 +351,7 @@ STAGES: dict[str, Stage] = {s.kind: s for s in [
           defaults=lambda w, r: {"model": w.policy_before(r), "out": w.round_dir(r) / "samples.jsonl",
                                  "seed": w.seed + r - 1},
           outputs=_with_sidecars(".config.yaml")),
-    Stage("feedback", "rankings of the samples", 1, None, None, configure=_feedback, execute=_run_feedback),
+    Stage("feedback", _feedback_title, 1, None, None, configure=_feedback, execute=_run_feedback),
     Stage("quality", "feedback quality report and consensus labels", 1, None, None, configure=_quality,
           execute=_run_quality),
     Stage("reward", "reward model", 1, RewardConfig, "alignloop.train.reward:run_reward", defaults=_reward,

@@ -17,7 +17,7 @@ from alignloop.feedback import chat_store, store
 from alignloop.feedback.chat_round import leaderboard_lines, new_votes, serve_commands, used_ids
 from alignloop.pipeline import read_state, run_recipe
 from alignloop.quality.arena import Battle, leaderboard
-from alignloop.recipe import load_recipe, plan
+from alignloop.recipe import find_recipe, load_recipe, plan
 
 RECIPE = """
 name: chatloop
@@ -189,3 +189,12 @@ def test_thumbs_wait_then_train_kto_on_binary_feedback(tmp_path, tiny_model_dir)
     assert yaml.safe_load((run / "kto/config.yaml").read_text())["data"] == str(run / "thumbs.jsonl")
     assert [r.label for r in binary_records(run / "thumbs.jsonl")] == [1, 0, 1]
     assert (run / "kto/alignloop_model.json").exists()
+
+
+def test_the_feedback_stage_is_titled_by_its_kind(recipe, tmp_path):
+    from alignloop.stages import title
+
+    path, db = recipe
+    assert title(_step(path, tmp_path / "run", "feedback")) == "votes from the chat"
+    quickstart = _step(find_recipe("quickstart"), tmp_path / "q", "feedback")
+    assert title(quickstart) == "simulated raters' rankings of the samples"

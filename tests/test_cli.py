@@ -73,3 +73,17 @@ def test_generate_writes_samples_with_model_and_settings(tmp_path, tiny_model_di
     assert recs[0].model == str(tiny_model_dir)
     assert recs[0].sampling == {"temperature": 0.9, "top_p": 1.0, "top_k": 50, "max_new_tokens": 6, "seed": 5}
     assert yaml.safe_load(out.with_suffix(".config.yaml").read_text())["num_samples"] == 3
+
+
+def test_no_and_yes_are_strings_in_config_files_and_set_overrides(tmp_path):
+    """YAML 1.2 booleans: `mixed_precision: no` (Accelerate's spelling) is the string "no" in a
+    config file and in `--set`, while true / false stay booleans."""
+    from alignloop.recipe import apply_overrides
+
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text("data: d\nout: o\nmixed_precision: no\nlora: false\n")
+    cfg = resolve_config(SFTConfig, cfg_file, {})
+    assert (cfg.mixed_precision, cfg.lora) == ("no", False)
+    data = apply_overrides({"stages": [{"sft": {"epochs": 1}}]},
+                           ["sft.mixed_precision=no", "sft.lora=False", "sft.note=yes"], "recipe")
+    assert data["stages"][0]["sft"] == {"epochs": 1, "mixed_precision": "no", "lora": False, "note": "yes"}
