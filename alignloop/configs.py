@@ -7,6 +7,7 @@ in `--help`); quality/ and feedback/ keep the configs of their own commands besi
 (those packages never import torch). Every field's description is its `--help` text.
 
     OptimOptions, StepRunOptions      shared by the training stages (with config.py's LoraOptions)
+    GenerationServerOptions           sampling through a server: generate, evaluate, ppo
     SFTConfig, RewardConfig, PPOConfig                 alignloop sft | reward | ppo   (train/)
     DPOConfig, KTOConfig (PreferenceOptions)           alignloop dpo | kto   (train/)
     GenerateConfig, ScoreConfig                        alignloop generate | score
@@ -27,6 +28,29 @@ from pydantic import BaseModel, Field, field_validator
 
 from alignloop.assets import asset
 from alignloop.config import DEFAULT_MODEL, LoraOptions, ModelOptions, StageConfig
+
+# ---------------------------------------------------------------- sampling through a generation server
+
+
+class GenerationServerOptions(BaseModel):
+    """Sampling through an OpenAI-compatible server instead of in-process (serving/client.py)."""
+
+    heading: ClassVar[str] = "Generation-server options (generate, evaluate, ppo)"
+
+    generation_url: str | None = Field(
+        None, description="An OpenAI-compatible server that samples the responses (vLLM, SGLang, alignloop "
+                          "serve-model), e.g. http://127.0.0.1:8000/v1: prompts templated here go to /v1/completions "
+                          "as token ids and the sampled token ids come back; every log-probability is still computed "
+                          "here [default: sample in-process].")
+    generation_model: str | None = Field(
+        None, description="The model's name on that server (requests' `model`) [default: the server's first model]; "
+                          "evaluate: ROLE=NAME,... for each model sampled there (policy, baseline or the --policies "
+                          "names; the others are sampled in-process), a plain NAME being the policy's; ppo asks for its pushed "
+                          "adapter by its own name.")
+    generation_concurrency: int = Field(8, ge=1, description="Requests in flight at once (one per prompt, its n "
+                                                             "samples together).")
+    generation_timeout_s: float = Field(600.0, gt=0, description="Seconds a request may take before it is an error.")
+
 
 # ---------------------------------------------------------------- shared by the training stages
 
@@ -110,7 +134,7 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
                                 "a random subset (none: all of them).")
 
 
-class PPOConfig(StageConfig, LoraOptions, OptimOptions):
+class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions):
     """`alignloop ppo`: PPO against reward sources with a KL penalty to the initial policy."""
 
     reward: str = Field(..., description="Reward sources, comma-separated, each optionally WEIGHT*: a reward-model folder, rule:module:function, judge:MODEL.")
@@ -157,6 +181,10 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions):
         None, ge=1, description="Stop (with a checkpoint) after this iteration; --resume continues. (An iteration, not a "
                                 "step as in sft / reward: one iteration takes ppo_epochs x minibatches optimizer steps.)")
     keep_checkpoint: bool = Field(False, description="Keep out/checkpoint after training finishes.")
+    generation_adapter_dir: Path | None = Field(
+        None, description="With --generation-url (LoRA): where each iteration's adapter is saved for the server to "
+                          "load (/v1/load_lora_adapter), a path the server reads as it is (this machine or a shared "
+                          "file system) [default: OUT/served_adapter].")
 
 
 # ---------------------------------------------------------------- alignloop dpo | kto
@@ -214,7 +242,7 @@ class KTOConfig(StageConfig, ModelOptions, PreferenceOptions, OptimOptions, Step
 # ---------------------------------------------------------------- alignloop generate | score
 
 
-class GenerateConfig(StageConfig):
+class GenerateConfig(StageConfig, GenerationServerOptions):
     """`alignloop generate`: K responses per prompt, written as samples records."""
 
     model: str = Field(DEFAULT_MODEL, description="Model: registry name, local folder (full model or adapter) or HF id.")
@@ -318,7 +346,7 @@ class CAIImportConfig(StageConfig):
 # ---------------------------------------------------------------- alignloop evaluate | report
 
 
-class EvaluateConfig(StageConfig):
+class EvaluateConfig(StageConfig, GenerationServerOptions):
     """`alignloop evaluate`: reward, KL, length, win rates and harmlessness on held-out prompts."""
 
     policy: str | None = Field(None, description="The model to evaluate (e.g. the PPO output folder); --policy and --baseline "

@@ -128,6 +128,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device, resolve_dtype
     from alignloop.models.policy import SamplingCopy
     from alignloop.rewards import RuleReward, import_callable
+    from alignloop.serving.remote import generate_with_server, served_roles
     from alignloop.quality.gold import is_refusal
 
     out = Path(cfg.out)
@@ -147,6 +148,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed, batch_size=cfg.batch_size)
     roles = {**(cfg.policies or {"policy": cfg.policy}), **({"baseline": cfg.baseline} if cfg.baseline else {})}
+    served = served_roles(cfg.generation_model, list(roles)) if cfg.generation_url else {}
 
     # 1) + 2a) per model: samples on held-out and red-team prompts, log-probs under the model;
     # when the model is the reference (the SFT baseline of a PPO run), every run's responses
@@ -155,10 +157,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     ref_logp: dict[str, list] = {}
     for role, name in roles.items():
         lm, tok = load_causal_lm(name, cfg.dtype, device), load_tokenizer(name)
-        sampler = lm if cfg.sampling_dtype == "auto" else SamplingCopy(lm, resolve_dtype(cfg.sampling_dtype, device)).model
-        gens = generate(sampler, tok, chats, sampling)
-        red = generate(sampler, tok, red_chats, sampling) if red_chats else None
-        del sampler
+        if role in served:  # --generation-url: the server samples; the log-probs are still computed here
+            gens = generate_with_server(cfg, name, tok, chats, sampling, served[role])
+            red = generate_with_server(cfg, name, tok, red_chats, sampling, served[role]) if red_chats else None
+        else:
+            sampler = lm if cfg.sampling_dtype == "auto" else SamplingCopy(lm, resolve_dtype(cfg.sampling_dtype, device)).model
+            gens = generate(sampler, tok, chats, sampling)
+            red = generate(sampler, tok, red_chats, sampling) if red_chats else None
+            del sampler
         is_reference = reference is not None and same_model(name, reference)
         runs[role] = {"gens": gens, "red": red, "vocab": tok.get_vocab(), "pad": tok.pad_token_id,
                       "logp": None if is_reference else response_logprobs(lm, gens, tok.pad_token_id,

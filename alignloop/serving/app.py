@@ -3,6 +3,8 @@
     GET  /v1/models             the served model's name (and the LoRA adapters loaded)
     POST /v1/chat/completions   an answer (`chat.completion`) or, with "stream": true, its
                                 server-sent events (serving/wire.py)
+    POST /v1/completions        a prompt's continuation (`text_completion`), the prompt as text
+                                or token ids, the sampled token ids with `return_token_ids`
     GET  /health                status and the batcher's counters
     POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's runtime LoRA endpoints, only
                                 with an `AdapterLoader`: an adapter folder served under a name
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +30,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignloop.serving.jobs import AdapterLoader, Engine, Event, Job, Overloaded
 from alignloop.serving.wire import (DONE, AssistantMessage, ChatCompletion, ChatCompletionChunk,
-                                    ChatCompletionRequest, Choice, ChunkChoice, Delta, ErrorBody, LoadLoraAdapter,
-                                    ModelCard, ModelList, UnloadLoraAdapter, Usage, completion_id, sse)
+                                    ChatCompletionRequest, Choice, ChunkChoice, Completion, CompletionChoice,
+                                    CompletionRequest, Delta, ErrorBody, LoadLoraAdapter, ModelCard, ModelList,
+                                    UnloadLoraAdapter, Usage, adapter_fingerprint, completion_id, sse)
 
 GRACE_S = 5.0  # the web side gives the worker this long past a deadline to report the time-out
 
@@ -46,28 +49,31 @@ class Limits:
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, partial: ChatCompletion | None = None, headers: dict | None = None):
+                 code: str | None = None, partial: ChatCompletion | Completion | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.status, self.body, self.partial, self.headers = status, ErrorBody(
             message=message, type=type_, param=param, code=code), partial, headers
 
 
-def error_json(body: ErrorBody, partial: ChatCompletion | None = None) -> dict:
+def error_json(body: ErrorBody, partial: ChatCompletion | Completion | None = None) -> dict:
     return {"error": body.model_dump(), **({"partial": partial.model_dump(mode="json")} if partial else {})}
 
 
-def _timeout_error(limits: Limits, tokens: int, partial: ChatCompletion | None = None) -> ApiError:
+def _timeout_error(limits: Limits, tokens: int, partial: ChatCompletion | Completion | None = None) -> ApiError:
     return ApiError(504, f"generation timed out after {limits.timeout_s:g} s ({tokens} tokens generated)",
                     "timeout_error", code="timeout", partial=partial)
 
 
 @dataclass
 class Served:
-    """A model the app answers for: its engine, and for a loaded adapter its folder."""
+    """A model the app answers for: its engine, and for a loaded adapter its folder and the
+    fingerprint of its weights (every answer's `system_fingerprint`)."""
 
     engine: Engine
     created: int
     root: str | None = None
+    fingerprint: str | None = None
 
 
 def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=None,
@@ -109,20 +115,45 @@ def create_app(engine: Engine, name: str, limits: Limits = Limits(), lifespan=No
               responses={400: {"description": "bad request"}, 503: {"description": "overloaded"},
                          504: {"description": "timed out"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        if body.model not in models:
-            raise ApiError(400, f"unknown model '{body.model}': this server serves {', '.join(map(repr, models))}",
-                           param="model", code="model_not_found")
-        job, events = await _submit(models[body.model].engine, limits, body)
+        served = _served(models, body.model)
+        job, events = await _submit(served.engine, limits, body, lambda: served.engine.encode(body.chat()), "messages")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(job, events, body.model, limits, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _collect(job, events, body.model, limits)
+        return await _collect(job, events, body.model, limits, served.fingerprint)
+
+    @app.post("/v1/completions", response_model=Completion,
+              responses={400: {"description": "bad request"}, 503: {"description": "overloaded"},
+                         504: {"description": "timed out"}})
+    async def completions(body: CompletionRequest):
+        served = _served(models, body.model)
+        engine = served.engine
+        if isinstance(body.prompt, list) and max(body.prompt) >= engine.vocab_size:
+            raise ApiError(400, f"prompt: token id {max(body.prompt)} is not below the model's vocabulary size, "
+                                f"{engine.vocab_size}", param="prompt")
+        encode = (lambda: list(body.prompt)) if isinstance(body.prompt, list) else (
+            lambda: engine.encode_text(body.prompt))
+        job, events = await _submit(engine, limits, body, encode, "prompt")
+        texts, finish, tokens, ids, failures = await _gather(job, events)
+        answer = Completion(model=body.model, usage=_usage(job, tokens), system_fingerprint=served.fingerprint,
+                            choices=[CompletionChoice(index=i, text=t, finish_reason=f,
+                                                      token_ids=ids[i] if body.return_token_ids else None)
+                                     for i, (t, f) in enumerate(zip(texts, finish))])
+        _raise_failures(failures, limits, tokens, answer)
+        return answer
 
     if adapters is not None:
         _adapter_routes(app, models, name, adapters)
     return app
+
+
+def _served(models: dict[str, Served], name: str) -> Served:
+    if name not in models:
+        raise ApiError(400, f"unknown model '{name}': this server serves {', '.join(map(repr, models))}",
+                       param="model", code="model_not_found")
+    return models[name]
 
 
 def _adapter_routes(app: FastAPI, models: dict[str, Served], name: str, adapters: AdapterLoader) -> None:
@@ -141,7 +172,8 @@ def _adapter_routes(app: FastAPI, models: dict[str, Served], name: str, adapters
             raise ApiError(400, f"cannot load the LoRA adapter {body.lora_path}: {err}", param="lora_path") from None
         finally:
             loading.discard(body.lora_name)
-        models[body.lora_name] = Served(engine, int(time.time()), root=body.lora_path)
+        fingerprint = await asyncio.to_thread(adapter_fingerprint, body.lora_path)
+        models[body.lora_name] = Served(engine, int(time.time()), root=body.lora_path, fingerprint=fingerprint)
         return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
     @app.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
@@ -156,23 +188,26 @@ def _adapter_routes(app: FastAPI, models: dict[str, Served], name: str, adapters
         return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
 
-async def _submit(engine: Engine, limits: Limits, body: ChatCompletionRequest) -> tuple[Job, asyncio.Queue[Event]]:
-    """Validate what the schema cannot, tokenise, and hand the job to the engine."""
+async def _submit(engine: Engine, limits: Limits, body: ChatCompletionRequest | CompletionRequest,
+                  encode: Callable[[], list[int]], prompt_param: str) -> tuple[Job, asyncio.Queue[Event]]:
+    """Validate what the schema cannot, tokenise (`encode`, off the event loop), and hand the
+    job to the engine; `prompt_param` names the prompt's field in errors."""
     max_tokens = body.token_limit() or min(limits.default_max_tokens, limits.max_new_tokens_limit)
     if max_tokens > limits.max_new_tokens_limit:
         raise ApiError(400, f"max_tokens {max_tokens} is more than this server's limit, "
                             f"{limits.max_new_tokens_limit}", param="max_tokens")
     if body.n > limits.max_choices:
         raise ApiError(400, f"n {body.n} is more than this server's batch size, {limits.max_choices}", param="n")
-    prompt_ids = await asyncio.to_thread(engine.encode, body.chat())
+    prompt_ids = await asyncio.to_thread(encode)
     if len(prompt_ids) + max_tokens > engine.max_positions:
         raise ApiError(400, f"too many tokens: the prompt's {len(prompt_ids)} + max_tokens {max_tokens} is more "
-                            f"than the model's {engine.max_positions}", param="messages",
+                            f"than the model's {engine.max_positions}", param=prompt_param,
                        code="context_length_exceeded")
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     job = Job(prompt_ids=prompt_ids, max_tokens=max_tokens, deadline=time.monotonic() + limits.timeout_s,
               send=lambda event: loop.call_soon_threadsafe(events.put_nowait, event), n=body.n,
-              temperature=body.temperature, top_p=body.top_p, stops=body.stop_list(), seed=body.seed)
+              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stops=body.stop_list(),
+              seed=body.seed)
     try:
         engine.submit(job)
     except Overloaded as err:
@@ -199,24 +234,39 @@ async def _events(job: Job, events: asyncio.Queue[Event]) -> AsyncIterator[Event
         yield event
 
 
-async def _collect(job: Job, events: asyncio.Queue[Event], name: str, limits: Limits) -> ChatCompletion:
-    texts, finish, tokens = [""] * job.n, [None] * job.n, [0] * job.n
-    failures = []
+async def _gather(job: Job, events: asyncio.Queue[Event]):
+    """(texts, finish reasons, tokens generated, token ids) of each choice, and the last events
+    of the choices that failed (`_raise_failures`)."""
+    texts, finish, tokens, ids = [""] * job.n, [None] * job.n, [0] * job.n, [[] for _ in range(job.n)]
+    failures: list[Event] = []
     async for event in _events(job, events):
         texts[event.choice] += event.text
         tokens[event.choice] = max(tokens[event.choice], event.completion_tokens)
+        if event.token_ids is not None:
+            ids[event.choice] = event.token_ids
         if event.finish in ("stop", "length"):
             finish[event.choice] = event.finish
         elif event.finish is not None:
             failures.append(event)
-    answer = ChatCompletion(
-        model=name, usage=_usage(job, tokens),
-        choices=[Choice(index=i, message=AssistantMessage(content=t), finish_reason=f)
-                 for i, (t, f) in enumerate(zip(texts, finish))])
+    return texts, finish, tokens, ids, failures
+
+
+def _raise_failures(failures: list[Event], limits: Limits, tokens: list[int],
+                    answer: ChatCompletion | Completion) -> None:
     if any(f.finish == "timeout" for f in failures):
         raise _timeout_error(limits, sum(tokens), answer)
     if failures:
         raise ApiError(500, failures[0].message, "server_error", code="generation_failed")
+
+
+async def _collect(job: Job, events: asyncio.Queue[Event], name: str, limits: Limits,
+                   fingerprint: str | None) -> ChatCompletion:
+    texts, finish, tokens, _, failures = await _gather(job, events)
+    answer = ChatCompletion(
+        model=name, usage=_usage(job, tokens), system_fingerprint=fingerprint,
+        choices=[Choice(index=i, message=AssistantMessage(content=t), finish_reason=f)
+                 for i, (t, f) in enumerate(zip(texts, finish))])
+    _raise_failures(failures, limits, tokens, answer)
     return answer
 
 

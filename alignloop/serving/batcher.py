@@ -72,6 +72,7 @@ class Batcher:
         self.eos = set(eos_ids(model, tokenizer))
         self.pad_id = pad_token(tokenizer, sorted(self.eos))
         self.max_positions = int(getattr(model.config, "max_position_embeddings", None) or 2048)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.device = next(model.parameters()).device
         self.stats = BatcherStats()
         self._waiting: deque[Job] = deque()
@@ -87,6 +88,10 @@ class Batcher:
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
             return encode_prompt(self.tokenizer, messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        with self._tokenizer_lock:
+            return self.tokenizer(text)["input_ids"]
 
     def submit(self, job: Job) -> None:
         with self._wake:
@@ -159,7 +164,7 @@ class Batcher:
         logits = []
         if self._rows:  # 1. the running rows' next token
             logits.append(self._batch.step(self._last))
-        new = [Row(job, c, RowSampling(job.temperature, job.top_p, generator=self._generator(job, c)))
+        new = [Row(job, c, RowSampling(job.temperature, job.top_p, max(job.top_k, 0), generator=self._generator(job, c)))
                for job in joining for c in range(job.n)]
         if new:  # 2. the joining rows' prefill
             logits.append(self._batch.add([row.job.prompt_ids for row in new]))

@@ -38,6 +38,7 @@ class Job:
     n: int = 1
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0: every token
     stops: list[str] = field(default_factory=list)
     seed: int | None = None  # None: a fresh random seed
     cancelled: bool = False  # set by the web side when the client has gone; its rows are dropped
@@ -51,8 +52,11 @@ class Engine(Protocol):
     """What the web app needs of a generator (serving/batcher.py's Batcher is one)."""
 
     max_positions: int  # prompt + generated tokens must fit
+    vocab_size: int  # a prompt given as token ids must be below it
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def encode_text(self, text: str) -> list[int]: ...  # a completion's text prompt
 
     def submit(self, job: Job) -> None: ...
 

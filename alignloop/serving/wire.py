@@ -11,13 +11,22 @@ with `usage` when `stream_options.include_usage`; finally `data: [DONE]\\n\\n`. 
 `{"error": {"message", "type", "param", "code"}}`, in a stream as one such event before
 [DONE]. A time-out (504) also carries what was generated until then, under `partial`.
 vLLM's runtime LoRA endpoints take `{"lora_name", "lora_path"}` and `{"lora_name"}`.
+
+`POST /v1/completions` continues a prompt given as text or, as vLLM takes it, as token ids
+(what a trainer that templated the chat itself sends); with vLLM's `return_token_ids` each
+choice also carries the `token_ids` it sampled (EOS included when it stopped there), so the
+trainer scores exactly the tokens the server drew. `system_fingerprint` names the weights that
+answered: for a LoRA adapter loaded at run time, `lora-` and the start of the sha256 of its
+weights file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
@@ -64,6 +73,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     seed: int | None = None
     n: int = Field(1, ge=1)
+    top_k: int = Field(0, ge=-1, description="vLLM's top_k: keep the k most likely tokens (0 or -1: all).")
 
     @field_validator("stop")
     @classmethod
@@ -83,6 +93,64 @@ class ChatCompletionRequest(BaseModel):
 
     def chat(self) -> list[dict[str, str]]:
         return [m.model_dump() for m in self.messages]
+
+
+class CompletionRequest(BaseModel):
+    """The body of `POST /v1/completions` (the fields this server acts on; one prompt)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    prompt: str | list[int] = Field(..., description="Text, or token ids (vLLM's form; a list of one prompt too).")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1, description="vLLM's top_k: keep the k most likely tokens (0 or -1: all).")
+    max_tokens: int | None = Field(16, ge=1, description="Most tokens generated per choice (OpenAI's default, 16).")
+    stop: str | list[str] | None = None
+    stream: Literal[False] = Field(False, description="Streaming is offered by /v1/chat/completions only.")
+    seed: int | None = None
+    n: int = Field(1, ge=1)
+    return_token_ids: bool = Field(False, description="vLLM's: each choice carries the token ids it sampled.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return ChatCompletionRequest._stops(value)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (list, str)):
+            value = value[0]  # a batch of one prompt
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty prompt")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+                raise ValueError("one prompt: text, or a list of token ids (non-negative integers)")
+        return value
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: None = None
+    token_ids: list[int] | None = None  # with return_token_ids: the sampled tokens
+
+
+class Completion(BaseModel):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
 
 
 class AssistantMessage(BaseModel):
@@ -182,6 +250,20 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
     partial: ChatCompletion | None = None  # a time-out: what was generated until then
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_fingerprint(folder: str | Path) -> str | None:
+    """The `system_fingerprint` of a LoRA adapter folder's answers: `lora-` and the first 16 hex
+    digits of the sha256 of its weights file (a trainer compares it with the adapter it pushed);
+    None for a folder without one."""
+    for name in ADAPTER_WEIGHTS:
+        path = Path(folder).expanduser() / name
+        if path.is_file():
+            return "lora-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return None
 
 
 def sse(payload: BaseModel | dict) -> str:
