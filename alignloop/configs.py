@@ -132,6 +132,13 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     normalization_prompts: int | None = Field(
         None, ge=2, description="Normalise the rewards on the rated responses of at most this many training prompts, "
                                 "a random subset (none: all of them).")
+    normalization_sample: int | None = Field(
+        1024, ge=2, description="Normalise the rewards on at most this many distinct rated training responses, a "
+                                "random sample (seeded by --seed; none: all of them); the sample size and the standard "
+                                "errors of the mean and std it gives are written to metrics.jsonl (normalization/...).")
+    scoring_token_budget: int = Field(
+        16384, ge=64, description="Padded tokens per batch of the forward-only passes (held-out evaluation, "
+                                  "normalisation): responses sorted by length, as many per batch as fit.")
 
 
 class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions):
@@ -267,7 +274,9 @@ class ScoreConfig(StageConfig):
     data: Path = Field(..., description="Samples file (prompt + responses), e.g. from `alignloop generate`.")
     out: Path = Field(..., description="Output samples file with `rewards` added.")
     name: str = Field("reward", description="Key under `rewards` for the scores (ensembles add NAME_spread).")
-    batch_size: int = Field(16, ge=1, description="Responses scored together.")
+    scoring_token_budget: int = Field(
+        16384, ge=64, description="Padded tokens per forward-only batch: responses sorted by length (a window of 1,024 "
+                                  "at a time, so memory stays bounded), as many per batch as fit.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 

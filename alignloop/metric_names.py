@@ -39,6 +39,14 @@ EVAL_ECE = "eval/ece"  # expected calibration error of s(r_w - r_l)
 EVAL_PAIRS = "eval/pairs"
 NORMALIZATION_MEAN = "normalization/mean"
 NORMALIZATION_STD = "normalization/std"
+NORMALIZATION_SAMPLE = "normalization/sample"  # distinct rated training responses the normalisation scored
+NORMALIZATION_RESPONSES = "normalization/responses"  # distinct rated training responses it sampled them from
+NORMALIZATION_MEAN_SE = "normalization/mean_se"  # standard error of normalization/mean (sampling), mean over heads
+NORMALIZATION_STD_SE = "normalization/std_se"  # standard error of normalization/std (sampling), mean over heads
+EVAL_S = "time/eval_s"  # seconds of one held-out evaluation (forward-only)
+EVAL_SEQUENCES_PER_S = "time/eval_sequences_per_s"  # its distinct responses scored per second
+NORMALIZATION_S = "time/normalization_s"  # seconds of the normalisation pass (forward-only)
+NORMALIZATION_SEQUENCES_PER_S = "time/normalization_sequences_per_s"
 STEP_S = "time/step_s"
 PAIRS_PER_S = "time/pairs_per_s"
 

@@ -28,3 +28,20 @@ def progress_bar(description: str, total: int | None, enabled: bool = True):
             progress.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+@contextmanager
+def throughput_bar(description: str, total: int | None, enabled: bool = True):
+    """A `progress_bar` for a pass over sequences (scoring, evaluation, sampling): yields
+    `advance(sequences, tokens)`, and the bar shows sequences/s and tokens/s since it opened."""
+    import time
+
+    start, done = time.perf_counter(), [0, 0]
+    with progress_bar(description, total, enabled) as step:
+        def advance(sequences: int, tokens: int) -> None:
+            done[0] += sequences
+            done[1] += tokens
+            seconds = max(time.perf_counter() - start, 1e-9)
+            step(sequences, **{"seq/s": done[0] / seconds, "tok/s": done[1] / seconds})
+
+        yield advance

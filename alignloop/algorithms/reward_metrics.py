@@ -85,6 +85,27 @@ def normalize_stats(rewards: Tensor) -> tuple[Tensor, Tensor]:
     return rewards.mean(dim=0), rewards.std(dim=0, correction=0)
 
 
+def normalization_standard_errors(rewards: Tensor, population: int | None = None) -> tuple[Tensor, Tensor]:
+    """Standard errors of `normalize_stats`' mean and std when `rewards` (N,) or (N, E) are a
+    simple random sample (without replacement) of `population` responses (None: infinitely many):
+
+        se(mean) = s / sqrt(N) x f          se(std) = sqrt((m4 - s^4) / (4 s^2 N)) x f
+        f = sqrt((population - N) / (population - 1))   (finite-population correction; 0 when all were scored)
+
+    s^2 and m4 are the sample's second and fourth central moments (population form); se(std) is
+    the delta method (no normality assumed). Shapes: scalars, or (E,) per head.
+    """
+    rewards = rewards.detach().double()
+    n = rewards.shape[0]
+    centred = rewards - rewards.mean(dim=0)
+    var = centred.pow(2).mean(dim=0)
+    m4 = centred.pow(4).mean(dim=0)
+    f = 1.0 if population is None else math.sqrt(max(population - n, 0) / max(population - 1, 1))
+    se_mean = var.sqrt() / math.sqrt(n) * f
+    se_std = ((m4 - var.pow(2)).clamp_min(0) / (4 * var.clamp_min(1e-24) * n)).sqrt() * f
+    return se_mean.float(), se_std.float()
+
+
 def ensemble_stats(member_rewards: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     """Mean and spread over an ensemble of reward models: `(E, B)` -> `(B,)`, `(B,)` (members
     along `dim`: `dim=1` for `(B, E)`).

@@ -104,31 +104,65 @@ def grouped_batch(prompts: list[list[int]], responses: list[list[int]], group: l
             "prompt_mask": prompt_mask.to(device), "group": torch.tensor(group, device=device)}
 
 
-@torch.no_grad()
-def raw_rewards(net: RewardNet, groups: list[tuple[list[int], list[list[int]]]], pad_id: int,
-                batch_size: int = 16) -> torch.Tensor:
-    """(N, E) unnormalised rewards of the responses of (prompt, responses) groups, in order;
-    batches hold whole groups of about `batch_size` responses."""
-    device = net.head.weight.device
+SCORING_TOKEN_BUDGET = 16384  # padded tokens per forward-only batch: 5x a training batch of 4 pairs of 384 tokens
+SCORING_WINDOW = 1024  # responses read (and sorted by length) at a time: what bounds the memory of a long stream
+
+
+def group_length(group: tuple[list[int], list[list[int]]]) -> int:
+    """The padded width one (prompt, responses) group needs: its prompt + its longest response."""
+    prompt, responses = group
+    return len(prompt) + max(len(r) for r in responses)
+
+
+def iter_raw_rewards(net: RewardNet, groups, pad_id: int, token_budget: int = SCORING_TOKEN_BUDGET,
+                     window: int | None = None, autocast_dtype: torch.dtype | None = None,
+                     advance=None, device=None):
+    """(K, E) unnormalised rewards of each (prompt, K responses) group of the iterable `groups`,
+    yielded in input order: forward-only (`torch.inference_mode`, no autograd state).
+
+    The stream is read `window` responses (default SCORING_WINDOW) at a time (`data.batching.windows`); a window's groups
+    are sorted by length and cut into batches of at most `token_budget` padded tokens
+    (`data.batching.token_budget_batches`, a group's K responses kept together so that its
+    prompt is encoded once), so memory stays that of one window whatever the stream's length.
+    `autocast_dtype` (bf16 / fp16) runs the batches under autocast, as the model was trained;
+    `advance(n_sequences, n_tokens)` is called after each batch (a progress bar). `net` may be
+    wrapped (DDP, Accelerate): then give its `device`."""
+    from alignloop.data.batching import token_budget_batches, windows
+
+    device = torch.device(device) if device is not None else net.head.weight.device
     was_training = net.training
     net.eval()
-    out, pending = [], []
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else torch.autocast(device.type, enabled=False))
+    try:
+        for chunk in windows(groups, window or SCORING_WINDOW, rows=lambda g: len(g[1])):
+            out: list[torch.Tensor | None] = [None] * len(chunk)
+            lengths = [group_length(g) for g in chunk]
+            for batch in token_budget_batches(lengths, token_budget, rows=[len(g[1]) for g in chunk]):
+                prompts = [chunk[i][0] for i in batch]
+                responses = [r for i in batch for r in chunk[i][1]]
+                group = [j for j, i in enumerate(batch) for _ in chunk[i][1]]
+                with torch.inference_mode(), autocast:
+                    rewards = net(**grouped_batch(prompts, responses, group, pad_id, device)).float().cpu()  # (B, E)
+                offset = 0
+                for i in batch:
+                    k = len(chunk[i][1])
+                    out[i] = rewards[offset: offset + k].clone()  # a plain tensor (not an inference one), its own storage
+                    offset += k
+                if advance is not None:
+                    advance(len(responses), sum(len(chunk[i][0]) + sum(len(r) for r in chunk[i][1]) for i in batch))
+            yield from out
+    finally:
+        net.train(was_training)
 
-    def flush():
-        prompts = [p for p, _ in pending]
-        responses = [r for _, rs in pending for r in rs]
-        group = [g for g, (_, rs) in enumerate(pending) for _ in rs]
-        out.append(net(**grouped_batch(prompts, responses, group, pad_id, device)).float().cpu())
-        pending.clear()
 
-    for g in groups:
-        pending.append(g)
-        if sum(len(rs) for _, rs in pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
-    net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, net.head.out_features)
+def raw_rewards(net: RewardNet, groups, pad_id: int, token_budget: int = SCORING_TOKEN_BUDGET,
+                autocast_dtype: torch.dtype | None = None, advance=None, device=None) -> torch.Tensor:
+    """(N, E) unnormalised rewards of the responses of (prompt, responses) groups, in order
+    (`iter_raw_rewards` concatenated)."""
+    out = list(iter_raw_rewards(net, groups, pad_id, token_budget, autocast_dtype=autocast_dtype, advance=advance,
+                                device=device))
+    return torch.cat(out) if out else torch.empty(0, getattr(net, "module", net).head.out_features)
 
 
 def save_reward_model(net: RewardNet, tokenizer, out: Path, base: str, mean: list[float], std: list[float],
@@ -166,23 +200,40 @@ class RewardModel:
         net.to(device).eval()
         return cls(net, load_tokenizer(str(folder)), config, name=str(folder))
 
-    def score_ensemble(self, prompts: list, responses: list[str], batch_size: int = 16):
+    def encode(self, chat, responses: list[str]) -> tuple[list[int], list[list[int]]]:
+        """(prompt ids, response ids) of one prompt's responses, as they are scored."""
+        chat = [{"role": "user", "content": chat}] if isinstance(chat, str) else chat
+        return encode_group(self.tokenizer, chat, responses, self.config["max_length"])
+
+    def iter_score_groups(self, items, token_budget: int = SCORING_TOKEN_BUDGET, advance=None):
+        """For each (prompt, [responses]) of the iterable `items`, in order: (mean, spread,
+        members), normalised, (K,), (K,), (K, E). Streams (`iter_raw_rewards`): memory bounded
+        by one window, whatever the number of items."""
+        raw = iter_raw_rewards(self.net, (self.encode(chat, rs) for chat, rs in items), self.tokenizer.pad_token_id,
+                               token_budget, advance=advance)
+        for r in raw:
+            members = (r - self.mean) / self.std
+            yield (*ensemble_stats(members, dim=1), members)
+
+    def score_ensemble(self, prompts: list, responses: list[str], token_budget: int = SCORING_TOKEN_BUDGET,
+                       advance=None):
         """(mean, spread, members) over the ensemble heads, normalised: (N,), (N,), (N, E).
-        Responses to the same prompt share one encoding of it."""
+        Responses to the same prompt share one encoding of it; length-bucketed, forward-only."""
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         by_prompt: dict[str, list[int]] = {}
         for i, chat in enumerate(chats):
             by_prompt.setdefault(json.dumps(chat, sort_keys=True), []).append(i)
         order = [i for idx in by_prompt.values() for i in idx]
-        groups = [encode_group(self.tokenizer, chats[idx[0]], [responses[i] for i in idx], self.config["max_length"])
-                  for idx in by_prompt.values()]
-        raw = torch.empty(len(responses), self.net.head.out_features)
-        raw[order] = raw_rewards(self.net, groups, self.tokenizer.pad_token_id, batch_size)
-        members = (raw - self.mean) / self.std
+        items = ((chats[idx[0]], [responses[i] for i in idx]) for idx in by_prompt.values())
+        members = torch.empty(len(responses), self.net.head.out_features)
+        scored = [m for _, _, m in self.iter_score_groups(items, token_budget, advance)]
+        if scored:
+            members[order] = torch.cat(scored)
         return (*ensemble_stats(members, dim=1), members)
 
-    def score(self, prompts: list, responses: list[str], k: float = 0.0, batch_size: int = 16) -> list[float]:
+    def score(self, prompts: list, responses: list[str], k: float = 0.0,
+              token_budget: int = SCORING_TOKEN_BUDGET) -> list[float]:
         """Normalised reward per (prompt, response); with k > 0, mean - k * spread (ensembles)."""
-        mean, spread, _ = self.score_ensemble(prompts, responses, batch_size)
+        mean, spread, _ = self.score_ensemble(prompts, responses, token_budget)
         return conservative_score(mean, spread, k).tolist()
 

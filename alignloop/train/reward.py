@@ -129,6 +129,22 @@ def normalization_groups(rows: list[dict], max_prompts: int | None, seed: int) -
     return groups
 
 
+def sample_responses(groups: list[tuple[list[int], list[list[int]]]], size: int | None,
+                     seed: int) -> list[tuple[list[int], list[list[int]]]]:
+    """At most `size` of the groups' (prompt, response) pairs, a uniform random sample without
+    replacement (deterministic in `seed`), kept grouped by prompt and in their order (a prompt
+    with no response drawn is dropped); all of them when `size` is None or not smaller."""
+    flat = [(g, j) for g, (_, rs) in enumerate(groups) for j in range(len(rs))]
+    if size is None or len(flat) <= size:
+        return groups
+    keep = sorted(torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed + 32452843))[:size].tolist())
+    picked: dict[int, list[list[int]]] = {}
+    for i in keep:
+        g, j = flat[i]
+        picked.setdefault(g, []).append(groups[g][1][j])
+    return [(groups[g][0], rs) for g, rs in picked.items()]
+
+
 def bootstrap_counts(n: int, members: int, mode: str, seed: int) -> torch.Tensor:
     """(E, n) how often each head sees each record: multinomial resample counts, or all ones."""
     if mode == "init" or members == 1:
@@ -189,33 +205,57 @@ def accuracy_counts(rewards: torch.Tensor, pairs) -> torch.Tensor:
     return torch.stack([correct, keep.sum().to(correct.dtype)])
 
 
-@torch.no_grad()
+def autocast_dtype(accelerator) -> torch.dtype | None:
+    """The half type the accelerator trains in (--mixed-precision), None for fp32: the
+    forward-only passes score in the precision the model trains in, and PPO scores in."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+
+
+def heldout_rewards(model, rows: list[dict], pad_id: int, token_budget: int, dtype, device, advance=None) -> torch.Tensor:
+    """(M, E) rewards of the rows' responses, records concatenated in order, forward-only: each
+    distinct prompt and response once (`distinct_responses`), a prompt's responses together,
+    length-bucketed (`models.reward_model.iter_raw_rewards`)."""
+    from alignloop.models.reward_model import raw_rewards
+
+    prompts, responses, group, index = distinct_responses(rows)
+    members: list[list[int]] = [[] for _ in prompts]
+    for u, g in enumerate(group):
+        members[g].append(u)
+    raw = raw_rewards(model, [(prompts[g], [responses[u] for u in us]) for g, us in enumerate(members)], pad_id,
+                      token_budget, autocast_dtype=dtype, advance=advance, device=device)  # (U, E), prompts' order
+    distinct = torch.empty_like(raw)
+    distinct[torch.tensor([u for us in members for u in us], dtype=torch.long)] = raw
+    return distinct[torch.tensor(index, dtype=torch.long)].to(device)
+
+
 def evaluate(accelerator, model, rows: list[dict], pad_id: int, cfg: RewardConfig) -> dict:
     """Held-out loss, accuracy (`accuracy_counts`), soft-label agreement and calibration (ECE),
-    all of the ensemble mean."""
+    all of the ensemble mean. Forward-only (`heldout_rewards`), with its own progress bar."""
     from alignloop import metric_names as M
     from alignloop.algorithms.reward_losses import ranking_loss
     from alignloop.algorithms.reward_metrics import expected_calibration_error, soft_label_agreement
+    from alignloop.progress import throughput_bar
 
     if not rows:
         return {}
-    model.eval()
+    t0 = time.time()
     mine = rows[accelerator.process_index:: accelerator.num_processes]
-    d_all, p_all, totals = [], [], torch.zeros(4, device=accelerator.device)  # loss sum, weight, correct, decided
-    for i in range(0, len(mine), cfg.batch_size):
-        batch = mine[i: i + cfg.batch_size]
-        pairs = pair_batch(batch, cfg.tie_mode).to(accelerator.device)
-        r = score_records(model, batch, pad_id, accelerator.device).float().mean(dim=1)  # the ensemble mean
-        totals += torch.cat([torch.stack([ranking_loss(r, pairs, cfg.margin, reduction="sum"),
-                                          pairs.effective_weight.sum()]), accuracy_counts(r, pairs)])
-        d_all.append(r[pairs.winner] - r[pairs.loser])
-        p_all.append(pairs.p)
-    model.train()
+    n = len(distinct_responses(mine)[1])
+    with throughput_bar(f"held-out evaluation: scoring {n} responses of {len(mine)} comparisons", n,
+                        enabled=accelerator.is_main_process) as advance:
+        r = heldout_rewards(model, mine, pad_id, cfg.scoring_token_budget, autocast_dtype(accelerator),
+                            accelerator.device, advance).float().mean(dim=1)  # (M,) the ensemble mean
+    pairs = pair_batch(mine, cfg.tie_mode).to(accelerator.device)
+    totals = torch.cat([torch.stack([ranking_loss(r, pairs, cfg.margin, reduction="sum"), pairs.effective_weight.sum()]),
+                        accuracy_counts(r, pairs)])  # loss sum, weight, correct, decided
+    d_all, p_all = [r[pairs.winner] - r[pairs.loser]], [pairs.p]
+    seconds = time.time() - t0
     # processes hold different numbers of pairs: pad (p = 0 marks padding) for the all-gather
     d, p = (accelerator.gather(accelerator.pad_across_processes(torch.cat(x), dim=0)) for x in (d_all, p_all))
     d, p = d[p > 0], p[p > 0]
     loss, weight, correct, decided = accelerator.reduce(totals, "sum").tolist()
-    metrics = {M.EVAL_LOSS: loss / max(weight, 1e-12), M.EVAL_PAIRS: int(d.numel())}
+    metrics = {M.EVAL_LOSS: loss / max(weight, 1e-12), M.EVAL_PAIRS: int(d.numel()), M.EVAL_S: seconds,
+               M.EVAL_SEQUENCES_PER_S: n / max(seconds, 1e-9)}
     if decided:
         metrics[M.EVAL_ACCURACY] = correct / decided
     soft = (p > 0.5) & (p < 1.0)
@@ -235,10 +275,10 @@ def evaluate(accelerator, model, rows: list[dict], pad_id: int, cfg: RewardConfi
 def run_reward(cfg: RewardConfig) -> Path:
     from alignloop import metric_names as M
     from alignloop.algorithms.reward_losses import ensemble_ranking_loss
-    from alignloop.algorithms.reward_metrics import normalize_stats
+    from alignloop.algorithms.reward_metrics import normalization_standard_errors, normalize_stats
     from alignloop.models.loading import load_tokenizer, load_trainable
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
-    from alignloop.progress import progress_bar
+    from alignloop.progress import progress_bar, throughput_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import (epoch_order, global_batches, length_grouped_order, make_accelerator,
                                         make_optimizer, seed_everything)
@@ -319,14 +359,25 @@ def run_reward(cfg: RewardConfig) -> Path:
         tracker.close()
         accelerator.print(f"stopped at step {step}/{total_steps}; continue with --resume")
         return out
-    # Normalise: mean 0 / std 1 of each head over the (distinct) rated training responses.
+    # Normalise: mean 0 / std 1 of each head over a sample of the (distinct) rated training responses,
+    # forward-only, in the precision it was trained in (and PPO scores in, --mixed-precision).
     net = accelerator.unwrap_model(model)
     groups = normalization_groups(train, cfg.normalization_prompts, cfg.seed)
-    with accelerator.autocast():  # the precision it was trained in, and PPO scores in (--mixed-precision)
-        raw = raw_rewards(net, groups, pad_id)  # (N, E)
+    available = sum(len(rs) for _, rs in groups)
+    groups = sample_responses(groups, cfg.normalization_sample, cfg.seed)
+    n = sum(len(rs) for _, rs in groups)
+    t0 = time.time()
+    with throughput_bar(f"normalisation: scoring {n} of {available} training responses", n,
+                        enabled=accelerator.is_main_process) as advance:
+        raw = raw_rewards(net, groups, pad_id, cfg.scoring_token_budget, autocast_dtype(accelerator), advance)  # (N, E)
+    seconds = time.time() - t0
     mean, std = normalize_stats(raw)
+    se_mean, se_std = normalization_standard_errors(raw, population=available)
     mean, std = mean.tolist(), std.clamp_min(1e-6).tolist()
-    tracker.log(step, {M.NORMALIZATION_MEAN: sum(mean) / len(mean), M.NORMALIZATION_STD: sum(std) / len(std)})
+    tracker.log(step, {M.NORMALIZATION_MEAN: sum(mean) / len(mean), M.NORMALIZATION_STD: sum(std) / len(std),
+                       M.NORMALIZATION_SAMPLE: n, M.NORMALIZATION_RESPONSES: available,
+                       M.NORMALIZATION_MEAN_SE: se_mean.mean().item(), M.NORMALIZATION_STD_SE: se_std.mean().item(),
+                       M.NORMALIZATION_S: seconds, M.NORMALIZATION_SEQUENCES_PER_S: n / max(seconds, 1e-9)})
     tracker.close()
     if accelerator.is_main_process:
         save_reward_model(net, tokenizer, out, base=cfg.model, mean=mean, std=std, max_length=cfg.max_length,
