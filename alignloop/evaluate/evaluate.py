@@ -57,36 +57,49 @@ def default_reward(policy: str) -> str | None:
     return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("reward") if config.exists() else None
 
 
-def response_logprobs(lm, gens, pad_id: int, temperature: float, batch_size: int) -> list:
-    """Per response, the (T_i,) log-probs of its sampled tokens under `lm` (logits / temperature)."""
+def response_logprobs(lm, gens, pad_id: int, temperature: float, batch_size: int, what: str = "the model") -> list:
+    """Per response, the (T_i,) log-probs of its sampled tokens under `lm` (logits / temperature),
+    in input order. Forward-only (`torch.inference_mode`), length-bucketed: sorted by length, each
+    batch as many responses as fit in `batch_size` of the longest (`data.batching`, which bounds the
+    (B, R, V) logits as `batch_size` full-length rows would); a progress bar with tokens/s."""
     import torch
 
+    from alignloop.data.batching import token_budget_batches
     from alignloop.models.policy import PolicyWithValue, rollout_tensors
+    from alignloop.progress import throughput_bar
 
     scorer = PolicyWithValue(lm)  # its value head is not used
     device = next(lm.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(gens.response_ids), batch_size):
-            resp = gens.response_ids[i: i + batch_size]
-            batch = rollout_tensors(gens.prompt_ids[i: i + batch_size], resp, pad_id)
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            lp = scorer(**batch, temperature=temperature, with_values=False)["logprobs"]  # (b, R)
-            out.extend(lp[row, : len(r)].float().cpu() for row, r in enumerate(resp))
+    lengths = [max(1, len(r)) for r in gens.response_ids]
+    out: list = [None] * len(lengths)
+    budget = batch_size * max(lengths, default=1)
+    with torch.inference_mode(), throughput_bar(f"evaluate: log-probs of {len(lengths)} responses under {what}",
+                                                len(lengths)) as advance:
+        for batch in token_budget_batches(lengths, budget):
+            resp = [gens.response_ids[i] for i in batch]
+            tensors = rollout_tensors([gens.prompt_ids[i] for i in batch], resp, pad_id)
+            tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+            lp = scorer(**tensors, temperature=temperature, with_values=False)["logprobs"]  # (b, R)
+            for row, (i, r) in enumerate(zip(batch, resp)):
+                out[i] = lp[row, : len(r)].float().cpu().clone()
+            advance(len(batch), int(tensors["attention_mask"].sum()))
     return out
 
 
 def score_sources(specs: str, chats: list, texts: list[str], device: str) -> dict[str, dict[str, list[float]]]:
     """Per source (and "total", the weighted sum): {"scores": [...]} and, for an ensemble
     reward model, the members' spread per response ({"spread": [...]})."""
+    from alignloop.progress import throughput_bar
     from alignloop.rewards import CombinedReward, RewardModelSource
 
     combined = CombinedReward(specs, device=device)
     out: dict[str, dict[str, list[float]]] = {}
     for _, src in combined.sources:
-        if isinstance(src, RewardModelSource) and src.model.config["num_heads"] > 1:
-            mean, spread, _ = src.model.score_ensemble(chats, texts)
-            out[src.name] = {"scores": mean.tolist(), "spread": spread.tolist()}
+        if isinstance(src, RewardModelSource):  # forward-only, length-bucketed (models.reward_model)
+            with throughput_bar(f"evaluate: scoring {len(texts)} responses with {src.name}", len(texts)) as advance:
+                mean, spread, _ = src.model.score_ensemble(chats, texts, advance=advance)
+            ensemble = src.model.config["num_heads"] > 1  # a single head's score is its mean (no spread)
+            out[src.name] = {"scores": mean.tolist(), **({"spread": spread.tolist()} if ensemble else {})}
         else:
             out[src.name] = {"scores": [float(x) for x in src.score(chats, texts)]}
     total = [sum(w * out[src.name]["scores"][i] for w, src in combined.sources) for i in range(len(texts))]
@@ -168,12 +181,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         is_reference = reference is not None and same_model(name, reference)
         runs[role] = {"gens": gens, "red": red, "vocab": tok.get_vocab(), "pad": tok.pad_token_id,
                       "logp": None if is_reference else response_logprobs(lm, gens, tok.pad_token_id,
-                                                                          cfg.temperature, cfg.batch_size)}
+                                                                          cfg.temperature, cfg.batch_size, name)}
         if is_reference:  # its KL to itself is 0 with no forward; the others' responses are scored under it
             runs[role]["k1"] = runs[role]["k3"] = [0.0] * len(gens.response_ids)
             for other, run in runs.items():
                 if "k1" not in run and run["vocab"] == runs[role]["vocab"]:
-                    ref_logp[other] = response_logprobs(lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
+                    ref_logp[other] = response_logprobs(lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size,
+                                                        f"the reference {name}")
         del lm
     # 2b) the responses not yet scored under the reference -> KL(model || reference) per response.
     missing = [role for role in runs if role not in ref_logp and "k1" not in runs[role]]
@@ -182,7 +196,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         for role in missing:
             run = runs[role]
             if run["vocab"] == ref_vocab:  # KL needs one tokenizer; else left out (None)
-                ref_logp[role] = response_logprobs(ref_lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size)
+                ref_logp[role] = response_logprobs(ref_lm, run["gens"], run["pad"], cfg.temperature, cfg.batch_size,
+                                                   f"the reference {reference}")
         del ref_lm
     for role, logp in ref_logp.items():
         runs[role]["k1"], runs[role]["k3"] = sequence_kl(runs[role]["logp"], logp)

@@ -18,7 +18,7 @@ import torch
 
 from alignloop.data.chat import encode_prompt
 from alignloop.models.decoding import RowSampling, decode
-from alignloop.progress import progress_bar
+from alignloop.progress import throughput_bar
 
 
 # Sampling keeps the 50 most likely tokens before top-p: what Hugging Face's `generate` did
@@ -116,14 +116,15 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], sampling: Sa
     model.eval()
     batches = [order[i: i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contiguous_lm_head(model), \
-            progress_bar("generate", len(order), enabled=show_progress) as advance:
+            throughput_bar(f"generate: sampling {len(order)} responses to {len(prompts)} prompts", len(order),
+                           enabled=show_progress) as advance:
         for b, batch in enumerate(batches):
             torch.manual_seed(sampling.seed * 1_000_003 + b)
             out = decode(model, [encoded[seq_prompt[i]] for i in batch], pad_id, set(eos), [row] * len(batch),
                          sampling.max_new_tokens)
             for tokens, i in zip(out, batch):
                 responses[i] = tokens
-            advance(len(batch))
+            advance(len(batch), sum(len(t) for t in out))  # the bar's tokens/s: tokens sampled
     model.train(was_training)
 
     result = Generations()
