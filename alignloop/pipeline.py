@@ -186,14 +186,15 @@ def execute(step: Step, ctx: Context) -> None:
 # ---------------------------------------------------------------- the run
 
 def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: bool = False,
-               overrides: list[str] = ()) -> RunResult:
+               overrides: list[str] = (), keep_done: bool = False) -> RunResult:
     from alignloop.data.io import atomic_path
     from alignloop.progress import console
 
     recipe, path = load_recipe(recipe_file, overrides)
     run = Path(out) if out else Path("runs") / recipe.name
     steps = plan(recipe, run, str(path))
-    command = f"alignloop run {path} --out {run}" + "".join(f" --set {o}" for o in overrides)
+    command = (f"alignloop run {path} --out {run}" + "".join(f" --set {o}" for o in overrides)
+               + (" --keep-done" if keep_done else ""))
     run.mkdir(parents=True, exist_ok=True)
     resolved = {**recipe.model_dump(mode="json", by_alias=True, exclude={"stages"}), "recipe": str(path),
                 "stages": [{"name": s.name, "stage": s.kind, "round": s.round,
@@ -210,8 +211,12 @@ def run_recipe(recipe_file: str | Path, out: str | Path | None = None, resume: b
         state = read_state(run, step)
         same = state.get("fingerprint") == fp
         title = f"stage {i}/{len(steps)}: {step.name} — {stage_title(step)}"
-        if same and state.get("status") == "done" and complete(step) and not ran:
-            console.print(f"[dim]{title}: skipped (done, unchanged: {fp[:10]})[/dim]", soft_wrap=True)
+        done = state.get("status") == "done" and complete(step) and not ran
+        if done and (same or keep_done):
+            if not same:  # kept as it is: the stages after it compare against what it was made with
+                before = state["fingerprint"]
+            why = f"unchanged: {fp[:10]}" if same else "kept by --keep-done, though its config or inputs changed"
+            console.print(f"[dim]{title}: skipped (done, {why})[/dim]", soft_wrap=True)
             skipped.append(step.name)
             continue
         console.rule(f"[bold]{title}")
@@ -337,12 +342,15 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
 @click.option("--resume", is_flag=True, help="Continue an interrupted stage from its last checkpoint.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value (YAML): rounds=2, model=PATH, reward.epochs=2, quality.consensus.method=majority.")
-def command(recipe: str, out: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+@click.option("--keep-done", is_flag=True,
+              help="Never re-run a finished stage, even when its config or inputs changed (after upgrading alignloop, "
+                   "or with a policy people are already voting on); only the stages not yet done run.")
+def command(recipe: str, out: Path | None, resume: bool, overrides: tuple[str, ...], keep_done: bool) -> None:
     """Run a recipe (a YAML list of stages; shipped: quickstart, cai, compare, control, chat) into a run folder.
 
     Finished stages whose config and inputs are unchanged are skipped; a changed stage re-runs
-    with every stage after it. Exit status 3: paused for human feedback; 4: a stage stopped early.
+    with every stage after it (--keep-done keeps every finished stage as it is). Exit status 3: paused for human feedback; 4: a stage stopped early.
     """
-    result = run_recipe(recipe, out, resume, list(overrides))
+    result = run_recipe(recipe, out, resume, list(overrides), keep_done)
     if result.status != "done":
         sys.exit(EXIT_WAITING if result.status == "waiting" else EXIT_STOPPED)

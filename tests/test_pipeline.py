@@ -94,6 +94,22 @@ def test_changing_one_stage_reruns_it_and_the_stages_after_it(quickstart_run, tm
     assert yaml.safe_load((copy / "reward/config.yaml").read_text())["learning_rate"] == 2e-4
 
 
+def test_keep_done_keeps_a_changed_finished_stage_and_the_stages_after_it(quickstart_run, tmp_path, capsys):
+    """--keep-done: a finished stage whose config changed (an upgrade, a live arena) is not re-run,
+    and the stages after it still see it unchanged; a stage not yet done runs."""
+    run, overrides, _ = quickstart_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "eval")  # not done any more: runs, with what comes after it
+    before = _mtimes(copy)
+    result = run_recipe("quickstart", copy, overrides=[*overrides, "reward.learning_rate=2e-4"], keep_done=True)
+    assert result.skipped == ["sft", "generate", "feedback", "quality", "reward", "ppo"]
+    assert result.ran == ["evaluate", "report"]
+    assert _mtimes(copy)["ppo/config.yaml"] == before["ppo/config.yaml"]
+    assert "reward — reward model: skipped (done, kept by --keep-done" in capsys.readouterr().err
+    assert run_recipe("quickstart", copy, overrides=[*overrides, "reward.learning_rate=2e-4"], keep_done=True).ran == []
+
+
 def test_a_changed_input_file_changes_every_fingerprint_from_its_stage_on(tiny_model_dir, tmp_path):
     """A changed input file (not a config field) counts as a change too: the fingerprint of the
     stage that reads it changes, and with it those of every stage after it (each includes the
