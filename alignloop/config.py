@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import click
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 C = TypeVar("C", bound="StageConfig")
 
@@ -35,6 +35,21 @@ class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors (a typo never passes silently)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choice_words_not_booleans(cls, data: Any) -> Any:
+        """`reward: true` in a YAML file is a boolean; a choice field that has the word "true"
+        (or "false") among its choices takes it as that word."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            info = cls.model_fields.get(name)
+            if (isinstance(value, bool) and info is not None and get_origin(info.annotation) is Literal
+                    and str(value).lower() in get_args(info.annotation)):
+                out[name] = str(value).lower()
+        return out
 
 
 class LoraOptions(BaseModel):

@@ -87,3 +87,14 @@ def test_no_and_yes_are_strings_in_config_files_and_set_overrides(tmp_path):
     data = apply_overrides({"stages": [{"sft": {"epochs": 1}}]},
                            ["sft.mixed_precision=no", "sft.lora=False", "sft.note=yes"], "recipe")
     assert data["stages"][0]["sft"] == {"epochs": 1, "mixed_precision": "no", "lora": False, "note": "yes"}
+
+
+def test_a_choice_named_true_is_read_from_yaml_as_that_word(tmp_path):
+    """`reward: true` (a YAML boolean) is the choice "true" of ControlConfig.reward; a boolean
+    field keeps its boolean."""
+    from alignloop.configs import ControlConfig
+
+    cfg_file = tmp_path / "control.yaml"
+    cfg_file.write_text("env: Pendulum-v1\nout: o\nreward: true\nbaseline: true\n")
+    cfg = resolve_config(ControlConfig, cfg_file, {})
+    assert (cfg.reward, cfg.baseline) == ("true", True)
