@@ -20,7 +20,10 @@
   5) KL controller update (fixed, or adaptive toward a target KL); 6) metrics, samples,
      checkpoint.
 In LoRA mode one copy of the base weights is the policy (adapter on), the reference (adapter
-off) and the value function (a head on the policy's trunk).
+off) and the value function (a head on the policy's trunk). With --generation-url (LoRA only)
+step 1 samples through that server instead, with the iteration's adapter pushed to it first
+(serving/remote.py's `ServerSampler`); the log-probs, values and reference are computed here
+as always.
 """
 
 from __future__ import annotations
@@ -128,12 +131,13 @@ def sharded_weights(accelerator) -> bool:
 
 
 def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampler, tokenizer, rewards,
-                    chats: list[list[dict]], seed: int) -> Rollout:
+                    chats: list[list[dict]], seed: int, server=None) -> Rollout:
     """Step 1: sample K responses per chat, score them, one no-grad forward of policy and reference.
 
     `model` is the prepared (possibly DDP-wrapped) `PolicyWithValue`, `policy` the unwrapped
     one; `reference` is the separate frozen copy (full fine-tuning) or None (LoRA: the policy
-    with its adapter off); `sampler` a `SamplingCopy` or None (sample from the policy itself).
+    with its adapter off); `sampler` a `SamplingCopy` or None (sample from the policy itself);
+    `server` a `ServerSampler` (--generation-url), which then samples.
     """
     from alignloop.models.generation import Sampling, generate
     from alignloop.models.policy import reference_logprobs, rollout_tensors
@@ -141,7 +145,9 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     device, t = accelerator.device, time.time()
     sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_new_tokens=cfg.max_new_tokens, seed=seed, batch_size=len(chats) * cfg.num_samples)
-    if sampler is not None:
+    if server is not None:
+        gens = server.generate(tokenizer, chats, sampling)
+    elif sampler is not None:
         gens = generate(sampler.refresh(), tokenizer, chats, sampling, show_progress=False)
     else:
         with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
@@ -331,6 +337,20 @@ def load_models(cfg: PPOConfig, device):
     return load_tokenizer(cfg.model), policy, reference, rewards
 
 
+def generation_server(cfg: PPOConfig, accelerator, lm, tokenizer):
+    """The `ServerSampler` of --generation-url (LoRA: run_ppo has checked), not where the weights
+    are sharded (the adapter is saved from one process's whole copy)."""
+    from alignloop.models.generation import eos_ids
+    from alignloop.serving.remote import ServerSampler, client_for, run_tag
+
+    if sharded_weights(accelerator):
+        raise ConfigError("--generation-url under DeepSpeed ZeRO-3 / FSDP is not supported: the adapter pushed each "
+                          "iteration is saved from one process's whole copy of the policy")
+    out = Path(cfg.out)
+    return ServerSampler(client_for(cfg), eos_ids(lm, tokenizer), cfg.generation_adapter_dir or out / "served_adapter",
+                         run_tag(out), out / "generation.jsonl")
+
+
 def iteration_prompts(prompts: list, cfg: PPOConfig, iteration: int, rank: int, world: int) -> list[list[dict]]:
     """This process's chats of an iteration: the epoch's permutation (a function of seed and
     epoch, so resuming needs only the iteration), batch_size x world per iteration."""
@@ -359,6 +379,10 @@ def run_ppo(cfg: PPOConfig) -> Path:
     refuse_to_overwrite(out, cfg.resume)
     if cfg.advantage != "gae" and cfg.num_samples < 2:
         raise ConfigError(f"--advantage {cfg.advantage} needs --num-samples >= 2 (a group per prompt)")
+    if cfg.generation_url and not cfg.lora:
+        raise ConfigError("--generation-url samples PPO's rollouts with the policy's LoRA adapter, pushed to the "
+                          "server each iteration; with full fine-tuning the server would go on sampling from the "
+                          "initial weights: add --lora, or sample in-process (no --generation-url)")
     accelerator = make_accelerator(cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)
@@ -375,8 +399,9 @@ def run_ppo(cfg: PPOConfig) -> Path:
         tracker.resume_from(0)
     iteration = state.get("iteration", 0)
     policy = accelerator.unwrap_model(model)  # the module inside DDP / FSDP
+    server = generation_server(cfg, accelerator, policy.lm, tokenizer) if cfg.generation_url else None
     sampler = SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm)) if (
-        cfg.sampling_copy and not sharded_weights(accelerator)) else None
+        cfg.sampling_copy and not sharded_weights(accelerator) and server is None) else None
     stop = cfg.iterations if cfg.stop_at_iteration is None else min(cfg.iterations, cfg.stop_at_iteration)
 
     def all_reduce(x: Tensor) -> Tensor:  # a sum over the processes
@@ -391,8 +416,15 @@ def run_ppo(cfg: PPOConfig) -> Path:
         while iteration < stop:
             # 1) rollout: this process's prompts of this iteration, its own sampling seed.
             chats = iteration_prompts(prompts, cfg, iteration, rank, world)
+            t = time.time()
+            if server is not None:  # the current adapter to the generation server
+                server.refresh(accelerator, policy.lm, tokenizer, cfg.model, iteration + 1)
+            push_s = time.time() - t
             rollout = collect_rollout(cfg, accelerator, model, policy, reference, sampler, tokenizer, rewards,
-                                      chats, seed=cfg.seed * 100_003 + iteration * world + rank)
+                                      chats, seed=cfg.seed * 100_003 + iteration * world + rank, server=server)
+            rollout.timing[M.GENERATE_S] += push_s  # sampling through a server includes pushing the adapter
+            if server is not None and accelerator.is_main_process:
+                server.log_iteration()
             beta, timing = kl_ctl.value, dict(rollout.timing)
             # 2) advantages (and GAE's returns), whitened over every process's tokens.
             advantages, returns = compute_advantages(cfg, rollout, beta, all_reduce)
@@ -423,6 +455,8 @@ def run_ppo(cfg: PPOConfig) -> Path:
                 checkpoint()
 
     tracker.close()
+    if server is not None:
+        server.close(accelerator)
     if iteration < cfg.iterations:  # --stop-at-iteration
         checkpoint()
         accelerator.print(f"stopped at iteration {iteration}/{cfg.iterations}; continue with --resume")
