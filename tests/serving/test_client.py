@@ -206,3 +206,23 @@ def test_generate_through_the_server_equals_generate_in_process(talky_dir, serve
     assert [r["responses"] for r in rows[0]] == [r["responses"] for r in rows[1]]
     assert [r["finished"] for r in rows[0]] == [r["finished"] for r in rows[1]]
     assert any(r["responses"][0] for r in rows[0])  # something was said
+
+
+def test_evaluate_samples_a_role_through_the_server(talky_dir, server_thread, tmp_path):
+    """evaluate --generation-url: the policy sampled by the server (a temperature so low that
+    sampling is the argmax, one row at a time) gives the in-process responses; the KL is still
+    computed here."""
+    from alignloop.configs import EvaluateConfig
+    from alignloop.evaluate.evaluate import run_evaluate
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Hi", "Tell me about the sea."]))
+    common = dict(policy=str(talky_dir), reference=str(talky_dir), prompts=prompts, redteam="none", temperature=1e-4,
+                  max_new_tokens=8, batch_size=1)
+    run_evaluate(EvaluateConfig(**common, out=tmp_path / "local"))
+    run_evaluate(EvaluateConfig(**common, out=tmp_path / "remote", generation_url=server_thread,
+                                generation_model="policy=talky"))
+    rows = [[json.loads(line) for line in (tmp_path / d / "samples_policy.jsonl").read_text().splitlines()]
+            for d in ("local", "remote")]
+    assert [r["responses"] for r in rows[0]] == [r["responses"] for r in rows[1]]
+    assert any(r["responses"][0] for r in rows[0])
