@@ -188,15 +188,17 @@ def load_trainable(opts: ModelOptions, device: str | torch.device = "cpu", name:
     return model
 
 
-def save_model(model, tokenizer, out: str | Path, base: str, extra: dict | None = None) -> None:
+def save_model(model, tokenizer, out: str | Path, base: str, extra: dict | None = None,
+               state_dict: dict | None = None) -> None:
     """Save a full model folder, or only the adapter when `model` is a peft model.
 
-    `base` is the name the adapter applies to (recorded in alignloop_model.json).
+    `base` is the name the adapter applies to (recorded in alignloop_model.json); `state_dict`
+    the model's whole state when its own is sharded (FSDP / ZeRO-3, gathered by the caller).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     is_adapter = hasattr(model, "peft_config")
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     recorded = recorded_base(base, out) if is_adapter else {"base": None}
     if is_adapter:  # peft wrote the cache path it loaded from; a name travels (a folder: its absolute path)

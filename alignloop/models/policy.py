@@ -94,20 +94,22 @@ class SamplingCopy:
     W + scale * B A (summed in float32, then cast), every other trainable parameter as it is.
     Sampling from the copy is sampling from the policy up to `dtype` rounding, without peft's
     extra matmuls or autocast's per-step weight casts (about 1.4x faster on CPU, for one more
-    copy of the weights in `dtype`). The policy itself is only read.
+    copy of the weights in `dtype`). The policy itself is only read, by name at each refresh:
+    build the copy before FSDP / ZeRO-3 shard the policy (they replace or empty its
+    parameters in place) and refresh it while they are gathered (`train.common.whole_weights`).
     """
 
     def __init__(self, lm: nn.Module, dtype: torch.dtype):
         import copy
 
-        self.layers = lora_layers(lm)
+        self.source, self.layers = lm, lora_layers(lm)
         plain = copy.deepcopy(lm)
         if self.layers:
             plain = plain.merge_and_unload()
         self.model = plain.to(dtype).requires_grad_(False).eval()
         params = dict(self.model.named_parameters())
-        # parameters trained outside LoRA (full fine-tuning: all of them)
-        self.pairs = [(p, params[name.replace(".base_layer", "")]) for name, p in unwrap_peft(lm).named_parameters()
+        # parameters trained outside LoRA (full fine-tuning: all of them): (name in the policy, copy's parameter)
+        self.pairs = [(name, params[name.replace(".base_layer", "")]) for name, p in unwrap_peft(lm).named_parameters()
                       if p.requires_grad and "lora_" not in name and name.replace(".base_layer", "") in params]
         self.refresh()
 
@@ -119,6 +121,7 @@ class SamplingCopy:
                 if adapter in layer.lora_A:
                     merged = merged + layer.get_delta_weight(adapter).float()
             self.model.get_submodule(name).weight.copy_(merged)
-        for src, dst in self.pairs:
-            dst.copy_(src)
+        sources = dict(unwrap_peft(self.source).named_parameters())
+        for name, dst in self.pairs:
+            dst.copy_(sources[name])
         return self.model

@@ -166,13 +166,16 @@ def raw_rewards(net: RewardNet, groups, pad_id: int, token_budget: int = SCORING
 
 
 def save_reward_model(net: RewardNet, tokenizer, out: Path, base: str, mean: list[float], std: list[float],
-                      max_length: int, extra: dict | None = None) -> None:
-    """The backbone (adapter or full model, via save_model), the heads and the normalisation."""
+                      max_length: int, extra: dict | None = None, state_dict: dict | None = None) -> None:
+    """The backbone (adapter or full model, via save_model), the heads and the normalisation;
+    `state_dict`: the net's whole state when its own is sharded (FSDP / ZeRO-3), else None."""
     from alignloop.models.loading import recorded_base, save_model
 
     out = Path(out)
-    save_model(net.lm, tokenizer, out, base=base)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.head.state_dict().items()}, out / HEAD_FILE)
+    state = net.state_dict() if state_dict is None else state_dict
+    save_model(net.lm, tokenizer, out, base=base,
+               state_dict=None if state_dict is None else {k[3:]: v for k, v in state.items() if k.startswith("lm.")})
+    save_file({k[5:]: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith("head.")}, out / HEAD_FILE)
     config = {"num_heads": net.head.out_features, "mean": mean, "std": std, "max_length": max_length,
               **recorded_base(base, out), **(extra or {})}
     (out / REWARD_CONFIG).write_text(json.dumps(config, indent=2))

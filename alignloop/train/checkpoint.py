@@ -4,6 +4,12 @@ A checkpoint folder holds the trainable weights (only the adapters under LoRA), 
 and scheduler states, the loop's own state (step, data position, KL controller ...) and one
 RNG file per process (python, numpy, torch, cuda). It is written to a temporary folder and
 renamed into place, so a kill during saving leaves the previous checkpoint intact.
+
+Under FSDP or DeepSpeed (`sharded_state`) no process holds all of the weights or optimizer
+states: Accelerate's `save_state` writes them as shards, every process its own, into
+checkpoint/accelerate/ (FSDP2: torch.distributed.checkpoint; DeepSpeed: its engine
+checkpoint), and `load_state` reads them back into the same layout. The scheduler, the loop
+state and the RNG files stay alignloop's own, as under DDP / one process.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignloop.train.common import sharded_state
+
 CHECKPOINT = "checkpoint"
+SHARDS = "accelerate"  # checkpoint/accelerate/: Accelerate's save_state (sharded weights and optimizer)
 
 
 def rng_state() -> dict:
@@ -48,10 +57,12 @@ def save_checkpoint(out: Path, accelerator, model, optimizer, scheduler, state: 
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if sharded_state(accelerator):  # collective: every process writes its shards
+        accelerator.save_state(str(tmp / SHARDS))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        torch.save(trainable_state(unwrapped), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded_state(accelerator):
+            torch.save(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
@@ -74,8 +85,26 @@ def has_checkpoint(out: Path) -> bool:
 def load_checkpoint(out: Path, accelerator, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and this process's RNG; returns the loop state."""
     folder = Path(out) / CHECKPOINT
+    if sharded_state(accelerator) != (folder / SHARDS).is_dir():
+        saved, now = ("sharded", "without") if (folder / SHARDS).is_dir() else ("without", "sharded")
+        raise ValueError(f"{folder}: saved {saved} weights (FSDP / DeepSpeed), resumed {now}: resume under the "
+                         "launch config it was saved with")
+    if sharded_state(accelerator):
+        accelerator.load_state(str(folder / SHARDS))  # also Accelerate's RNG states: ours below win
+    else:
+        load_whole(folder, accelerator.unwrap_model(model), optimizer)
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng_file = folder / f"rng-{accelerator.process_index}.pt"
+    if not rng_file.exists():
+        raise ValueError(f"{folder}: saved with fewer processes than now ({rng_file.name} missing)")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((folder / "state.json").read_text())
+
+
+def load_whole(folder: Path, unwrapped, optimizer) -> None:
+    """The trainable weights and the optimizer of a checkpoint saved without sharding."""
     weights = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
-    unwrapped = accelerator.unwrap_model(model)
     params = dict(unwrapped.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -84,13 +113,6 @@ def load_checkpoint(out: Path, accelerator, model, optimizer, scheduler) -> dict
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
-    if scheduler is not None:
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    rng_file = folder / f"rng-{accelerator.process_index}.pt"
-    if not rng_file.exists():
-        raise ValueError(f"{folder}: saved with fewer processes than now ({rng_file.name} missing)")
-    set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((folder / "state.json").read_text())
 
 
 def refuse_to_overwrite(out: Path, resume: bool) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -62,7 +64,111 @@ def make_accelerator(mixed_precision: str = "no"):
     half = HALF_TYPES.get(mixed_precision)
     if on_cpu and half is not None and cpu_half_or_float32(half) is torch.float32:
         mixed_precision = "no"  # autocast to a half type without fast kernels: ~60x slower matmuls
-    return Accelerator(mixed_precision=mixed_precision, cpu=on_cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=on_cpu)
+    if on_cpu and accelerator.num_processes > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        fsdp_on_cpu(accelerator, mixed_precision)
+    return accelerator
+
+
+def fsdp_on_cpu(accelerator, mixed_precision: str) -> None:
+    """Switch FSDP on for processes on CPU (gloo) launched with an FSDP config.
+
+    Accelerate 1.15 enables FSDP only for GPU-like devices: on CPU it silently trains plain
+    data-parallel (MULTI_CPU) instead. torch's FSDP2 (`fully_shard`) runs on CPU over gloo, so
+    the plugin the launch config describes is installed as Accelerate itself would on a GPU.
+    FSDP1 cannot: torch 2.13 refuses it on CPU ("Inconsistent compute device and `device_id`
+    on rank 0: cpu vs cpu:0").
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from alignloop.config import ConfigError
+
+    plugin = FullyShardedDataParallelPlugin()  # from the launch config's ACCELERATE_FSDP_* variables
+    if plugin.fsdp_version != 2:
+        raise ConfigError("FSDP on CPU needs fsdp_version: 2 in the launch config (torch 2.13's FSDP1 refuses CPU "
+                          "devices: 'Inconsistent compute device and `device_id`'); use alignloop/configs/accelerate/fsdp.yaml")
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def sharded_state(accelerator) -> bool:
+    """True under FSDP or DeepSpeed (any ZeRO stage): some of the training state (weights,
+    gradients or optimizer states) lives in shards, so checkpoints go through Accelerate's
+    `save_state` / `load_state`."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def sharded_weights(accelerator) -> bool:
+    """True under DeepSpeed ZeRO-3 or FSDP: no process holds the whole model outside `whole_weights`."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def whole_state(accelerator, module: torch.nn.Module) -> dict | None:
+    """The whole state dict of `module` (the prepared model or a part of it) on the main
+    process, on CPU, gathered from every process's shards (collective: every process calls
+    it; the others get {}); None without sharded weights (save the module as it is).
+
+    Under FSDP2 a module's own `state_dict()` stays sharded (DTensors) even while unsharded,
+    so saving goes through torch's `get_model_state_dict(full_state_dict=True)` instead.
+    """
+    if not sharded_weights(accelerator):
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        with whole_weights(accelerator, module):
+            return ({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                    if accelerator.is_main_process else {})
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+@contextmanager
+def whole_weights(accelerator, model: torch.nn.Module):
+    """Inside the block every process holds the whole of the prepared `model`'s parameters
+    (read them, save them, copy them into a sampling copy); they are sharded again after.
+
+    FSDP2: every `fully_shard` unit unsharded (one all-gather each); FSDP1:
+    `summon_full_params`; ZeRO-3: `deepspeed.zero.GatheredParameters`. Without sharded
+    weights it does nothing. Every process must enter it (the gathers are collective).
+    """
+    if not sharded_weights(accelerator):
+        yield
+        return
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

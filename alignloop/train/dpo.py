@@ -292,13 +292,16 @@ def finish(accelerator, model, tokenizer, tracker, out: Path, cfg, step: int, to
     """Save the policy (an adapter or a full model folder, as sft / ppo do) once every step is done."""
     from alignloop.models.loading import save_model
     from alignloop.train.checkpoint import drop_checkpoint
+    from alignloop.train.common import whole_state
 
     tracker.close()
     if step < total_steps:
         accelerator.print(f"stopped at step {step}/{total_steps}; continue with --resume")
         return out
+    lm = accelerator.unwrap_model(model).lm
+    state = whole_state(accelerator, lm)  # FSDP / ZeRO-3: gathered from every process's shards
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model).lm, tokenizer, out, base=cfg.model)
+        save_model(lm, tokenizer, out, base=cfg.model, state_dict=state)
         drop_checkpoint(out, cfg.keep_checkpoint)
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.startswith("eval/") and isinstance(v, float))
         accelerator.print(f"policy saved to {out}; held-out: {shown}")

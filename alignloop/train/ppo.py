@@ -51,7 +51,8 @@ from alignloop.data.io import append_jsonl, read_sources
 from alignloop.data.records import PromptRecord
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
-from alignloop.train.common import HALF_TYPES, epoch_order, make_accelerator, make_optimizer, seed_everything
+from alignloop.train.common import (HALF_TYPES, epoch_order, make_accelerator, make_optimizer, seed_everything,
+                                    sharded_weights, whole_state, whole_weights)
 
 
 @dataclass
@@ -120,16 +121,6 @@ def sampling_dtype(accelerator, lm) -> torch.dtype:
     return HALF_TYPES.get(str(accelerator.mixed_precision), next(lm.parameters()).dtype)
 
 
-def sharded_weights(accelerator) -> bool:
-    """True under DeepSpeed ZeRO-3 or FSDP: no process holds the whole policy to copy."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
-
-
 def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampler, tokenizer, rewards,
                     chats: list[list[dict]], seed: int, server=None) -> Rollout:
     """Step 1: sample K responses per chat, score them, one no-grad forward of policy and reference.
@@ -148,7 +139,9 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     if server is not None:
         gens = server.generate(tokenizer, chats, sampling)
     elif sampler is not None:
-        gens = generate(sampler.refresh(), tokenizer, chats, sampling, show_progress=False)
+        with whole_weights(accelerator, model):  # FSDP / ZeRO-3: one gather per iteration, not per token
+            copy = sampler.refresh()
+        gens = generate(copy, tokenizer, chats, sampling, show_progress=False)
     else:
         with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
             gens = generate(policy.lm, tokenizer, chats, sampling, show_progress=False)
@@ -389,6 +382,9 @@ def run_ppo(cfg: PPOConfig) -> Path:
     prompts = read_sources(cfg.prompts, PromptRecord)
     tokenizer, policy, reference, rewards = load_models(cfg, accelerator.device)
     optimizer, scheduler = make_optimizer(policy, cfg, cfg.iterations * cfg.ppo_epochs * cfg.minibatches)
+    # the sampling copy before prepare: FSDP / ZeRO-3 shard the policy in place (it refreshes while gathered)
+    sampler = (SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm))
+               if cfg.sampling_copy and not cfg.generation_url else None)
     model, optimizer = accelerator.prepare(policy, optimizer)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -400,8 +396,6 @@ def run_ppo(cfg: PPOConfig) -> Path:
     iteration = state.get("iteration", 0)
     policy = accelerator.unwrap_model(model)  # the module inside DDP / FSDP
     server = generation_server(cfg, accelerator, policy.lm, tokenizer) if cfg.generation_url else None
-    sampler = SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm)) if (
-        cfg.sampling_copy and not sharded_weights(accelerator) and server is None) else None
     stop = cfg.iterations if cfg.stop_at_iteration is None else min(cfg.iterations, cfg.stop_at_iteration)
 
     def all_reduce(x: Tensor) -> Tensor:  # a sum over the processes
@@ -472,10 +466,11 @@ def save_policy(cfg: PPOConfig, accelerator, policy, tokenizer) -> None:
     from alignloop.models.loading import save_model
 
     out = Path(cfg.out)
+    lm_state, head_state = whole_state(accelerator, policy.lm), whole_state(accelerator, policy.value_head)
     if accelerator.is_main_process:
-        save_model(policy.lm, tokenizer, out, base=cfg.model)
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                  out / "value_head.safetensors")
+        save_model(policy.lm, tokenizer, out, base=cfg.model, state_dict=lm_state)
+        head_state = policy.value_head.state_dict() if head_state is None else head_state
+        save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()}, out / "value_head.safetensors")
         drop_checkpoint(out, cfg.keep_checkpoint)
         accelerator.print(f"policy saved to {out}")
     accelerator.wait_for_everyone()

@@ -280,6 +280,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar, throughput_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.common import whole_state
     from alignloop.train.common import (epoch_order, global_batches, length_grouped_order, make_accelerator,
                                         make_optimizer, seed_everything)
 
@@ -379,9 +380,10 @@ def run_reward(cfg: RewardConfig) -> Path:
                        M.NORMALIZATION_MEAN_SE: se_mean.mean().item(), M.NORMALIZATION_STD_SE: se_std.mean().item(),
                        M.NORMALIZATION_S: seconds, M.NORMALIZATION_SEQUENCES_PER_S: n / max(seconds, 1e-9)})
     tracker.close()
+    state = whole_state(accelerator, net)  # FSDP / ZeRO-3: gathered from every process's shards
     if accelerator.is_main_process:
         save_reward_model(net, tokenizer, out, base=cfg.model, mean=mean, std=std, max_length=cfg.max_length,
-                          extra={"tie_mode": cfg.tie_mode, "ensemble_mode": cfg.ensemble_mode})
+                          extra={"tie_mode": cfg.tie_mode, "ensemble_mode": cfg.ensemble_mode}, state_dict=state)
         drop_checkpoint(out, cfg.keep_checkpoint)
         final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if isinstance(v, float))

@@ -78,6 +78,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     from alignloop.models.loading import load_tokenizer, load_trainable, save_model
     from alignloop.progress import progress_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
+    from alignloop.train.common import whole_state
     from alignloop.train.common import epoch_order, global_batches, make_accelerator, make_optimizer, seed_everything
 
     out = Path(cfg.out)
@@ -144,8 +145,10 @@ def run_sft(cfg: SFTConfig) -> Path:
     if step < total_steps:
         accelerator.print(f"stopped at step {step}/{total_steps}; continue with --resume")
         return out
+    lm = accelerator.unwrap_model(model).lm
+    state = whole_state(accelerator, lm)  # FSDP / ZeRO-3: gathered from every process's shards
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model).lm, tokenizer, out, base=cfg.model)
+        save_model(lm, tokenizer, out, base=cfg.model, state_dict=state)
         drop_checkpoint(out, cfg.keep_checkpoint)
         final = [m for m in _read(out) if m.get(M.EVAL_LOSS) is not None]
         if final:

@@ -1,0 +1,139 @@
+"""Sharded runs (FSDP2 over gloo, 2 CPU processes) killed and resumed, started ONCE per session.
+
+`accelerate launch --config_file alignloop/configs/accelerate/fsdp.yaml --num_processes 2
+tests/sharded_processes.py JOBS.json` runs, for each stage, the same config three times in
+one pair of processes: stopped early (`stop`, its checkpoint sharded through Accelerate's
+save_state), resumed from there to the end (`stop` again, --resume), and uninterrupted
+(`whole`). The resume replays the same arithmetic, so its weights equal the uninterrupted
+run's bit for bit (the issue 14 rule: same machine, same batching).
+
+    sft     full fine-tuning, AdamW, 6 steps, stopped after 2
+    reward  LoRA reward model, AdamW, 6 steps, stopped after 3
+    dpo     DPO with LoRA (reference: adapter off), AdamW, 6 steps, stopped after 3
+    ppo     full fine-tuning (a separate frozen reference), the sampling copy refreshed from the
+            gathered shards each iteration, 3 iterations, stopped after 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FSDP_CONFIG = Path(__file__).parent.parent / "alignloop" / "configs" / "accelerate" / "fsdp.yaml"
+TRAIN = dict(epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, eval_every=0, save_every=0, seed=0)
+STAGES = {  # stage: (config values, the step / iteration the first run stops at)
+    "sft": (dict(TRAIN, lora=False, heldout_fraction=0.0), 2),
+    "reward": (dict(TRAIN, lora=True, max_length=48), 3),
+    "dpo": (dict(TRAIN, lora=True, max_length=48), 3),
+    "ppo": (dict(reward="rule:tests.rules:count_e", iterations=3, batch_size=2, max_new_tokens=6, lora=False,
+                  learning_rate=1e-3, missing_eos_penalty=1.0, save_every=0, log_samples_every=0, seed=0), 1),
+}
+
+
+def stage_config(stage: str, files: dict, out: Path, **update):
+    from alignloop.configs import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+
+    values = {**STAGES[stage][0], "out": out, **update}
+    if stage == "ppo":
+        return PPOConfig(model=files["model"], prompts=files["prompts"], **values)
+    if stage == "sft":
+        return SFTConfig(model=files["model"], data=files["demos"], **values)
+    cls = DPOConfig if stage == "dpo" else RewardConfig
+    return cls(model=files["model"], data=files["comparisons"], **values)
+
+
+def sampling_copy_gap(model: str) -> dict:
+    """PPO's sampling copy built before FSDP shards the policy, refreshed from the gathered
+    shards after an optimizer step: {"gap": the largest |copy - policy| over the weights (0
+    when the refresh read the whole, current weights), "moved": the largest |copy - its
+    initial weights| (the step reached it)} on rank 0 ({} on the others)."""
+    import torch
+
+    from alignloop.models.loading import load_causal_lm
+    from alignloop.models.policy import PolicyWithValue, SamplingCopy
+    from alignloop.train.common import make_accelerator, whole_state, whole_weights
+
+    accelerator = make_accelerator("no")
+    policy = PolicyWithValue(load_causal_lm(model, "float32", "cpu"))
+    sampler = SamplingCopy(policy.lm, torch.float32)
+    initial = {k: v.detach().clone() for k, v in sampler.model.named_parameters()}
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    prepared, optimizer = accelerator.prepare(policy, optimizer)
+    ids = torch.arange(12).view(2, 6) + 3
+    out = prepared(input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=torch.ones(2, 3), prompt_width=3)
+    accelerator.backward(-out["logprobs"].sum() + out["values"].square().sum())
+    optimizer.step()
+    with whole_weights(accelerator, prepared):
+        copy = sampler.refresh()
+    state = whole_state(accelerator, policy.lm)
+    if not accelerator.is_main_process:
+        return {}
+    params = {k: v.detach() for k, v in copy.named_parameters()}
+    return {"gap": max((state[k] - params[k]).abs().max().item() for k in params),
+            "moved": max((initial[k] - params[k]).abs().max().item() for k in params)}
+
+
+def main(jobs_file: str) -> None:
+    import torch.distributed as dist
+
+    from alignloop.train.dpo import run_dpo
+    from alignloop.train.ppo import run_ppo
+    from alignloop.train.reward import run_reward
+    from alignloop.train.sft import run_sft
+
+    run = {"sft": run_sft, "reward": run_reward, "dpo": run_dpo, "ppo": run_ppo}
+    spec = json.loads(Path(jobs_file).read_text())
+    root, results = Path(spec["root"]), {}
+    for stage in os.environ.get("ONLY_STAGES", ",".join(STAGES)).split(","):
+        counter = "stop_at_iteration" if stage == "ppo" else "stop_at_step"
+        stop = STAGES[stage][1]
+        run[stage](stage_config(stage, spec["files"], root / stage / "stop", **{counter: stop}))
+        checkpoint = root / stage / "stop" / "checkpoint"
+        results[stage] = {"sharded": (checkpoint / "accelerate").is_dir(),
+                          "files": sorted(p.name for p in checkpoint.iterdir())}
+        run[stage](stage_config(stage, spec["files"], root / stage / "stop", resume=True))
+        run[stage](stage_config(stage, spec["files"], root / stage / "whole"))
+    results["sampling_copy"] = sampling_copy_gap(spec["files"]["model"])
+    results["distributed_type"] = str(__import__("accelerate").state.PartialState().distributed_type)
+    Path(f"{jobs_file}.rank{dist.get_rank()}").write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def launch(config: Path, script_args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file config --num_processes 2` on CPU (gloo)."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    if not os.path.exists(launcher):
+        pytest.skip("accelerate launcher not found")
+    return subprocess.run([launcher, "launch", "--config_file", str(config), "--num_processes", "2", *script_args],
+                          capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def sharded_runs(tiny_model_dir, tmp_path_factory):
+    """{"root": root / stage / ("stop" | "whole"), "results": [rank 0's, rank 1's]}."""
+    from tests.test_reward import synthetic_comparisons
+
+    root = tmp_path_factory.mktemp("sharded")
+    prompts, demos = root / "prompts.jsonl", root / "demos.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something, number {i}."}) + "\n" for i in range(12)))
+    demos.write_text("".join(json.dumps({"prompt": f"Count to {i}.", "response": " ".join(map(str, range(i % 7 + 1)))})
+                             + "\n" for i in range(24)))
+    files = {"model": str(tiny_model_dir), "prompts": str(prompts), "demos": str(demos),
+             "comparisons": str(synthetic_comparisons(root / "comparisons.jsonl", 24, 0))}
+    jobs = root / "jobs.json"
+    jobs.write_text(json.dumps({"root": str(root), "files": files}))
+    r = launch(FSDP_CONFIG, [__file__, str(jobs)])
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {"root": root, "results": [json.loads(Path(f"{jobs}.rank{k}").read_text()) for k in range(2)]}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.rules, as `python -m` would find it
+    main(sys.argv[1])

@@ -1,0 +1,80 @@
+"""Shipped launch configs; sharded checkpoints (FSDP2 over gloo, 2 CPU processes) that resume
+to exactly the uninterrupted run; PPO's sampling copy refreshed from the gathered shards."""
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from alignloop.launch_configs import LAUNCH_CONFIGS, launch_config
+from tests.sharded_processes import STAGES, launch, sharded_runs  # noqa: F401  (the session's one launch)
+
+
+def test_every_launch_config_loads_with_accelerates_loader():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp": ("MULTI_GPU", None), "fsdp": ("FSDP", None), "deepspeed-zero2": ("DEEPSPEED", 2),
+                "deepspeed-zero3": ("DEEPSPEED", 3)}
+    assert set(LAUNCH_CONFIGS) == set(expected)
+    for name, (kind, zero) in expected.items():
+        path = launch_config(name)
+        assert path.read_text().startswith("# "), f"{path}: the first line says when to use it"
+        config = load_config_from_file(str(path))
+        assert config.distributed_type.value == kind and config.mixed_precision == "no"
+        assert config.num_machines == 1 and config.machine_rank == 0
+        if zero:
+            assert config.deepspeed_config["zero_stage"] == zero
+    assert load_config_from_file(str(launch_config("fsdp"))).fsdp_config["fsdp_version"] == 2
+
+
+def test_unknown_launch_config_names_the_shipped_ones():
+    with pytest.raises(ValueError, match="ddp, deepspeed-zero2, deepspeed-zero3, fsdp"):
+        launch_config("zero4")
+
+
+@pytest.mark.numerics
+def test_ddp_config_launches_on_cpu_and_keeps_the_whole_checkpoint(tiny_model_dir, tmp_path):
+    data = tmp_path / "demos.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Count to {i}.", "response": str(i)}) + "\n" for i in range(8)))
+    r = launch(launch_config("ddp"), ["-m", "alignloop.cli", "sft", "--model", str(tiny_model_dir), "--data", str(data),
+                                      "--out", str(tmp_path / "ddp"), "--batch-size", "2", "--heldout-fraction", "0",
+                                      "--eval-every", "0", "--save-every", "0", "--stop-at-step", "1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    checkpoint = tmp_path / "ddp" / "checkpoint"
+    assert {p.name for p in checkpoint.iterdir()} == {"trainable.pt", "optimizer.pt", "scheduler.pt", "state.json",
+                                                       "rng-0.pt", "rng-1.pt"}
+
+
+def test_fsdp_runs_on_two_cpu_processes_with_sharded_checkpoints(sharded_runs):
+    for results in sharded_runs["results"]:
+        assert results["distributed_type"] == "DistributedType.FSDP"
+        for stage in STAGES:
+            assert results[stage]["sharded"], stage
+            assert results[stage]["files"] == ["accelerate", "rng-0.pt", "rng-1.pt", "scheduler.pt", "state.json"]
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_runs, stage, tiny_model_dir):
+    root = Path(sharded_runs["root"]) / stage
+    names = sorted(p.name for p in (root / "whole").glob("*.safetensors"))
+    assert names == sorted(p.name for p in (root / "stop").glob("*.safetensors")) and names
+    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
+    for name in names:
+        resumed, whole = load_file(root / "stop" / name), load_file(root / "whole" / name)
+        assert resumed.keys() == whole.keys()
+        for key in whole:  # the same arithmetic replayed on the same machine: bit-identical
+            assert resumed[key].dtype == whole[key].dtype and bool((resumed[key] == whole[key]).all()), (name, key)
+    weights = load_file(root / "whole" / names[0])
+    if stage in ("sft", "ppo"):  # full fine-tuning: it moved from the initial weights
+        assert max((weights[k] - initial[k]).abs().max().item() for k in weights if k in initial) > 1e-5
+    else:  # LoRA: B starts at 0
+        assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 1e-5
+    assert not (root / "stop" / "checkpoint").exists() and not (root / "whole" / "checkpoint").exists()
+
+
+def test_ppo_sampling_copy_refreshes_from_the_gathered_shards(sharded_runs):
+    gap = sharded_runs["results"][0]["sampling_copy"]
+    assert gap["moved"] > 1e-3  # the optimizer step reached the copy
+    assert gap["gap"] == 0.0  # exactly the policy's whole, current weights (copied, same dtype)
