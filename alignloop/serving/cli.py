@@ -158,7 +158,7 @@ def run_serve_model(cfg: ServeModelConfig) -> None:
                    "without authentication; the default, 127.0.0.1, serves this machine only", err=True)
     server, _ = build_server(cfg)
     click.echo(f"serving {cfg.model} as '{served_name(cfg)}' on http://{cfg.host}:{cfg.port}/v1 "
-               f"(OpenAI-compatible: POST /v1/chat/completions, GET /v1/models, GET /health)", err=True)
+               f"(OpenAI-compatible: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health)", err=True)
     server.run()  # uvicorn exits with status 1 when it cannot bind
 
 
