@@ -51,7 +51,7 @@ def sampling_copy_gap(model: str) -> dict:
     """PPO's sampling copy built before FSDP shards the policy, refreshed from the gathered
     shards after an optimizer step: {"gap": the largest |copy - policy| over the weights (0
     when the refresh read the whole, current weights), "moved": the largest |copy - its
-    initial weights| (the step reached it)} on rank 0 ({} on the others)."""
+    initial weights| (the step reached it), "units": FSDP units, "layers": decoder layers} on rank 0 ({} on the others)."""
     import torch
 
     from alignloop.models.loading import load_causal_lm
@@ -64,6 +64,9 @@ def sampling_copy_gap(model: str) -> dict:
     initial = {k: v.detach().clone() for k, v in sampler.model.named_parameters()}
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     prepared, optimizer = accelerator.prepare(policy, optimizer)
+    from torch.distributed.fsdp import FSDPModule
+
+    units = sum(isinstance(m, FSDPModule) for m in prepared.modules())  # the root and one per decoder layer
     ids = torch.arange(12).view(2, 6) + 3
     out = prepared(input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=torch.ones(2, 3), prompt_width=3)
     accelerator.backward(-out["logprobs"].sum() + out["values"].square().sum())
@@ -74,7 +77,8 @@ def sampling_copy_gap(model: str) -> dict:
     if not accelerator.is_main_process:
         return {}
     params = {k: v.detach() for k, v in copy.named_parameters()}
-    return {"gap": max((state[k] - params[k]).abs().max().item() for k in params),
+    return {"units": units, "layers": policy.lm.config.num_hidden_layers,
+            "gap": max((state[k] - params[k]).abs().max().item() for k in params),
             "moved": max((initial[k] - params[k]).abs().max().item() for k in params)}
 
 

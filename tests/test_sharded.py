@@ -76,5 +76,6 @@ def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_ru
 
 def test_ppo_sampling_copy_refreshes_from_the_gathered_shards(sharded_runs):
     gap = sharded_runs["results"][0]["sampling_copy"]
+    assert gap["units"] == gap["layers"] + 1  # sharded per decoder layer (the LM's _no_split_modules), and the root
     assert gap["moved"] > 1e-3  # the optimizer step reached the copy
     assert gap["gap"] == 0.0  # exactly the policy's whole, current weights (copied, same dtype)

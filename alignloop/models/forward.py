@@ -25,12 +25,22 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+class WrapsLM(nn.Module):
+    """A module around a causal LM `self.lm` (peft-wrapped or not) that FSDP shards as it would
+    the LM itself: one unit per decoder layer, the layer classes named by the LM's
+    `_no_split_modules` (what Accelerate's TRANSFORMER_BASED_WRAP reads from the prepared module)."""
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        return unwrap_peft(self.lm)._no_split_modules
+
+
 def target_positions(response_mask: torch.Tensor) -> torch.Tensor:
     """(B, T-1) bool: position t predicts token t+1, which must be a response token."""
     return response_mask[:, 1:].bool()
 
 
-class ResponseNLL(nn.Module):
+class ResponseNLL(WrapsLM):
     """forward(input_ids (B,T), attention_mask (B,T), response_mask (B,T)) -> NLL (N,) of the
     N response tokens, in row-major order. Right padding."""
 

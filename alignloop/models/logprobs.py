@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignloop.models.forward import backbone_and_head
+from alignloop.models.forward import WrapsLM, backbone_and_head
 
 
-class ResponseLogprobs(nn.Module):
+class ResponseLogprobs(WrapsLM):
     """forward(input_ids, attention_mask (B, R), prompt_ids, prompt_mask (G, P), group (B,),
     adapter=True) -> (B,) float32 summed log-probs of each response's tokens."""
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from alignloop.algorithms.ppo_losses import entropy_from_logits, logprobs_from_logits
-from alignloop.models.forward import backbone_and_head, unwrap_peft
+from alignloop.models.forward import WrapsLM, backbone_and_head, unwrap_peft
 
 
 def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -40,7 +40,7 @@ def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], 
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "prompt_width": width_p}
 
 
-class PolicyWithValue(nn.Module):
+class PolicyWithValue(WrapsLM):
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm

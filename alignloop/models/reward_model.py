@@ -48,6 +48,12 @@ class RewardNet(nn.Module):
       saying whose prompt each response continues. The prompts' keys and values are computed
       once and reused by their K responses (gradients flow through them): the K responses of a
       ranking cost one prompt encoding instead of K.
+
+    Not sharded per decoder layer under FSDP (no `_no_split_modules`, unlike the policy's
+    wrappers): with one unit per layer, torch 2.13's FSDP2 fails in the backward of the
+    shared-prompt pass on CPU ("setStorage: sizes [32, 16] ... out of bounds for storage of
+    size 0": by its shape a LoRA B of k_proj, freed before the backward reached it), so the whole
+    net is one FSDP unit: sharded at rest, gathered whole for each forward.
     """
 
     def __init__(self, lm: nn.Module, num_heads: int = 1):
