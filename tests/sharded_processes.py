@@ -67,19 +67,21 @@ def sampling_copy_gap(model: str) -> dict:
     from torch.distributed.fsdp import FSDPModule
 
     units = sum(isinstance(m, FSDPModule) for m in prepared.modules())  # the root and one per decoder layer
-    ids = torch.arange(12).view(2, 6) + 3
-    out = prepared(input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=torch.ones(2, 3), prompt_width=3)
+    ids = (torch.arange(12).view(2, 6) + 3).to(accelerator.device)
+    out = prepared(input_ids=ids, attention_mask=torch.ones_like(ids), response_mask=torch.ones(2, 3, device=ids.device),
+                   prompt_width=3)
     accelerator.backward(-out["logprobs"].sum() + out["values"].square().sum())
     optimizer.step()
     with whole_weights(accelerator, prepared):
         copy = sampler.refresh()
-    state = whole_state(accelerator, policy.lm)
+    state = whole_state(accelerator, policy.lm)  # None where the weights are whole (ZeRO-2): its own state
+    state = policy.lm.state_dict() if state is None else state
     if not accelerator.is_main_process:
         return {}
     params = {k: v.detach() for k, v in copy.named_parameters()}
     return {"units": units, "layers": policy.lm.config.num_hidden_layers,
-            "gap": max((state[k] - params[k]).abs().max().item() for k in params),
-            "moved": max((initial[k] - params[k]).abs().max().item() for k in params)}
+            "gap": max((state[k].cpu() - params[k].cpu()).abs().max().item() for k in params),
+            "moved": max((initial[k].cpu() - params[k].cpu()).abs().max().item() for k in params)}
 
 
 def main(jobs_file: str) -> None:
@@ -119,23 +121,28 @@ def launch(config: Path, script_args: list[str], timeout: int = 400) -> subproce
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.fixture(scope="session")
-def sharded_runs(tiny_model_dir, tmp_path_factory):
-    """{"root": root / stage / ("stop" | "whole"), "results": [rank 0's, rank 1's]}."""
+def sharded_jobs(config: Path, root: Path, model: str) -> dict:
+    """Run every stage's three runs under launch `config` (2 processes) in `root`:
+    {"root": root / stage / ("stop" | "whole"), "results": [rank 0's, rank 1's]}."""
     from tests.test_reward import synthetic_comparisons
 
-    root = tmp_path_factory.mktemp("sharded")
     prompts, demos = root / "prompts.jsonl", root / "demos.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say something, number {i}."}) + "\n" for i in range(12)))
     demos.write_text("".join(json.dumps({"prompt": f"Count to {i}.", "response": " ".join(map(str, range(i % 7 + 1)))})
                              + "\n" for i in range(24)))
-    files = {"model": str(tiny_model_dir), "prompts": str(prompts), "demos": str(demos),
+    files = {"model": model, "prompts": str(prompts), "demos": str(demos),
              "comparisons": str(synthetic_comparisons(root / "comparisons.jsonl", 24, 0))}
     jobs = root / "jobs.json"
     jobs.write_text(json.dumps({"root": str(root), "files": files}))
-    r = launch(FSDP_CONFIG, [__file__, str(jobs)])
+    r = launch(config, [__file__, str(jobs)])
     assert r.returncode == 0, r.stderr[-4000:]
     return {"root": root, "results": [json.loads(Path(f"{jobs}.rank{k}").read_text()) for k in range(2)]}
+
+
+@pytest.fixture(scope="session")
+def sharded_runs(tiny_model_dir, tmp_path_factory):
+    """The FSDP2 runs on 2 CPU processes (`sharded_jobs`)."""
+    return sharded_jobs(FSDP_CONFIG, tmp_path_factory.mktemp("sharded"), str(tiny_model_dir))
 
 
 if __name__ == "__main__":

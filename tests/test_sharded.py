@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alignloop.launch_configs import LAUNCH_CONFIGS, launch_config
-from tests.sharded_processes import STAGES, launch, sharded_runs  # noqa: F401  (the session's one launch)
+from tests.sharded_processes import STAGES, launch, sharded_jobs, sharded_runs  # noqa: F401  (one launch)
 
 
 def test_every_launch_config_loads_with_accelerates_loader():
@@ -54,10 +54,7 @@ def test_fsdp_runs_on_two_cpu_processes_with_sharded_checkpoints(sharded_runs):
             assert results[stage]["files"] == ["accelerate", "rng-0.pt", "rng-1.pt", "scheduler.pt", "state.json"]
 
 
-@pytest.mark.numerics
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_runs, stage, tiny_model_dir):
-    root = Path(sharded_runs["root"]) / stage
+def assert_resumed_equals_whole(root: Path, stage: str, tiny_model_dir) -> None:
     names = sorted(p.name for p in (root / "whole").glob("*.safetensors"))
     assert names == sorted(p.name for p in (root / "stop").glob("*.safetensors")) and names
     initial = load_file(Path(tiny_model_dir) / "model.safetensors")
@@ -72,6 +69,31 @@ def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_ru
     else:  # LoRA: B starts at 0
         assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 1e-5
     assert not (root / "stop" / "checkpoint").exists() and not (root / "whole" / "checkpoint").exists()
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_runs, stage, tiny_model_dir):
+    assert_resumed_equals_whole(Path(sharded_runs["root"]) / stage, stage, tiny_model_dir)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["deepspeed-zero2", "deepspeed-zero3", "fsdp"])
+def test_on_two_gpus_resumed_equals_the_uninterrupted_run(name, tiny_model_dir, tmp_path):
+    """DeepSpeed needs CUDA (and `pip install deepspeed`): not run on the CPU machines."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs")
+    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install deepspeed)")
+    runs = sharded_jobs(launch_config(name), tmp_path, str(tiny_model_dir))
+    for stage in STAGES:
+        assert all(results[stage]["sharded"] for results in runs["results"])
+        assert_resumed_equals_whole(tmp_path / stage, stage, tiny_model_dir)
+    assert runs["results"][0]["sampling_copy"]["gap"] == 0.0
 
 
 def test_ppo_sampling_copy_refreshes_from_the_gathered_shards(sharded_runs):
