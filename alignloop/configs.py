@@ -159,7 +159,9 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions)
     sampling_copy: bool = Field(
         True, description="Sample from a copy of the policy refreshed every iteration, LoRA folded into its weights, "
                           "in the --mixed-precision dtype: about 1.4x faster sampling on CPU for one more copy of the "
-                          "weights. Not used where weights are sharded (DeepSpeed ZeRO-3, FSDP).")
+                          "weights. Where weights are sharded (DeepSpeed ZeRO-3, FSDP) it is refreshed once per "
+                          "iteration from the gathered shards, and sampling runs through it instead of the sharded "
+                          "modules.")
     ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(1, ge=1, description="Minibatches per PPO epoch (one optimizer step each).")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation within a minibatch).")

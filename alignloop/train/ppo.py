@@ -23,7 +23,9 @@ In LoRA mode one copy of the base weights is the policy (adapter on), the refere
 off) and the value function (a head on the policy's trunk). With --generation-url (LoRA only)
 step 1 samples through that server instead, with the iteration's adapter pushed to it first
 (serving/remote.py's `ServerSampler`); the log-probs, values and reference are computed here
-as always.
+as always. Under FSDP / ZeRO-3 the sampling copy is built before the policy is sharded and
+refreshed in step 1 while its shards are gathered (`whole_weights`, once per iteration), so
+sampling never runs through the sharded modules token by token.
 """
 
 from __future__ import annotations
