@@ -105,6 +105,13 @@ def main(jobs_file: str) -> None:
         run[stage](stage_config(stage, spec["files"], root / stage / "stop", resume=True))
         run[stage](stage_config(stage, spec["files"], root / stage / "whole"))
     results["sampling_copy"] = sampling_copy_gap(spec["files"]["model"])
+    from alignloop.config import ConfigError
+
+    try:
+        run_ppo(stage_config("ppo", spec["files"], root / "no_copy", sampling_copy=False))
+        results["no_sampling_copy"] = "ran"
+    except ConfigError as err:
+        results["no_sampling_copy"] = str(err)
     results["distributed_type"] = str(__import__("accelerate").state.PartialState().distributed_type)
     Path(f"{jobs_file}.rank{dist.get_rank()}").write_text(json.dumps(results))
     dist.barrier()

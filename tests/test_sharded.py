@@ -101,3 +101,8 @@ def test_ppo_sampling_copy_refreshes_from_the_gathered_shards(sharded_runs):
     assert gap["units"] == gap["layers"] + 1  # sharded per decoder layer (the LM's _no_split_modules), and the root
     assert gap["moved"] > 1e-3  # the optimizer step reached the copy
     assert gap["gap"] == 0.0  # exactly the policy's whole, current weights (copied, same dtype)
+
+
+def test_ppo_without_the_sampling_copy_is_refused_under_fsdp(sharded_runs):
+    for results in sharded_runs["results"]:
+        assert "--no-sampling-copy under DeepSpeed ZeRO-3 / FSDP" in results["no_sampling_copy"]

@@ -379,6 +379,10 @@ def run_ppo(cfg: PPOConfig) -> Path:
                           "server each iteration; with full fine-tuning the server would go on sampling from the "
                           "initial weights: add --lora, or sample in-process (no --generation-url)")
     accelerator = make_accelerator(cfg.mixed_precision)
+    if sharded_weights(accelerator) and not cfg.sampling_copy and not cfg.generation_url:
+        raise ConfigError("--no-sampling-copy under DeepSpeed ZeRO-3 / FSDP would sample through the sharded policy, "
+                          "gathering every layer for every new token: keep --sampling-copy (gathered once per "
+                          "iteration) or sample through --generation-url")
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)
     prompts = read_sources(cfg.prompts, PromptRecord)
