@@ -387,7 +387,8 @@ def run_reward(cfg: RewardConfig) -> Path:
         drop_checkpoint(out, cfg.keep_checkpoint)
         final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         shown = "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if isinstance(v, float))
-        accelerator.print(f"reward model saved to {out}; held-out: {shown}")
+        held = f"held-out: {shown}" if shown else "no held-out pairs (--heldout-fraction 0)"
+        accelerator.print(f"reward model saved to {out}; {held}")
     accelerator.wait_for_everyone()
     return out
 
