@@ -24,8 +24,6 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,26 +115,9 @@ def run_trl(data: Path, steps: int, out: Path, mode: str) -> dict:
 def child(kind: str, data: Path, steps: int, work: Path) -> None:
     trainer, mode = kind.split("-")
     run = run_trl if trainer == "trl" else run_alignloop
-    result = run(data, steps, work / kind, mode)
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print("RESULT " + json.dumps(result))
+    from peers import report
 
-
-def trl_python(given: str | None) -> str | None:
-    """The TRL environment's python: --trl-python, else .venv-trl (made here on first use)."""
-    if given:
-        return given
-    python = TRL_ENV / "bin" / "python"
-    if not python.exists():
-        print(f"making {TRL_ENV} (torch 2.13.0, trl 1.16.0) ...", flush=True)
-        pip = [str(TRL_ENV / "bin" / "pip"), "install", "-q"]
-        for cmd in (["python3", "-m", "venv", str(TRL_ENV)],
-                    pip + ["torch==2.13.0"], pip + ["trl==1.16.0", "gguf", "peft==0.21.2"],
-                    pip + ["--no-deps", "-e", str(TRL_ENV.parent)]):
-            if subprocess.run(cmd).returncode != 0:
-                print(f"could not make the TRL environment ({' '.join(cmd)})")
-                return None
-    return str(python)
+    report(run(data, steps, work / kind, mode))
 
 
 def main() -> None:
@@ -154,7 +135,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dpo_bench_"))
     data = work / "pairs.jsonl"
     make_pairs(data, BATCH * (args.steps + 1))
-    trl = trl_python(args.trl_python)
+    from peers import peer_python, run_child
+
+    trl = peer_python(args.trl_python, TRL_ENV, ["trl==1.16.0", "gguf", "peft==0.21.2"])
     results = {}
     for mode in ("lora", "full"):
         if args.only and mode != args.only:
@@ -163,13 +146,11 @@ def main() -> None:
             kind = f"{trainer}-{mode}"
             if python is None:
                 continue
-            r = subprocess.run([python, __file__, "--child", kind, "--data", str(data), "--steps", str(args.steps),
-                                "--work", str(work)], capture_output=True, text=True)
-            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-            if r.returncode != 0 or not line:
-                print(f"{kind}: failed\n{r.stderr[-3000:]}")
+            result = run_child(python, [__file__, "--child", kind, "--data", str(data), "--steps", str(args.steps),
+                                        "--work", str(work)], kind)
+            if result is None:
                 continue
-            results[kind] = json.loads(line[-1][len("RESULT "):])
+            results[kind] = result
             print(f"{kind}: {results[kind]}", flush=True)
     print(f"\nDPO training, SmolLM2-135M, bf16 autocast, batch {BATCH} pairs (~128 tokens each), {os.cpu_count()} CPUs")
     print(f"{'trainer':<18}{'pairs/s':>10}{'peak RSS GB':>13}{'reference pass s':>18}")

@@ -36,9 +36,7 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -311,25 +309,9 @@ def run_trl(setting: str, iterations: int, work: Path) -> dict:
 
 def child(kind: str, iterations: int, work: Path) -> None:
     trainer, setting = kind.split(":")
-    result = (run_trl if trainer == "trl" else run_alignloop)(setting, iterations, work)
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print("RESULT " + json.dumps(result))
+    from peers import report
 
-
-def trl_python(given: str | None) -> str | None:
-    """The TRL environment's python: --trl-python, else .venv-trl-ppo (made here on first use)."""
-    if given:
-        return given
-    python = TRL_ENV / "bin" / "python"
-    if not python.exists():
-        print(f"making {TRL_ENV} (torch 2.13.0, trl {TRL_VERSION}) ...", flush=True)
-        pip = [str(TRL_ENV / "bin" / "pip"), "install", "-q"]
-        for cmd in (["python3", "-m", "venv", str(TRL_ENV)], pip + ["torch==2.13.0"],
-                    pip + [f"trl=={TRL_VERSION}", "peft==0.21.2"], pip + ["--no-deps", "-e", str(TRL_ENV.parent)]):
-            if subprocess.run(cmd).returncode != 0:
-                print(f"could not make the TRL environment ({' '.join(cmd)})")
-                return None
-    return str(python)
+    report((run_trl if trainer == "trl" else run_alignloop)(setting, iterations, work))
 
 
 # ---------------------------------------------------------------- the table
@@ -409,9 +391,11 @@ def main() -> None:
     for name, known in ((settings, SETTINGS), (trainers, TRAINERS)):
         if unknown := [x for x in name if x not in known]:
             parser.error(f"unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    from peers import peer_python, run_child
+
     pythons = {"alignloop": sys.executable}
     if "trl" in trainers:
-        pythons["trl"] = trl_python(args.trl_python)
+        pythons["trl"] = peer_python(args.trl_python, TRL_ENV, [f"trl=={TRL_VERSION}", "peft==0.21.2"])
     rates = {d: matmul_rate(d) for d in ("float32", "bfloat16")}
     work = Path(tempfile.mkdtemp(prefix="ppo_bench_"))
     make_reward_model(work / "rm")
@@ -423,13 +407,11 @@ def main() -> None:
             if python is None:
                 continue
             t = time.time()
-            r = subprocess.run([python, __file__, "--child", kind, "--iterations", str(args.iterations),
-                                "--work", str(work)], capture_output=True, text=True)
-            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-            if r.returncode != 0 or not line:
-                print(f"{kind}: failed\n{r.stderr[-3000:]}")
+            result = run_child(python, [__file__, "--child", kind, "--iterations", str(args.iterations),
+                                        "--work", str(work)], kind)
+            if result is None:
                 continue
-            results[kind] = json.loads(line[-1][len("RESULT "):])
+            results[kind] = result
             print(f"{kind}: done in {time.time() - t:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rates": rates, "size": vars(size), "results": results}, indent=1))

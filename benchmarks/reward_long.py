@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,6 +114,8 @@ def run_trl(data: Path, k: int, mode: str, steps: int, out: Path, max_length: in
 
 
 def child(args) -> None:
+    from peers import report
+
     trainer, mode, k = args.child.split(":")
     work, k = Path(args.work), int(k)
     data = work / f"train_k{k}.jsonl"
@@ -124,8 +124,7 @@ def child(args) -> None:
     else:
         result = run_alignloop(data, work / f"heldout_k{k}.jsonl", k, mode, args.steps, work / f"al_{mode}_{k}",
                                args.max_length, args.mixed_precision)
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def cpu_name() -> str:
@@ -152,6 +151,7 @@ def main() -> None:
         child(args)
         return
     from alignloop.data.io import write_jsonl
+    from peers import run_child
 
     work = Path(tempfile.mkdtemp(prefix="rm_long_"))
     for k in args.k:
@@ -165,14 +165,12 @@ def main() -> None:
                 if not Path(python).exists():
                     print(f"{trainer}: {python} not found (see this script's docstring to make the TRL environment)")
                     continue
-                r = subprocess.run([python, __file__, "--child", f"{trainer}:{mode}:{k}", "--work", str(work),
-                                    "--steps", str(args.steps), "--max-length", str(args.max_length),
-                                    "--mixed-precision", args.mixed_precision], capture_output=True, text=True)
-                line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-                if r.returncode != 0 or not line:
-                    print(f"{trainer} {mode} K={k}: failed\n{r.stderr[-3000:]}")
+                result = run_child(python, [__file__, "--child", f"{trainer}:{mode}:{k}", "--work", str(work),
+                                            "--steps", str(args.steps), "--max-length", str(args.max_length),
+                                            "--mixed-precision", args.mixed_precision], f"{trainer} {mode} K={k}")
+                if result is None:
                     continue
-                results[trainer, mode, k] = json.loads(line[-1][len("RESULT "):])
+                results[trainer, mode, k] = result
                 print(f"{trainer} {mode} K={k}: {json.dumps(results[trainer, mode, k])}", flush=True)
     precision = "fp32" if args.mixed_precision == "no" else "bf16 autocast"
     print(f"\nreward model on dialogues of 200-400 tokens, SmolLM2-135M, {precision}, {BATCH} records a step, "

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,12 +89,15 @@ def run_trl(data: Path, steps: int, out: Path) -> dict:
 
 
 def child(kind: str, data: Path, steps: int, work: Path) -> None:
+    from peers import report
+
     if kind == "trl":
         result = run_trl(data, steps, work / "trl")
     else:
         result = run_alignloop(data, steps, work / kind, "bf16" if kind.endswith("bf16") else "no")
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print("RESULT " + json.dumps(result))
+    from peers import report
+
+    report(result)
 
 
 def main() -> None:
@@ -121,13 +122,11 @@ def main() -> None:
         if not Path(python).exists():
             print(f"{kind}: {python} not found (see this script's docstring to make the TRL environment)")
             continue
-        r = subprocess.run([python, __file__, "--child", kind, "--data", str(data), "--steps", str(args.steps),
-                            "--work", str(work)], capture_output=True, text=True)
-        line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-        if r.returncode != 0 or not line:
-            print(f"{kind}: failed\n{r.stderr[-3000:]}")
+        result = run_child(python, [__file__, "--child", kind, "--data", str(data), "--steps", str(args.steps),
+                                    "--work", str(work)], kind)
+        if result is None:
             continue
-        results[kind] = json.loads(line[-1][len("RESULT "):])
+        results[kind] = result
     print(f"\nreward-model training, SmolLM2-135M full fine-tuning, bf16 autocast, batch {BATCH} pairs (~128 tokens each), "
           f"{os.cpu_count()} CPUs")
     print(f"{'trainer':<16}{'pairs/s':>10}{'peak RSS GB':>13}")

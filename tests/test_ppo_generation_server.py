@@ -61,12 +61,13 @@ def test_ppo_samples_each_iteration_with_the_trainers_current_adapter(tiny_model
     seen = []  # per rollout: the sha256 of the trainer's adapter as it samples, what it scored, what was sent
     original = ppo.collect_rollout
 
-    def recording(cfg, accelerator, model, policy, reference, sampler, tokenizer, rewards, chats, seed, server=None):
+    def recording(cfg, accelerator, model, policy, reference, sampler, tokenizer, rewards, chats, seed, server=None,
+                  **kw):
         folder = tmp_path / "trainer" / str(len(seen))
         policy.lm.save_pretrained(folder, safe_serialization=True)
         sha = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
         rollout = original(cfg, accelerator, model, policy, reference, sampler, tokenizer, rewards, chats, seed,
-                           server=server)
+                           server=server, **kw)
         seen.append((sha, rollout.response_ids, [ids for a in server.answers for ids in a.token_ids]))
         return rollout
 

@@ -124,13 +124,14 @@ def sampling_dtype(accelerator, lm) -> torch.dtype:
 
 
 def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampler, tokenizer, rewards,
-                    chats: list[list[dict]], seed: int, server=None) -> Rollout:
+                    chats: list[list[dict]], seed: int, server=None, iteration: int = 0) -> Rollout:
     """Step 1: sample K responses per chat, score them, one no-grad forward of policy and reference.
 
     `model` is the prepared (possibly DDP-wrapped) `PolicyWithValue`, `policy` the unwrapped
     one; `reference` is the separate frozen copy (full fine-tuning) or None (LoRA: the policy
     with its adapter off); `sampler` a `SamplingCopy` or None (sample from the policy itself);
-    `server` a `ServerSampler` (--generation-url), which then samples.
+    `server` a `ServerSampler` (--generation-url), which then samples, with the current adapter
+    pushed to it first for `iteration` (the push counts as sampling time).
     """
     from alignloop.models.generation import Sampling, generate
     from alignloop.models.policy import reference_logprobs, rollout_tensors
@@ -139,6 +140,7 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_new_tokens=cfg.max_new_tokens, seed=seed, batch_size=len(chats) * cfg.num_samples)
     if server is not None:
+        server.refresh(accelerator, policy.lm, tokenizer, cfg.model, iteration + 1)
         gens = server.generate(tokenizer, chats, sampling)
     elif sampler is not None:
         with whole_weights(accelerator, model):  # FSDP / ZeRO-3: one gather per iteration, not per token
@@ -416,13 +418,9 @@ def run_ppo(cfg: PPOConfig) -> Path:
         while iteration < stop:
             # 1) rollout: this process's prompts of this iteration, its own sampling seed.
             chats = iteration_prompts(prompts, cfg, iteration, rank, world)
-            t = time.time()
-            if server is not None:  # the current adapter to the generation server
-                server.refresh(accelerator, policy.lm, tokenizer, cfg.model, iteration + 1)
-            push_s = time.time() - t
             rollout = collect_rollout(cfg, accelerator, model, policy, reference, sampler, tokenizer, rewards,
-                                      chats, seed=cfg.seed * 100_003 + iteration * world + rank, server=server)
-            rollout.timing[M.GENERATE_S] += push_s  # sampling through a server includes pushing the adapter
+                                      chats, seed=cfg.seed * 100_003 + iteration * world + rank, server=server,
+                                      iteration=iteration)
             if server is not None and accelerator.is_main_process:
                 server.log_iteration()
             beta, timing = kl_ctl.value, dict(rollout.timing)
