@@ -1,4 +1,4 @@
-"""Sharded runs (FSDP2 over gloo, 2 CPU processes) killed and resumed, started ONCE per session.
+"""Sharded runs (FSDP2 over gloo, 2 CPU processes) stopped and resumed, started ONCE per session.
 
 `accelerate launch --config_file alignloop/configs/accelerate/fsdp.yaml --num_processes 2
 tests/sharded_processes.py JOBS.json` runs, for each stage, the same config three times in
@@ -118,14 +118,22 @@ def main(jobs_file: str) -> None:
     dist.destroy_process_group()
 
 
-def launch(config: Path, script_args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file config --num_processes 2` on CPU (gloo)."""
+def launch_command(config: Path, script_args: list[str]) -> list[str]:
+    """`accelerate launch --config_file config --num_processes 2 ...` (CPU: gloo)."""
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     if not os.path.exists(launcher):
         pytest.skip("accelerate launcher not found")
-    return subprocess.run([launcher, "launch", "--config_file", str(config), "--num_processes", "2", *script_args],
-                          capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return [launcher, "launch", "--config_file", str(config), "--num_processes", "2", *script_args]
+
+
+LAUNCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+REPO = Path(__file__).parent.parent
+
+
+def launch(config: Path, script_args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    """Run `launch_command` to the end."""
+    return subprocess.run(launch_command(config, script_args), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=LAUNCH_ENV)
 
 
 def sharded_jobs(config: Path, root: Path, model: str) -> dict:

@@ -74,6 +74,20 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, demos, tmp_path):
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_new_checkpoint(tiny_model_dir, demos, tmp_path):
+    """save_checkpoint renames checkpoint/ -> .checkpoint.old, then .checkpoint.tmp -> checkpoint/;
+    a kill between the two must not lose the run (nor silently start it again from step 0)."""
+    from alignloop.train.checkpoint import has_checkpoint
+
+    part = tmp_path / "part"
+    run_sft(_cfg(tiny_model_dir, demos, part, save_every=2, stop_at_step=4))
+    (part / "checkpoint").rename(part / ".checkpoint.tmp")  # the new one, complete
+    (part / ".checkpoint.old").mkdir()  # the previous one, being replaced
+    assert has_checkpoint(part)
+    assert json.loads((part / "checkpoint" / "state.json").read_text())["step"] == 4
+    assert not (part / ".checkpoint.old").exists() and not (part / ".checkpoint.tmp").exists()
+
+
 @pytest.mark.numerics
 def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, demos, tmp_path):
     """Plain SGD, so the weights differ by lr x the gradients' rounding difference (summation

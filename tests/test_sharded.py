@@ -2,13 +2,18 @@
 to exactly the uninterrupted run; PPO's sampling copy refreshed from the gathered shards."""
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
 from alignloop.launch_configs import LAUNCH_CONFIGS, launch_config
-from tests.sharded_processes import STAGES, launch, sharded_jobs, sharded_runs  # noqa: F401  (one launch)
+from tests.sharded_processes import (FSDP_CONFIG, LAUNCH_ENV, REPO, STAGES, launch, launch_command,  # noqa: F401
+                                     sharded_jobs, sharded_runs)  # (sharded_runs: one launch per session)
 
 
 def test_every_launch_config_loads_with_accelerates_loader():
@@ -75,6 +80,47 @@ def assert_resumed_equals_whole(root: Path, stage: str, tiny_model_dir) -> None:
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_sharded_run_stopped_and_resumed_equals_the_uninterrupted_one(sharded_runs, stage, tiny_model_dir):
     assert_resumed_equals_whole(Path(sharded_runs["root"]) / stage, stage, tiny_model_dir)
+
+
+def sft_args(model, data: Path, out: Path) -> list[str]:
+    """Full fine-tuning, 2 processes x 2 examples, 40 demonstrations x 8 epochs = 80 optimizer
+    steps (about 30 ms each on the tiny model), a checkpoint every 2."""
+    return ["-m", "alignloop.cli", "sft", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--no-lora", "--batch-size", "2", "--epochs", "8", "--heldout-fraction", "0", "--learning-rate", "1e-3",
+            "--warmup-ratio", "0", "--eval-every", "0", "--save-every", "2", "--seed", "0"]
+
+
+@pytest.mark.numerics
+def test_sharded_run_killed_by_a_signal_and_resumed_equals_the_uninterrupted_one(tiny_model_dir, tmp_path):
+    """Both processes SIGKILLed mid-run, once a periodic checkpoint has landed (whatever steps
+    ran after it are lost, no clean stop), then `--resume` under the same launch config: the
+    final weights equal the uninterrupted run's bit for bit."""
+    data = tmp_path / "demos.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Count to {i}.", "response": " ".join(map(str, range(i % 7 + 1)))})
+                            + "\n" for i in range(40)))
+    killed = tmp_path / "killed"
+    job = subprocess.Popen(launch_command(FSDP_CONFIG, sft_args(tiny_model_dir, data, killed)), cwd=REPO,
+                           env=LAUNCH_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state, deadline = killed / "checkpoint" / "state.json", time.time() + 300
+    while not state.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    launcher = psutil.Process(job.pid)
+    ranks = launcher.children(recursive=True)  # torch elastic starts the ranks in their own sessions
+    alive = job.poll() is None and len(ranks) >= 2
+    for process in [launcher, *ranks]:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(ranks, timeout=30)
+    stderr = job.communicate()[1]
+    assert alive and state.exists(), f"no checkpoint before the run ended: {stderr[-3000:]}"
+    step = json.loads(state.read_text())["step"]
+    assert 2 <= step < 80 and not (killed / "model.safetensors").exists()
+    resumed = launch(FSDP_CONFIG, sft_args(tiny_model_dir, data, killed) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {killed} at step {step}/80" in resumed.stdout + resumed.stderr
+    whole = launch(FSDP_CONFIG, sft_args(tiny_model_dir, data, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = load_file(killed / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in b)
 
 
 @pytest.mark.gpu

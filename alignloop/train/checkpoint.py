@@ -78,7 +78,17 @@ def save_checkpoint(out: Path, accelerator, model, optimizer, scheduler, state: 
     return final
 
 
+def finish_interrupted_save(out: Path) -> None:
+    """A kill between save_checkpoint's two renames leaves .checkpoint.old (the previous one)
+    and the complete .checkpoint.tmp but no checkpoint/: put the new one in place."""
+    final, tmp, old = Path(out) / CHECKPOINT, Path(out) / f".{CHECKPOINT}.tmp", Path(out) / f".{CHECKPOINT}.old"
+    if not final.exists() and old.exists() and (tmp / "state.json").exists():
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def has_checkpoint(out: Path) -> bool:
+    finish_interrupted_save(out)
     return (Path(out) / CHECKPOINT / "state.json").exists()
 
 
