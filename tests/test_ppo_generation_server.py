@@ -104,3 +104,29 @@ def test_full_finetuning_through_a_server_is_refused(tiny_model_dir, prompts, tm
     with pytest.raises(ConfigError, match="add --lora"):
         run_ppo(PPOConfig(model=str(tiny_model_dir), reward=RULE, prompts=prompts, out=tmp_path / "full",
                           lora=False, generation_url="http://127.0.0.1:9/v1"))
+
+
+@pytest.mark.numerics
+def test_under_fsdp_the_adapter_pushed_is_gathered_whole_from_the_shards(tiny_model_dir, prompts, server, tmp_path):
+    """2 CPU processes (FSDP2 over gloo) sampling through the server: each iteration the main
+    process pushes the adapter gathered from both processes' shards, both sample with it."""
+    from safetensors.torch import load_file
+
+    from alignloop.models.loading import load_causal_lm
+    from tests.sharded_processes import FSDP_CONFIG, launch
+
+    out = tmp_path / "fsdp"
+    r = launch(FSDP_CONFIG, ["-m", "alignloop.cli", "ppo", "--model", str(tiny_model_dir), "--reward", RULE,
+                             "--prompts", str(prompts), "--out", str(out), "--iterations", "2", "--batch-size", "2",
+                             "--max-new-tokens", "6", "--lora", "--learning-rate", "1e-2", "--save-every", "0",
+                             "--log-samples-every", "0", "--generation-url", server])
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "generation.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [1, 2]
+    assert all(x["answered_by"] == [x["lora_name"]] for x in lines)  # both processes sampled with the push
+    assert lines[0]["sha256"] != lines[1]["sha256"]  # the policy moved between the pushes
+    pushed = load_file(out / "served_adapter" / "iter-2" / "adapter_model.safetensors")
+    hidden = load_causal_lm(str(tiny_model_dir)).config.hidden_size
+    a = [v for k, v in pushed.items() if "q_proj.lora_A" in k]
+    assert a and all(v.shape == (16, hidden) for v in a)  # whole matrices, not one process's shard
+    assert max(v.abs().max().item() for k, v in pushed.items() if "lora_B" in k) > 0  # trained once (B starts at 0)

@@ -162,13 +162,14 @@ class ServerSampler:
         self.current: Pushed | None = None
         self.answers: list = []  # the last rollout's answers
 
-    def refresh(self, accelerator, lm, tokenizer, base: str, iteration: int) -> None:
+    def refresh(self, accelerator, lm, tokenizer, base: str, iteration: int, state: dict | None = None) -> None:
         """Serve the current adapter of `lm` for `iteration` (1-based): the main process saves
-        and pushes it; every process waits for it."""
+        and pushes it; every process waits for it. `state`: the whole state dict of `lm` where
+        its weights are sharded (FSDP / ZeRO-3; gathered by the caller from every process)."""
         if accelerator.is_main_process:
             if self.current is None:
                 self.drop_stale()
-            self.push(self.save(lm, tokenizer, base, iteration))
+            self.push(self.save(lm, tokenizer, base, iteration, state))
         else:  # the other processes only need its name
             self.current = Pushed(iteration, self.name(iteration), self.folder / f"iter-{iteration}", "")
         accelerator.wait_for_everyone()
@@ -193,14 +194,15 @@ class ServerSampler:
     def name(self, iteration: int) -> str:
         return f"{self.tag}-iter{iteration}"
 
-    def save(self, lm, tokenizer, base: str, iteration: int) -> Pushed:
-        """Save the adapter of `lm` (a peft model) for `iteration` (1-based)."""
+    def save(self, lm, tokenizer, base: str, iteration: int, state: dict | None = None) -> Pushed:
+        """Save the adapter of `lm` (a peft model; `state` its whole state dict where sharded) for
+        `iteration` (1-based)."""
         from alignloop.models.loading import save_model
 
         path = self.folder / f"iter-{iteration}"
         if path.exists():
             shutil.rmtree(path)
-        save_model(lm, tokenizer, path, base=base)
+        save_model(lm, tokenizer, path, base=base, state_dict=state)
         sha = hashlib.sha256((path / ADAPTER_FILE).read_bytes()).hexdigest()
         return Pushed(iteration, self.name(iteration), path, sha)
 

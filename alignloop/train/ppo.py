@@ -140,7 +140,8 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     sampling = Sampling(num_samples=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_new_tokens=cfg.max_new_tokens, seed=seed, batch_size=len(chats) * cfg.num_samples)
     if server is not None:
-        server.refresh(accelerator, policy.lm, tokenizer, cfg.model, iteration + 1)
+        # FSDP / ZeRO-3: the adapter gathered from every process's shards (collective)
+        server.refresh(accelerator, policy.lm, tokenizer, cfg.model, iteration + 1, whole_state(accelerator, policy.lm))
         gens = server.generate(tokenizer, chats, sampling)
     elif sampler is not None:
         with whole_weights(accelerator, model):  # FSDP / ZeRO-3: one gather per iteration, not per token
@@ -335,14 +336,10 @@ def load_models(cfg: PPOConfig, device):
 
 
 def generation_server(cfg: PPOConfig, accelerator, lm, tokenizer):
-    """The `ServerSampler` of --generation-url (LoRA: run_ppo has checked), not where the weights
-    are sharded (the adapter is saved from one process's whole copy)."""
+    """The `ServerSampler` of --generation-url (LoRA: run_ppo has checked)."""
     from alignloop.models.generation import eos_ids
     from alignloop.serving.remote import ServerSampler, client_for, run_tag
 
-    if sharded_weights(accelerator):
-        raise ConfigError("--generation-url under DeepSpeed ZeRO-3 / FSDP is not supported: the adapter pushed each "
-                          "iteration is saved from one process's whole copy of the policy")
     out = Path(cfg.out)
     return ServerSampler(client_for(cfg), eos_ids(lm, tokenizer), cfg.generation_adapter_dir or out / "served_adapter",
                          run_tag(out), out / "generation.jsonl")
