@@ -136,9 +136,14 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
         1024, ge=2, description="Normalise the rewards on at most this many distinct rated training responses, a "
                                 "random sample (seeded by --seed; none: all of them); the sample size and the standard "
                                 "errors of the mean and std it gives are written to metrics.jsonl (normalization/...).")
+    training_token_budget: int = Field(
+        1024, ge=0, description="Most tokens (each prompt once, each response once) of one forward and backward: a "
+                                "micro-batch's records past it go into another chunk and their gradients are added "
+                                "up (the same loss; activation memory bounded by the budget, whatever --batch-size "
+                                "and the lengths; a record over it is a chunk alone). 0: the whole micro-batch at once.")
     scoring_token_budget: int = Field(
-        16384, ge=64, description="Padded tokens per batch of the forward-only passes (held-out evaluation, "
-                                  "normalisation): responses sorted by length, as many per batch as fit.")
+        8192, ge=64, description="Padded tokens per batch of the forward-only passes (held-out evaluation, "
+                                 "normalisation): responses sorted by length, as many per batch as fit.")
 
 
 class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions):
@@ -277,7 +282,7 @@ class ScoreConfig(StageConfig):
     out: Path = Field(..., description="Output samples file with `rewards` added.")
     name: str = Field("reward", description="Key under `rewards` for the scores (ensembles add NAME_spread).")
     scoring_token_budget: int = Field(
-        16384, ge=64, description="Padded tokens per forward-only batch: responses sorted by length (a window of 1,024 "
+        8192, ge=64, description="Padded tokens per forward-only batch: responses sorted by length (a window of 1,024 "
                                   "at a time, so memory stays bounded), as many per batch as fit.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 

@@ -8,7 +8,8 @@ save_state), resumed from there to the end (`stop` again, --resume), and uninter
 run's bit for bit (the issue 14 rule: same machine, same batching).
 
     sft     full fine-tuning, AdamW, 6 steps, stopped after 2
-    reward  LoRA reward model, AdamW, 6 steps, stopped after 3
+    reward  LoRA reward model, AdamW, 6 steps, stopped after 3; micro-batches cut into chunks of
+            <= 130 tokens (as many per process: FSDP gathers the weights in each forward)
     dpo     DPO with LoRA (reference: adapter off), AdamW, 6 steps, stopped after 3
     ppo     full fine-tuning (a separate frozen reference), the sampling copy refreshed from the
             gathered shards each iteration, 3 iterations, stopped after 1
@@ -28,7 +29,7 @@ FSDP_CONFIG = Path(__file__).parent.parent / "alignloop" / "configs" / "accelera
 TRAIN = dict(epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, eval_every=0, save_every=0, seed=0)
 STAGES = {  # stage: (config values, the step / iteration the first run stops at)
     "sft": (dict(TRAIN, lora=False, heldout_fraction=0.0), 2),
-    "reward": (dict(TRAIN, lora=True, max_length=48), 3),
+    "reward": (dict(TRAIN, lora=True, max_length=48, training_token_budget=130), 3),  # 1-2 records a chunk: uneven
     "dpo": (dict(TRAIN, lora=True, max_length=48), 3),
     "ppo": (dict(reward="rule:tests.rules:count_e", iterations=3, batch_size=2, max_new_tokens=6, lora=False,
                   learning_rate=1e-3, missing_eos_penalty=1.0, save_every=0, log_samples_every=0, seed=0), 1),

@@ -135,7 +135,7 @@ def test_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
 
 @pytest.mark.numerics
 def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, data, tmp_path):
-    """One step of 8 records x 1 equals 2 records x 4 micro-batches. Plain SGD, so the weights
+    """One step of 8 records x 1 equals 2 records x 4 micro-batches and 8 chunks of 1 record. Plain SGD, so the weights
     differ by lr x the gradients' rounding (summation order); Adam would turn that rounding in
     near-zero gradients into steps of the learning rate's size, differently on every CPU."""
     def first_step(name, **kw):
@@ -144,9 +144,12 @@ def test_gradient_accumulation_equals_a_bigger_batch(tiny_model_dir, data, tmp_p
                         heldout_fraction=0.0, optimizer="sgd", learning_rate=0.5, warmup_ratio=0.0, **kw))
         return torch.load(out / "checkpoint" / "trainable.pt")
 
-    a, b = first_step("big", batch_size=8), first_step("acc", batch_size=2, grad_accum=4)
+    a, b = first_step("big", batch_size=8, training_token_budget=0), first_step("acc", batch_size=2, grad_accum=4)
+    # --training-token-budget 1: each record forward and backward alone, the gradients added up
+    c = first_step("chunks", batch_size=8, training_token_budget=1)
     assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3  # B starts at 0: it moved
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max((a[k] - c[k]).abs().max().item() for k in a) < 1e-6
 
 
 @pytest.mark.numerics

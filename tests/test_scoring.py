@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from alignloop.data.batching import token_budget_batches, windows
+from alignloop.data.batching import consecutive_chunks, even_chunks, token_budget_batches, windows
 
 
 def test_token_budget_batches_hold_every_index_once_within_the_budget():
@@ -24,6 +24,26 @@ def test_token_budget_batches_hold_every_index_once_within_the_budget():
     assert widths == sorted(widths, reverse=True)  # longest first
     assert len(batches) < 200  # short items share a batch
     assert token_budget_batches([500, 3], 100) == [[0], [1]]  # over the budget: alone
+
+
+def test_consecutive_chunks_keep_the_order_within_the_budget():
+    assert consecutive_chunks([3, 3, 5, 1], 6) == [(0, 2), (2, 4)]
+    assert consecutive_chunks([7, 2, 2], 6) == [(0, 1), (1, 3)]  # over the budget: alone
+    assert consecutive_chunks([3, 3], 0) == [(0, 2)] and consecutive_chunks([], 5) == []
+    costs = [random.Random(1).randint(1, 9) for _ in range(40)]
+    chunks = consecutive_chunks(costs, 12)
+    assert [i for a, b in chunks for i in range(a, b)] == list(range(40))
+    assert all(sum(costs[a:b]) <= 12 for a, b in chunks)
+
+
+def test_even_chunks_give_every_process_as_many_forwards():
+    assert even_chunks([[(0, 4)], [(4, 5), (5, 8)]]) == [[(0, 2), (2, 4)], [(4, 5), (5, 8)]]
+    assert even_chunks([[(0, 3), (3, 4)], [(4, 5), (5, 6), (6, 8)]]) == [[(0, 1), (1, 3), (3, 4)],
+                                                                        [(4, 5), (5, 6), (6, 8)]]
+    same = [[(0, 2), (2, 4)], [(4, 6), (6, 8)]]
+    assert even_chunks(same) == same
+    with pytest.raises(ValueError):
+        even_chunks([[(0, 1)], [(1, 2), (2, 3)]])
 
 
 def test_windows_read_a_stream_a_window_at_a_time():

@@ -42,6 +42,43 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, rows: Sequen
     return batches
 
 
+def consecutive_chunks(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges that cut items 0..n-1, in order, into consecutive chunks whose
+    costs sum to at most `budget` (an item over the budget is a chunk alone); budget 0: one
+    chunk of everything. E.g. costs [3, 3, 5, 1], budget 6 -> [(0, 2), (2, 4)]."""
+    if not budget:
+        return [(0, len(costs))] if len(costs) else []
+    chunks, start, total = [], 0, 0
+    for i, cost in enumerate(costs):
+        if i > start and total + cost > budget:
+            chunks.append((start, i))
+            start, total = i, 0
+        total += cost
+    if start < len(costs):
+        chunks.append((start, len(costs)))
+    return chunks
+
+
+def even_chunks(chunks_by_process: list[list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+    """Each process's [start, stop) chunks, the one of most items split in half (the first
+    such) until every process has as many chunks as the process with most: then every process
+    runs as many forwards, as FSDP / ZeRO-3 need (each forward gathers the weights, a
+    collective). A process has at least as many items as any process has chunks, so the
+    splits always succeed. E.g. [[(0, 4)], [(4, 5), (5, 8)]] -> [[(0, 2), (2, 4)], [(4, 5), (5, 8)]]."""
+    most = max(len(c) for c in chunks_by_process)
+    out = []
+    for chunks in chunks_by_process:
+        chunks = list(chunks)
+        while len(chunks) < most:
+            i = max(range(len(chunks)), key=lambda j: chunks[j][1] - chunks[j][0])
+            a, b = chunks[i]
+            if b - a < 2:
+                raise ValueError(f"cannot split {chunks} into {most} chunks")
+            chunks[i: i + 1] = [(a, (a + b) // 2), ((a + b) // 2, b)]
+        out.append(chunks)
+    return out
+
+
 def windows(items: Iterable[T], size: int, rows=lambda item: 1) -> Iterator[list[T]]:
     """Consecutive lists of `items`, each closed once its rows (`rows(item)`) reach `size`:
     a stream read a window at a time (the last window may be smaller)."""

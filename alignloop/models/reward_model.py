@@ -110,7 +110,7 @@ def grouped_batch(prompts: list[list[int]], responses: list[list[int]], group: l
             "prompt_mask": prompt_mask.to(device), "group": torch.tensor(group, device=device)}
 
 
-SCORING_TOKEN_BUDGET = 16384  # padded tokens per forward-only batch: 5x a training batch of 4 pairs of 384 tokens
+SCORING_TOKEN_BUDGET = 8192  # padded tokens per forward-only batch (more was slower and bigger on CPU)
 SCORING_WINDOW = 1024  # responses read (and sorted by length) at a time: what bounds the memory of a long stream
 
 

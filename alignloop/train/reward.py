@@ -188,6 +188,29 @@ def score_records(model, rows: list[dict], pad_id: int, device) -> torch.Tensor:
     return distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
 
 
+def record_tokens(row: dict) -> int:
+    """Tokens a record runs through the model in training: its prompt once, each response once."""
+    return len(row["prompt"]) + sum(len(r) for r in row["responses"])
+
+
+def training_chunks(tokens: list[int], cfg: RewardConfig, world: int) -> list[list[tuple[int, int]]]:
+    """For each process, the [start, stop) ranges of the global batch (records' `tokens`) it
+    runs forward and backward: its micro-batches (process r: records from r x grad_accum x
+    batch_size on), each cut into chunks of at most --training-token-budget tokens, as many
+    chunks on every process (`even_chunks`)."""
+    from alignloop.data.batching import consecutive_chunks, even_chunks
+
+    by_process = []
+    for rank in range(world):
+        chunks = []
+        for m in range(cfg.grad_accum):
+            start = (rank * cfg.grad_accum + m) * cfg.batch_size
+            micro = tokens[start: start + cfg.batch_size]
+            chunks += [(start + a, start + b) for a, b in consecutive_chunks(micro, cfg.training_token_budget)]
+        by_process.append(chunks)
+    return even_chunks(by_process)
+
+
 def pair_batch(rows: list[dict], tie_mode: str):
     """The pairs of the rows (`algorithms.reward_losses.build_pair_batch`), their record weights as given."""
     from alignloop.algorithms.reward_losses import build_pair_batch
@@ -324,19 +347,19 @@ def run_reward(cfg: RewardConfig) -> Path:
             idx = order[s * global_batch: (s + 1) * global_batch]
             pairs = pair_batch([train[i] for i in idx], cfg.tie_mode)
             denominators = (counts[:, idx] * pairs.effective_weight).sum(dim=1).clamp_min(1e-12).to(device)  # (E,)
-            # 2) this process's share, in micro-batches: records [start, start + batch_size) of idx.
+            # 2) this process's share, in micro-batches: records [start, start + batch_size) of idx,
+            #    each cut into chunks of at most --training-token-budget tokens (gradients add up).
             totals = torch.zeros(4, device=device)  # loss, accuracy correct, decided, pairs
-            for m in range(cfg.grad_accum):
-                start = (rank * cfg.grad_accum + m) * cfg.batch_size
-                micro = idx[start: start + cfg.batch_size]
-                micro_pairs = pairs.records(start, start + len(micro)).to(device)
-                with accelerator.no_sync(model) if m < cfg.grad_accum - 1 and world > 1 else nullcontext():
-                    rewards = score_records(model, [train[i] for i in micro], pad_id, device).float()  # (M, E)
+            chunks = training_chunks([record_tokens(train[i]) for i in idx], cfg, world)[rank]
+            for c, (a, b) in enumerate(chunks):
+                chunk, chunk_pairs = idx[a:b], pairs.records(a, b).to(device)
+                with accelerator.no_sync(model) if c < len(chunks) - 1 and world > 1 else nullcontext():
+                    rewards = score_records(model, [train[i] for i in chunk], pad_id, device).float()  # (M, E)
                     # 3) one pure function: every head's ranking loss on its resample, over its denominator
-                    loss = ensemble_ranking_loss(rewards, micro_pairs, counts[:, micro].to(device), denominators, cfg.margin)
+                    loss = ensemble_ranking_loss(rewards, chunk_pairs, counts[:, chunk].to(device), denominators, cfg.margin)
                     accelerator.backward(loss * world)
-                totals += torch.cat([loss.detach().view(1), accuracy_counts(rewards.detach().mean(dim=1), micro_pairs),
-                                     torch.tensor([micro_pairs.p.numel()], device=device)])
+                totals += torch.cat([loss.detach().view(1), accuracy_counts(rewards.detach().mean(dim=1), chunk_pairs),
+                                     torch.tensor([chunk_pairs.p.numel()], device=device)])
             # 4) clip, step.
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
