@@ -139,23 +139,28 @@ def matmul_rate(dtype_name: str, seconds: float = 1.0) -> dict:
     return {"dtype": dtype_name, "n": n, "flop_per_s": 2 * n**3 / statistics.median(times)}
 
 
-def model_size() -> ModelSize:
+def size_of(lm) -> ModelSize:
+    """The `ModelSize` of a causal LM (its weights may be on the meta device: only shapes are read)."""
     from alignloop.models.forward import backbone_and_head
-    from alignloop.models.loading import load_causal_lm
 
-    lm = load_causal_lm(MODEL)
     backbone, head = backbone_and_head(lm)
     embed = backbone.get_input_embeddings().weight
     trunk = sum(p.numel() for p in backbone.parameters() if p is not embed)
     return ModelSize(trunk=trunk, head=head.weight.numel())
 
 
-def make_reward_model(folder: Path) -> None:
-    """An (untrained) reward model on the bundled backbone: scoring costs what a trained one costs."""
+def model_size(model: str = MODEL) -> ModelSize:
+    from alignloop.models.loading import load_causal_lm
+
+    return size_of(load_causal_lm(model))
+
+
+def make_reward_model(folder: Path, model: str = MODEL) -> None:
+    """An (untrained) reward model on `model`'s backbone: scoring costs what a trained one costs."""
     from alignloop.models.loading import load_causal_lm, load_tokenizer
     from alignloop.models.reward_model import RewardNet, save_reward_model
 
-    save_reward_model(RewardNet(load_causal_lm(MODEL)), load_tokenizer(MODEL), folder, base=MODEL,
+    save_reward_model(RewardNet(load_causal_lm(model)), load_tokenizer(model), folder, base=model,
                       mean=[0.0], std=[1.0], max_length=256)
 
 
