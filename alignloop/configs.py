@@ -137,10 +137,11 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
                                 "random sample (seeded by --seed; none: all of them); the sample size and the standard "
                                 "errors of the mean and std it gives are written to metrics.jsonl (normalization/...).")
     training_token_budget: int = Field(
-        1024, ge=0, description="Most tokens (each prompt once, each response once) of one forward and backward: a "
-                                "micro-batch's records past it go into another chunk and their gradients are added "
-                                "up (the same loss; activation memory bounded by the budget, whatever --batch-size "
-                                "and the lengths; a record over it is a chunk alone). 0: the whole micro-batch at once.")
+        384, ge=0, description="Most tokens (each prompt once, each response once) of one forward and backward: a "
+                               "micro-batch's records past it go into another chunk and their gradients are added "
+                               "up (the same loss; activation memory bounded by the budget, about 2.6 MB a token for "
+                               "SmolLM2-135M in fp32, whatever --batch-size and the lengths; a record over it is a "
+                               "chunk alone). 0: the whole micro-batch at once (faster on short records, ~10%).")
     scoring_token_budget: int = Field(
         8192, ge=64, description="Padded tokens per batch of the forward-only passes (held-out evaluation, "
                                  "normalisation): responses sorted by length, as many per batch as fit.")
