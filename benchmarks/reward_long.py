@@ -48,14 +48,15 @@ LEARNING_RATE = {"lora": 2e-4, "full": 1e-5}
 
 
 def run_alignloop(data: Path, heldout: Path, k: int, mode: str, steps: int, out: Path, max_length: int,
-                  mixed_precision: str) -> dict:
+                  mixed_precision: str, training_token_budget: int | None = None) -> dict:
     os.environ["ALIGNLOOP_NO_PROGRESS"] = "1"
     from alignloop import metric_names as M
     from alignloop.train.reward import RewardConfig, run_reward
     from alignloop.train.tracking import read_metrics
 
+    budget = {} if training_token_budget is None else {"training_token_budget": training_token_budget}
     t0 = time.time()
-    run_reward(RewardConfig(data=data, heldout=heldout, out=out, batch_size=BATCH, epochs=1, lora=mode == "lora",
+    run_reward(RewardConfig(**budget, data=data, heldout=heldout, out=out, batch_size=BATCH, epochs=1, lora=mode == "lora",
                             learning_rate=LEARNING_RATE[mode], max_length=max_length, eval_every=0, save_every=0,
                             mixed_precision=mixed_precision, lora_rank=LORA["r"], lora_alpha=LORA["alpha"]))
     total = time.time() - t0
@@ -123,7 +124,7 @@ def child(args) -> None:
         result = run_trl(data, k, mode, args.steps, work / f"trl_{mode}_{k}", args.max_length, args.mixed_precision)
     else:
         result = run_alignloop(data, work / f"heldout_k{k}.jsonl", k, mode, args.steps, work / f"al_{mode}_{k}",
-                               args.max_length, args.mixed_precision)
+                               args.max_length, args.mixed_precision, args.training_token_budget)
     report(result)
 
 
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=64, help="held-out records alignloop evaluates at the end")
     parser.add_argument("--max-length", type=int, default=768, help="longest prompt + response (768: no dialogue is cut)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="fp32 (no) or bf16 autocast")
+    parser.add_argument("--training-token-budget", type=int, default=None,
+                        help="alignloop's --training-token-budget (default: alignloop's default; 0: a micro-batch at once)")
     parser.add_argument("--trl-python", default=".venv-trl/bin/python", help="python of the TRL environment")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -167,14 +170,19 @@ def main() -> None:
                     continue
                 result = run_child(python, [__file__, "--child", f"{trainer}:{mode}:{k}", "--work", str(work),
                                             "--steps", str(args.steps), "--max-length", str(args.max_length),
-                                            "--mixed-precision", args.mixed_precision], f"{trainer} {mode} K={k}")
+                                            "--mixed-precision", args.mixed_precision,
+                                            *(["--training-token-budget", str(args.training_token_budget)]
+                                              if args.training_token_budget is not None else [])],
+                                  f"{trainer} {mode} K={k}")
                 if result is None:
                     continue
                 results[trainer, mode, k] = result
                 print(f"{trainer} {mode} K={k}: {json.dumps(results[trainer, mode, k])}", flush=True)
     precision = "fp32" if args.mixed_precision == "no" else "bf16 autocast"
+    budget = "default" if args.training_token_budget is None else args.training_token_budget
     print(f"\nreward model on dialogues of 200-400 tokens, SmolLM2-135M, {precision}, {BATCH} records a step, "
-          f"{args.steps} steps, {cpu_name()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+          f"{args.steps} steps, alignloop --training-token-budget {budget}, {cpu_name()}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d')}")
     print(f"{'trainer':<11}{'mode':<6}{'K':>2}{'pairs/s':>9}{'vs TRL':>8}{'train s/seq':>13}{'eval s/seq':>12}"
           f"{'norm s/seq':>12}{'fwd x':>7}{'peak RSS GB':>13}")
     for (trainer, mode, k), r in results.items():

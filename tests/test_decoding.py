@@ -47,6 +47,11 @@ def test_warpers_are_hugging_faces_row_by_row():
         assert torch.equal(top_k_filter(scores, [5, 1, 40])[row], TopKLogitsWarper(k)(None, scores[row: row + 1])[0])
     assert torch.equal(nucleus_filter(scores, [1.0, 1.0, 1.0]), scores)
     assert torch.equal(top_k_filter(scores, [0, 0, 0]), scores)
+    tied = torch.tensor([[3.0, 1.0, 3.0, 2.0, 2.0, 0.5], [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])  # ties at the k-th score stay
+    for k in (1, 2, 3, 4):
+        for row in range(2):
+            assert torch.equal(top_k_filter(tied, [k, k])[row], TopKLogitsWarper(k)(None, tied[row: row + 1])[0])
+    assert torch.equal(top_k_filter(tied, [2, 0])[1], tied[1])  # k = 0 beside a k > 0 row
 
 
 def test_pick_tokens_per_row():
