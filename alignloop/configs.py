@@ -29,6 +29,8 @@ from pydantic import BaseModel, Field, field_validator
 from alignloop.assets import asset
 from alignloop.config import DEFAULT_MODEL, LoraOptions, ModelOptions, StageConfig
 
+SCORING_TOKEN_BUDGET = 8192  # padded tokens per forward-only batch (more was slower and bigger on CPU)
+
 # ---------------------------------------------------------------- sampling through a generation server
 
 
@@ -143,8 +145,9 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
                                "SmolLM2-135M in fp32, whatever --batch-size and the lengths; a record over it is a "
                                "chunk alone). 0: the whole micro-batch at once (faster on short records, ~10%).")
     scoring_token_budget: int = Field(
-        8192, ge=64, description="Padded tokens per batch of the forward-only passes (held-out evaluation, "
-                                 "normalisation): responses sorted by length, as many per batch as fit.")
+        SCORING_TOKEN_BUDGET, ge=64, description="Padded tokens per batch of the forward-only passes (held-out "
+                                                 "evaluation, normalisation): responses sorted by length, as many "
+                                                 "per batch as fit.")
 
 
 class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions):
@@ -283,8 +286,9 @@ class ScoreConfig(StageConfig):
     out: Path = Field(..., description="Output samples file with `rewards` added.")
     name: str = Field("reward", description="Key under `rewards` for the scores (ensembles add NAME_spread).")
     scoring_token_budget: int = Field(
-        8192, ge=64, description="Padded tokens per forward-only batch: responses sorted by length (a window of 1,024 "
-                                  "at a time, so memory stays bounded), as many per batch as fit.")
+        SCORING_TOKEN_BUDGET, ge=64, description="Padded tokens per forward-only batch: responses sorted by length "
+                                                 "(a window of 1,024 at a time, so memory stays bounded), as many "
+                                                 "per batch as fit.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignloop.algorithms.reward_metrics import conservative_score, ensemble_stats
+from alignloop.configs import SCORING_TOKEN_BUDGET
 from alignloop.models.forward import backbone_and_head
 
 REWARD_CONFIG = "reward_config.json"
@@ -110,7 +111,6 @@ def grouped_batch(prompts: list[list[int]], responses: list[list[int]], group: l
             "prompt_mask": prompt_mask.to(device), "group": torch.tensor(group, device=device)}
 
 
-SCORING_TOKEN_BUDGET = 8192  # padded tokens per forward-only batch (more was slower and bigger on CPU)
 SCORING_WINDOW = 1024  # responses read (and sorted by length) at a time: what bounds the memory of a long stream
 
 
