@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, field_validator
 from alignloop.assets import asset
 from alignloop.config import DEFAULT_MODEL, LoraOptions, ModelOptions, StageConfig
 
-SCORING_TOKEN_BUDGET = 8192  # padded tokens per forward-only batch (more was slower and bigger on CPU)
+SCORING_TOKEN_BUDGET = 4096  # padded tokens per forward-only batch: 8192 was 0.44 GB more RSS for 5% more seq/s on CPU
 
 # ---------------------------------------------------------------- sampling through a generation server
 

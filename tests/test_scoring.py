@@ -208,3 +208,24 @@ def test_a_reward_run_normalises_on_a_sample_and_writes_its_errors(tiny_model_di
     assert norm[M.NORMALIZATION_MEAN_SE] > 0 and norm[M.NORMALIZATION_STD_SE] > 0
     final = [m for m in rows if M.EVAL_PAIRS in m][-1]
     assert final[M.EVAL_PAIRS] == 10 * 6 and final[M.EVAL_SEQUENCES_PER_S] > 0
+
+
+def test_prefix_cache_gives_each_response_its_prompts_states_and_keeps_none_of_its_own():
+    """prefix_cache: row b holds prompt group[b]'s keys and values; a layer's update returns them
+    with the new states appended and leaves the cache as it was (nothing held for the pass)."""
+    from transformers.cache_utils import DynamicCache
+
+    from alignloop.models.forward import PrefixLayer, prefix_cache
+
+    cache = DynamicCache()
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).reshape(2, 1, 3, 2)  # 2 prompts, P = 3
+    cache.update(keys, -keys, 0)
+    rows = prefix_cache(cache, torch.tensor([1, 1, 0]))
+    layer = rows.layers[0]
+    assert isinstance(layer, PrefixLayer) and rows.get_seq_length() == 3
+    assert torch.equal(layer.keys, keys[[1, 1, 0]]) and torch.equal(layer.values, -keys[[1, 1, 0]])
+    new = torch.full((3, 1, 2, 2), 7.0)  # 2 response tokens for each of the 3 rows
+    k, v = layer.update(new, -new)
+    assert k.shape == (3, 1, 5, 2) and torch.equal(k[:, :, :3], keys[[1, 1, 0]]) and torch.equal(k[:, :, 3:], new)
+    assert torch.equal(v[:, :, 3:], -new)
+    assert rows.get_seq_length() == 3 and layer.keys.shape == (3, 1, 3, 2)  # not extended

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignloop.models.forward import WrapsLM, backbone_and_head
+from alignloop.models.forward import WrapsLM, after_shared_prompts, backbone_and_head
 
 
 class ResponseLogprobs(WrapsLM):
@@ -35,18 +35,11 @@ class ResponseLogprobs(WrapsLM):
                 prompt_mask: torch.Tensor, group: torch.Tensor, adapter: bool = True) -> torch.Tensor:
         backbone, head = backbone_and_head(self.lm)
         with self.lm.disable_adapter() if not adapter else nullcontext():
-            # 1) each distinct prompt once; its last state predicts the first response token
-            prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
-            encoded = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
-            cache = encoded.cache
-            cache.reorder_cache(group)
-            # 2) the responses after their prompt's cache, positions continuing from its length
-            full_mask = torch.cat([prompt_mask[group], attention_mask], dim=1)  # (B, P + R)
-            positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + torch.arange(input_ids.shape[1], device=input_ids.device)
-            hidden = backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                              use_cache=True).last_hidden_state  # (B, R, H)
+            # 1) each distinct prompt once, 2) the responses after their prompt's keys and values
+            prompt_hidden, hidden = after_shared_prompts(backbone, prompt_ids, prompt_mask, input_ids, attention_mask,
+                                                         group)  # (G, P, H), (B, R, H)
             # 3) the state before each response token, and the LM head on the real tokens only
-            before = torch.cat([encoded.last_hidden_state[:, -1][group].unsqueeze(1), hidden[:, :-1]], dim=1)  # (B, R, H)
+            before = torch.cat([prompt_hidden[:, -1][group].unsqueeze(1), hidden[:, :-1]], dim=1)  # (B, R, H)
             select = attention_mask.bool()
             logits = head(before[select])  # (N, V)
         token_logp = -F.cross_entropy(logits.float(), input_ids[select], reduction="none")  # (N,)

@@ -29,7 +29,7 @@ from torch import nn
 
 from alignloop.algorithms.reward_metrics import conservative_score, ensemble_stats
 from alignloop.configs import SCORING_TOKEN_BUDGET
-from alignloop.models.forward import backbone_and_head
+from alignloop.models.forward import after_shared_prompts, backbone_and_head
 
 REWARD_CONFIG = "reward_config.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -71,17 +71,8 @@ class RewardNet(nn.Module):
         if prompt_ids is None:
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         else:
-            # 1) encode each distinct prompt once; 2) give every response its prompt's cache;
-            # 3) run the responses after it, positions continuing from the prompt's length.
-            prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
-            cache = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                             use_cache=True).cache
-            cache.reorder_cache(group)
-            full_mask = torch.cat([prompt_mask[group], attention_mask], dim=1)  # (B, P + R)
-            offsets = torch.arange(input_ids.shape[1], device=input_ids.device)
-            positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + offsets  # (B, R)
-            hidden = backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
-                              cache=cache, use_cache=True).last_hidden_state  # (B, R, H)
+            _, hidden = after_shared_prompts(backbone, prompt_ids, prompt_mask, input_ids, attention_mask,
+                                             group)  # (B, R, H)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = hidden[rows, last_token_index(attention_mask)]  # (B, H)
         return self.head(last.to(self.head.weight.dtype))  # (B, E)
