@@ -87,6 +87,7 @@ def main() -> None:
                     help="comma-separated: true (PPO on the true reward), alignloop, imitation")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "control_pbrl")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # each run's process starts in its own folder
     systems = set(args.systems.split(","))
     if not systems <= {"true", "alignloop", "imitation"}:
         ap.error(f"--systems {args.systems}: each one of true, alignloop, imitation")

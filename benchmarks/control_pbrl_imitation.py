@@ -4,7 +4,9 @@ Runs INSIDE the separate virtual environment the benchmark makes (imitation inst
 never in .venv): same gymnasium environment id and version, stable-baselines3 PPO with the
 hyperparameters given as JSON, the same env steps, label budget, fragment length and rounds,
 imitation's documented defaults otherwise (RandomFragmenter, SyntheticGatherer, a BasicRewardNet
-with a RunningNorm input layer, hyperbolic query schedule). Afterwards the policy's true return
+with a RunningNorm input layer, hyperbolic query schedule). imitation trains the agent once
+after its initial comparisons and once per iteration, so it gets rounds - 1 iterations: the
+same number of agent trainings, of the same steps each, as alignloop's rounds. Afterwards the policy's true return
 over the same evaluation episodes as alignloop's (deterministic actions, reset seeds 10000 + k).
 Prints one JSON line: true return, wall seconds, peak RSS.
 
@@ -41,14 +43,17 @@ def main(spec: dict) -> dict:
     agent = PPO("MlpPolicy", venv, seed=spec["seed"], device="cpu", verbose=0, **agent_kw)
     trainer = pc.AgentTrainer(algorithm=agent, reward_fn=reward_net, venv=venv, rng=rng)
     model = pc.PreferenceComparisons(
-        trainer, reward_net, num_iterations=spec["rounds"],
+        trainer, reward_net, num_iterations=spec["rounds"] - 1,  # + its initial round = `rounds` agent trainings
         fragmenter=pc.RandomFragmenter(warning_threshold=0, rng=rng),
         preference_gatherer=pc.SyntheticGatherer(rng=rng),
         reward_trainer=pc.BasicRewardTrainer(preference_model=pc.PreferenceModel(reward_net),
                                              loss=pc.CrossEntropyRewardLoss(), epochs=3, rng=rng),
         fragment_length=spec["fragment_length"], transition_oversampling=1,
         initial_comparison_frac=spec["initial_share"], query_schedule="hyperbolic")
-    model.train(total_timesteps=spec["steps"], total_comparisons=spec["labels"])
+    # imitation trains the agent after the initial comparisons too: num_iterations + 1 times, each
+    # total_timesteps // num_iterations steps; so `rounds` trainings of steps / rounds each, as alignloop's
+    rounds = spec["rounds"]
+    model.train(total_timesteps=spec["steps"] * (rounds - 1) // rounds, total_comparisons=spec["labels"])
     env = gym.make(spec["env"])
     returns = []
     for k in range(spec["eval_episodes"]):
