@@ -139,7 +139,8 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
                                 "random sample (seeded by --seed; none: all of them); the sample size and the standard "
                                 "errors of the mean and std it gives are written to metrics.jsonl (normalization/...).")
     training_token_budget: int = Field(
-        384, ge=0, description="Most tokens (each prompt once, each response once) of one forward and backward: a "
+        384, ge=0, description="Most tokens (each distinct prompt once, each distinct response once: the pair records of one "
+                               "K-way item cost about one pass of it) of one forward and backward: a "
                                "micro-batch's records past it go into another chunk and their gradients are added "
                                "up (the same loss; activation memory bounded by the budget, about 2.6 MB a token for "
                                "SmolLM2-135M in fp32, whatever --batch-size and the lengths; a record over it is a "

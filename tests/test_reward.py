@@ -243,6 +243,25 @@ def test_distinct_responses_scores_each_prompt_and_response_once():
     assert index == [0, 1, 2, 3, 1, 4]
 
 
+def test_training_chunks_count_each_distinct_prompt_and_response_once():
+    """The three pair records of a 3-way item run as one prompt and three responses: 3 + 2 + 2 + 2
+    = 9 tokens, one chunk at a budget of 9 (counted per record they would be 3 x 7 = 21 tokens,
+    three chunks). A new prompt starts a chunk once the budget is full, and a record over the
+    budget is a chunk alone."""
+    from alignloop.train.reward import distinct_token_chunks
+
+    P, A, B, C = [1, 1, 1], [2, 2], [3, 3], [4, 4]
+    item = [{"prompt": P, "responses": [A, B]}, {"prompt": P, "responses": [A, C]},
+            {"prompt": P, "responses": [B, C]}]
+    assert distinct_token_chunks(item, 9) == [(0, 3)]
+    assert distinct_token_chunks(item, 8) == [(0, 1), (1, 2), (2, 3)]   # (A, B) 7, then + C = 9 > 8
+    other = {"prompt": [5], "responses": [A, B]}                 # the same texts under another prompt: new
+    assert distinct_token_chunks(item + [other], 12) == [(0, 3), (3, 4)]
+    assert distinct_token_chunks(item + [other], 14) == [(0, 4)]
+    assert distinct_token_chunks([{"prompt": [1] * 20, "responses": [A, B]}] + item, 9) == [(0, 1), (1, 4)]
+    assert distinct_token_chunks(item, 0) == [(0, 3)] and distinct_token_chunks([], 5) == []
+
+
 @pytest.mark.numerics
 def test_deduplicated_forward_equals_one_forward_per_record(tiny_model_dir):
     """The six pair records of a 4-way item, scored together (4 distinct responses, 1 prompt),

@@ -188,25 +188,49 @@ def score_records(model, rows: list[dict], pad_id: int, device) -> torch.Tensor:
     return distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
 
 
-def record_tokens(row: dict) -> int:
-    """Tokens a record runs through the model in training: its prompt once, each response once."""
-    return len(row["prompt"]) + sum(len(r) for r in row["responses"])
+def distinct_token_chunks(rows: list[dict], budget: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges that cut the rows, in order, into consecutive chunks of at most
+    `budget` tokens as a chunk runs them: each distinct prompt once, each distinct response of a
+    prompt once (`distinct_responses`), so the C(K,2) pair records of one K-way item cost about
+    its prompt and K responses, not C(K,2) x (prompt + 2 responses). A record over the budget is
+    a chunk alone; budget 0: one chunk of everything. E.g. prompt P (3 tokens) with responses
+    A, B, C (2 each): records (A, B), (A, C), (B, C) cost 3+2+2, +2, +0 = 9 -> [(0, 3)] at budget 9."""
+    if not budget:
+        return [(0, len(rows))] if rows else []
+    chunks, start, total, seen = [], 0, 0, set()
+
+    def new_tokens(row: dict) -> dict:
+        p = tuple(row["prompt"])
+        keys = {(p,): len(p)} | {(p, tuple(x)): len(x) for x in row["responses"]}
+        return {k: n for k, n in keys.items() if k not in seen}
+
+    for i, row in enumerate(rows):
+        new = new_tokens(row)
+        if i > start and total + sum(new.values()) > budget:
+            chunks.append((start, i))
+            start, total, seen = i, 0, set()
+            new = new_tokens(row)
+        total += sum(new.values())
+        seen.update(new)
+    if start < len(rows):
+        chunks.append((start, len(rows)))
+    return chunks
 
 
-def training_chunks(tokens: list[int], cfg: RewardConfig, world: int) -> list[list[tuple[int, int]]]:
-    """For each process, the [start, stop) ranges of the global batch (records' `tokens`) it
-    runs forward and backward: its micro-batches (process r: records from r x grad_accum x
-    batch_size on), each cut into chunks of at most --training-token-budget tokens, as many
-    chunks on every process (`even_chunks`)."""
-    from alignloop.data.batching import consecutive_chunks, even_chunks
+def training_chunks(rows: list[dict], cfg: RewardConfig, world: int) -> list[list[tuple[int, int]]]:
+    """For each process, the [start, stop) ranges of the global batch's records it runs forward
+    and backward: its micro-batches (process r: records from r x grad_accum x batch_size on),
+    each cut into chunks of at most --training-token-budget distinct tokens
+    (`distinct_token_chunks`), as many chunks on every process (`even_chunks`)."""
+    from alignloop.data.batching import even_chunks
 
     by_process = []
     for rank in range(world):
         chunks = []
         for m in range(cfg.grad_accum):
             start = (rank * cfg.grad_accum + m) * cfg.batch_size
-            micro = tokens[start: start + cfg.batch_size]
-            chunks += [(start + a, start + b) for a, b in consecutive_chunks(micro, cfg.training_token_budget)]
+            micro = rows[start: start + cfg.batch_size]
+            chunks += [(start + a, start + b) for a, b in distinct_token_chunks(micro, cfg.training_token_budget)]
         by_process.append(chunks)
     return even_chunks(by_process)
 
@@ -350,7 +374,7 @@ def run_reward(cfg: RewardConfig) -> Path:
             # 2) this process's share, in micro-batches: records [start, start + batch_size) of idx,
             #    each cut into chunks of at most --training-token-budget tokens (gradients add up).
             totals = torch.zeros(4, device=device)  # loss, accuracy correct, decided, pairs
-            chunks = training_chunks([record_tokens(train[i]) for i in idx], cfg, world)[rank]
+            chunks = training_chunks([train[i] for i in idx], cfg, world)[rank]
             for c, (a, b) in enumerate(chunks):
                 chunk, chunk_pairs = idx[a:b], pairs.records(a, b).to(device)
                 with accelerator.no_sync(model) if c < len(chunks) - 1 and world > 1 else nullcontext():
