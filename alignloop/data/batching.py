@@ -14,7 +14,7 @@ items are scored. No torch here: the pure arithmetic is tested on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -42,18 +42,23 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, rows: Sequen
     return batches
 
 
-def consecutive_chunks(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
+def consecutive_chunks(costs: Sequence[int | Mapping[Hashable, int]], budget: int) -> list[tuple[int, int]]:
     """[start, stop) ranges that cut items 0..n-1, in order, into consecutive chunks whose
     costs sum to at most `budget` (an item over the budget is a chunk alone); budget 0: one
-    chunk of everything. E.g. costs [3, 3, 5, 1], budget 6 -> [(0, 2), (2, 4)]."""
+    chunk of everything. E.g. costs [3, 3, 5, 1], budget 6 -> [(0, 2), (2, 4)].
+
+    An item's cost is a number, or its parts (key -> cost): a part that several items of one
+    chunk share is counted once (records that share a prompt, run once per chunk)."""
     if not budget:
         return [(0, len(costs))] if len(costs) else []
-    chunks, start, total = [], 0, 0
-    for i, cost in enumerate(costs):
-        if i > start and total + cost > budget:
+    chunks, start, total, seen = [], 0, 0, set()
+    for i, item in enumerate(costs):
+        parts = item if isinstance(item, Mapping) else {(i,): item}
+        if i > start and total + sum(c for k, c in parts.items() if k not in seen) > budget:
             chunks.append((start, i))
-            start, total = i, 0
-        total += cost
+            start, total, seen = i, 0, set()
+        total += sum(c for k, c in parts.items() if k not in seen)
+        seen.update(parts)
     if start < len(costs):
         chunks.append((start, len(costs)))
     return chunks

@@ -188,33 +188,24 @@ def score_records(model, rows: list[dict], pad_id: int, device) -> torch.Tensor:
     return distinct[torch.tensor(index, device=distinct.device)]  # (M, E)
 
 
+def record_parts(row: dict) -> dict[tuple, int]:
+    """What a record runs through the model in training, as parts (key -> tokens): its prompt
+    and each of its responses to that prompt; records sharing a part run it once in a chunk
+    (`distinct_responses`)."""
+    p = tuple(row["prompt"])
+    return {(p,): len(p)} | {(p, tuple(x)): len(x) for x in row["responses"]}
+
+
 def distinct_token_chunks(rows: list[dict], budget: int) -> list[tuple[int, int]]:
     """[start, stop) ranges that cut the rows, in order, into consecutive chunks of at most
-    `budget` tokens as a chunk runs them: each distinct prompt once, each distinct response of a
-    prompt once (`distinct_responses`), so the C(K,2) pair records of one K-way item cost about
-    its prompt and K responses, not C(K,2) x (prompt + 2 responses). A record over the budget is
-    a chunk alone; budget 0: one chunk of everything. E.g. prompt P (3 tokens) with responses
-    A, B, C (2 each): records (A, B), (A, C), (B, C) cost 3+2+2, +2, +0 = 9 -> [(0, 3)] at budget 9."""
-    if not budget:
-        return [(0, len(rows))] if rows else []
-    chunks, start, total, seen = [], 0, 0, set()
+    `budget` tokens as a chunk runs them (`data.batching.consecutive_chunks` over `record_parts`):
+    each distinct prompt once, each distinct response of a prompt once, so the C(K,2) pair records
+    of one K-way item cost about its prompt and K responses, not C(K,2) x (prompt + 2 responses).
+    E.g. prompt P (3 tokens) with responses A, B, C (2 each): records (A, B), (A, C), (B, C) cost
+    3+2+2, +2, +0 = 9 -> [(0, 3)] at budget 9."""
+    from alignloop.data.batching import consecutive_chunks
 
-    def new_tokens(row: dict) -> dict:
-        p = tuple(row["prompt"])
-        keys = {(p,): len(p)} | {(p, tuple(x)): len(x) for x in row["responses"]}
-        return {k: n for k, n in keys.items() if k not in seen}
-
-    for i, row in enumerate(rows):
-        new = new_tokens(row)
-        if i > start and total + sum(new.values()) > budget:
-            chunks.append((start, i))
-            start, total, seen = i, 0, set()
-            new = new_tokens(row)
-        total += sum(new.values())
-        seen.update(new)
-    if start < len(rows):
-        chunks.append((start, len(rows)))
-    return chunks
+    return consecutive_chunks([record_parts(r) for r in rows], budget)
 
 
 def training_chunks(rows: list[dict], cfg: RewardConfig, world: int) -> list[list[tuple[int, int]]]:
