@@ -1,6 +1,7 @@
-"""The step-wise decoding loop (models/decoding.py): it samples what Hugging Face's `generate`
-samples for a seed, its warpers are HF's row by row, and rows that join a running batch or
-leave it keep decoding what they would alone."""
+"""The step-wise decoding loop (models/decoding.py): greedy, it decodes what Hugging Face's
+`generate` decodes; sampled, it draws from the distribution of HF's warpers; its warpers are
+HF's row by row; and rows that join a running batch or leave it keep decoding what they would
+alone."""
 
 import pytest
 import torch
@@ -15,21 +16,31 @@ PROMPTS = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Te
            [{"role": "user", "content": "What is 2+2?"}]]
 
 
-@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (0.7, 1.0), (1.0, 0.9)])
-def test_generate_samples_what_hugging_face_generate_samples(tiny, temperature, top_p):
-    model, tok = tiny
-    s = Sampling(num_samples=2, temperature=temperature, top_p=top_p, max_new_tokens=12, seed=4, batch_size=6)
-    ours = generate(model, tok, PROMPTS, s, show_progress=False)
+@pytest.mark.parametrize("eos_token", [None, "frequent"])
+def test_greedy_generate_decodes_what_hugging_face_generate_decodes(talky, eos_token, monkeypatch):
+    """Token for token, with and without rows finishing early (then the finished rows leave
+    the batch midway, which `generate` never does)."""
+    model, tok = talky
+    s = Sampling(num_samples=2, temperature=0.0, max_new_tokens=12, seed=4, batch_size=6)
     eos = eos_ids(model, tok)
-    config = GenerationConfig(max_new_tokens=12, do_sample=temperature > 0, temperature=temperature or None,
-                              top_p=top_p if temperature else None, top_k=HF_TOP_K if temperature else None,
-                              eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    if eos_token == "frequent":  # two tokens greedy decoding makes, as EOS, so rows stop at 3 different steps
+        first = generate(model, tok, PROMPTS, s, show_progress=False).response_ids
+
+        def stops(pair):  # the rows' lengths were `pair` EOS tokens
+            return [next((j + 1 for j, t in enumerate(r) if t in pair), len(r)) for r in first]
+        made = sorted({t for r in first for t in r})
+        eos = next([a, b] for a in made for b in made if a < b and len(set(stops((a, b)))) > 2)
+        monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    ours = generate(model, tok, PROMPTS, s, show_progress=False)
+    if eos_token == "frequent":
+        lengths = [len(r) for r in ours.response_ids]
+        assert min(lengths) < 12 and len(set(lengths)) > 2  # rows did leave the batch at different steps
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     encoded = [encode_prompt(tok, p) for p in PROMPTS]
     order = sorted(range(6), key=lambda i: (len(encoded[i // 2]), i))  # generate's batch order
     from alignloop.data.padding import left_pad
 
     ids, mask = left_pad([encoded[i // 2] for i in order], tok.pad_token_id)
-    torch.manual_seed(4 * 1_000_003)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     for row, i in enumerate(order):
@@ -37,6 +48,43 @@ def test_generate_samples_what_hugging_face_generate_samples(tiny, temperature, 
         if any(t in eos for t in theirs):
             theirs = theirs[: next(k for k, t in enumerate(theirs) if t in eos) + 1]
         assert ours.response_ids[i] == theirs
+
+
+def warped_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """(V,) the distribution Hugging Face's warpers leave for one row of logits."""
+    scores = logits[None] / temperature
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.softmax(-1)[0]
+
+
+def test_sampled_tokens_follow_hugging_faces_warped_distribution():
+    """20,000 draws of each row setting (a batch mixing rows with and without top-k, drawing
+    among the top-k candidates or over the whole vocabulary): no token outside the warped
+    support, and every token's frequency within 4.5 standard errors of HF's probability."""
+    logits = 2 * torch.randn(60, generator=torch.Generator().manual_seed(3))
+    settings = [(0.8, 10, 1.0), (1.0, 20, 0.7), (1.3, 0, 0.9), (0.5, 5, 0.95)]
+    n = 20_000
+    for batch in (settings[:2], settings[1:3]):  # all rows with top-k; some rows without
+        rows = [RowSampling(temperature=t, top_k=k, top_p=p) for t, k, p in batch for _ in range(n)]
+        torch.manual_seed(0)
+        tokens = pick_tokens(logits.expand(len(rows), -1), rows)
+        for b, (t, k, p) in enumerate(batch):
+            want = warped_probs(logits, t, k, p)
+            freq = torch.bincount(tokens[b * n: (b + 1) * n], minlength=60).double() / n
+            assert freq[want == 0].sum() == 0
+            se = (want * (1 - want) / n).sqrt().double()
+            assert ((freq - want.double()).abs() <= 4.5 * se + 1e-12).all(), (t, k, p)
+    # a row with its own generator draws from the same distribution
+    g = torch.Generator().manual_seed(5)
+    t, k, p = settings[3]
+    draws = torch.tensor([pick_tokens(logits[None], [RowSampling(t, p, k, generator=g)]).item() for _ in range(4000)])
+    want = warped_probs(logits, t, k, p)
+    freq = torch.bincount(draws, minlength=60).double() / 4000
+    assert freq[want == 0].sum() == 0
+    assert ((freq - want.double()).abs() <= 4.5 * (want * (1 - want) / 4000).sqrt().double() + 1e-12).all()
 
 
 def test_warpers_are_hugging_faces_row_by_row():

@@ -6,7 +6,7 @@ among themselves) and appends them to the batch, so rows may join a running batc
 and mask left-padded to the batch's width); `step` feeds one token per row; both return the
 next-token logits (B, V) in float32. `keep` drops rows (finished ones), and the columns that
 are then padding in every row. Which token comes next is `pick_tokens`: per row greedy or
-temperature / top-p sampling, from the global RNG or the row's own generator.
+temperature / top-k / top-p sampling, from the global RNG or the row's own generator.
 
 A row's next position is its number of real tokens (what Hugging Face's `generate` derives
 from the attention mask: `cumsum(mask) - 1`), so padding never shifts a row's positions.
@@ -69,10 +69,16 @@ def top_k_filter(scores: Tensor, top_k: list[int]) -> Tensor:
 
 def pick_tokens(logits: Tensor, rows: list[RowSampling]) -> Tensor:
     """(B,) next tokens for (B, V) logits: argmax for greedy rows; for the others a draw from
-    softmax(nucleus(top_k(logits / temperature))) (Hugging Face's order of warpers). Rows
-    without a generator draw together from the global RNG (one `multinomial` over them: a
-    batch of such rows draws what `model.generate` draws); a row with its own generator draws
-    alone, so its tokens do not depend on which other rows share the batch."""
+    softmax(nucleus(top_k(logits / temperature))) (Hugging Face's order of warpers).
+
+    When every sampled row has a top-k, the draw is among the (B, k) candidates of `topk`
+    only: the same distribution, for k random numbers a row instead of V (over SmolLM2's
+    49,152-token vocabulary the full-width draw was a quarter of a sampling step). A tie at
+    the k-th score keeps exactly k candidates (Hugging Face keeps every tied one; float
+    logits almost never tie there). Rows without a generator draw together from the global
+    RNG; a row with its own generator draws alone, so its tokens do not depend on which
+    other rows share the batch.
+    """
     tokens = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
     if not sampled:
@@ -80,8 +86,14 @@ def pick_tokens(logits: Tensor, rows: list[RowSampling]) -> Tensor:
     index = torch.tensor(sampled, device=logits.device)
     temperature = torch.tensor([rows[i].temperature for i in sampled], dtype=logits.dtype, device=logits.device)
     scores = logits[index] / temperature[:, None]
-    top_k = [rows[i].top_k for i in sampled]
-    if any(k > 0 for k in top_k):
+    vocab = scores.shape[-1]
+    top_k = [rows[i].top_k if 0 < rows[i].top_k < vocab else 0 for i in sampled]
+    candidates = None  # (B, k) token ids of the candidate columns, most likely first; None: all V
+    if min(top_k) > 0:
+        scores, candidates = scores.topk(max(top_k), dim=-1)
+        beyond = torch.arange(max(top_k), device=logits.device) >= torch.tensor(top_k, device=logits.device)[:, None]
+        scores = scores.masked_fill(beyond, float("-inf"))  # a row with a smaller k than the widest
+    elif max(top_k) > 0:  # some rows without top-k: filter the others over the whole vocabulary
         scores = top_k_filter(scores, top_k)
     top_p = [rows[i].top_p for i in sampled]
     if any(p < 1 for p in top_p):
@@ -94,7 +106,7 @@ def pick_tokens(logits: Tensor, rows: list[RowSampling]) -> Tensor:
     for j, i in enumerate(sampled):
         if rows[i].generator is not None:
             draws[j] = torch.multinomial(probs[j: j + 1], num_samples=1, generator=rows[i].generator)[0, 0]
-    tokens[index] = draws
+    tokens[index] = draws if candidates is None else candidates.gather(1, draws[:, None]).squeeze(1)
     return tokens
 
 
@@ -182,21 +194,26 @@ class DecodeBatch:
 def decode(model, prompts: list[list[int]], pad_id: int, eos: set[int], rows: list[RowSampling],
            max_new_tokens: int) -> list[list[int]]:
     """New tokens for each prompt, decoded as one batch until every row has made an EOS or
-    `max_new_tokens` tokens; each row is cut after its first EOS. Finished rows stay in the batch
-    fed with padding, as in Hugging Face's `generate`, so the global RNG is drawn exactly as
-    there: the same seed samples the same tokens."""
+    `max_new_tokens` tokens; each row is cut after its first EOS. A finished row is fed padding
+    until a quarter of the batch has finished; then the finished rows leave it (`keep`), so
+    the steps after run on the rows still going (each leaving copies the KV cache once)."""
     batch = DecodeBatch(model, pad_id)
     out: list[list[int]] = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool)
+    live = list(range(len(prompts)))  # the prompt of each row in the batch
+    done = torch.zeros(len(prompts), dtype=torch.bool)  # per row in the batch
     eos_ids = torch.tensor(sorted(eos))
     logits = batch.add(prompts)
     for t in range(max_new_tokens):
-        tokens = pick_tokens(logits, rows).cpu().masked_fill(done, pad_id)
+        tokens = pick_tokens(logits, [rows[i] for i in live]).cpu().masked_fill(done, pad_id)
         for row, token in enumerate(tokens.tolist()):
             if not done[row]:
-                out[row].append(token)
+                out[live[row]].append(token)
         done |= torch.isin(tokens, eos_ids)
         if bool(done.all()) or t + 1 == max_new_tokens:
             break
+        if int(done.sum()) * 4 >= len(live):
+            going = (~done).nonzero().squeeze(1)
+            batch.keep(going.tolist())
+            live, tokens, done = [live[r] for r in going.tolist()], tokens[going], done[going]
         logits = batch.step(tokens)
     return out

@@ -2,7 +2,9 @@
 
 Batched with left padding and the KV cache (the step-wise loop of models/decoding.py, which the
 model server shares), stops each sequence at EOS, temperature / top-p / max-new-tokens,
-reproducible for a seed: it draws what Hugging Face's `generate` draws for the same seed.
+reproducible for a seed on one machine. It samples the distribution Hugging Face's `generate`
+samples (the same warpers; greedy decoding gives its tokens exactly), but draws among the top-k
+candidates only, so a seed's random stream, and so its samples, differ from `generate`'s.
 Sequences are sorted by prompt length before batching so a batch holds prompts of similar
 length (little padding) and put back in order afterwards. The global RNG state is restored afterwards, so sampling
 never perturbs a training loop's random stream.
@@ -21,9 +23,8 @@ from alignloop.models.decoding import RowSampling, decode
 from alignloop.progress import throughput_bar
 
 
-# Sampling keeps the 50 most likely tokens before top-p: what Hugging Face's `generate` did
-# here before this module had its own loop (its `top_k=None` means "the default, 50"), kept so
-# that a seed samples what it sampled then.
+# Sampling keeps the 50 most likely tokens before top-p: what Hugging Face's `generate` does by
+# default (its `top_k=None` means "the default, 50"), and what this module did when it called it.
 HF_TOP_K = 50
 
 

@@ -1,6 +1,5 @@
-"""A tiny model that says something: the shared tiny Llama with its matrices redrawn wider
-(std 0.3), so that greedy answers vary token by token instead of repeating one token; and the
-model server's app over it, its batcher started by the test (`served`)."""
+"""The model server's app over `talky` (tests/conftest.py: a tiny model whose greedy answers
+vary token by token), its batcher started by the test (`served`)."""
 
 from __future__ import annotations
 
@@ -8,31 +7,6 @@ import contextlib
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def talky_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    import torch
-
-    from alignloop.models.loading import load_causal_lm, load_tokenizer
-
-    model, tokenizer = load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    out = tmp_path_factory.mktemp("talky") / "talky"
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def talky(talky_dir):
-    from alignloop.models.loading import load_causal_lm, load_tokenizer
-
-    return load_causal_lm(str(talky_dir)), load_tokenizer(str(talky_dir))
 
 
 class Served:
