@@ -125,7 +125,7 @@ class RewardConfig(StageConfig, ModelOptions, OptimOptions, StepRunOptions):
     ensemble_mode: Literal["bootstrap", "init"] = Field(
         "bootstrap", description="How members differ: bootstrap resamples of the records, or only their random init.")
     mismatched_pairs: int = Field(
-        0, ge=0, description="Per training prompt, this many extra pairs that prefer its best-rated response over a "
+        0, ge=0, description="Per training prompt, this many extra pairs that prefer one of its responses over a "
                              "response written for another prompt (off-topic by construction), each weighing "
                              "--mismatched-weight rated pairs of that prompt: teaches relevance, which the rankings of a few "
                              "similar samples per prompt barely show. Not added to the held-out set. 0 = none.")

@@ -320,20 +320,7 @@ def test_the_heldout_split_keeps_each_prompt_on_one_side():
     assert split_by_prompt(records, 0.4, seed=3) == (train, held)  # the seed fixes it
 
 
-def test_rated_win_rates_by_hand():
-    from alignloop.data.records import Comparison
-    from alignloop.train.reward import rated_win_rates
-
-    b = [Comparison(prompt="b", responses=["b1", "b2"], p=0.8, weight=0.5),
-         Comparison(prompt="b", responses=["b2", "b3"], ranking=[1, 0], weight=1.5)]
-    # b2: 0.2 at weight 0.5 and 0 at 1.5 -> 0.1 / 2
-    assert rated_win_rates(b) == pytest.approx({"b1": 0.8, "b2": 0.05, "b3": 1.0})
-    c = [Comparison(prompt="c", responses=["c1", "c2", "c3"], ranking=[2, [0, 1]])]
-    assert rated_win_rates(c) == pytest.approx({"c1": 0.25, "c2": 0.25, "c3": 1.0})  # c1: 0 vs c3, 1/2 vs c2
-    assert rated_win_rates([Comparison(prompt="d", responses=["x", "y"], ranking=[0, 1], weight=0.0)]) == {"x": 0.5, "y": 0.5}
-
-
-def test_mismatched_pairs_prefer_a_prompts_best_rated_response():
+def test_mismatched_pairs_prefer_a_prompts_own_response():
     from alignloop.config import ConfigError
     from alignloop.data.records import Comparison
     from alignloop.train.reward import mismatched_pairs
@@ -345,9 +332,8 @@ def test_mismatched_pairs_prefer_a_prompts_best_rated_response():
     extra = mismatched_pairs(records, 2, seed=0)
     assert [r.prompt for r in extra] == ["a", "a", "b", "b", "c", "c"]
     own = {"a": {"a1", "a2", "a3", "a4"}, "b": {"b1", "b2", "b3"}, "c": {"c1", "c2", "c3"}}
-    best = {"a": "a1", "b": "b3", "c": "c3"}  # b3 wins its one pair; b1 only 0.8 of its one
     for r in extra:
-        assert r.responses[0] == best[r.prompt]
+        assert r.responses[0] in own[r.prompt]
         assert r.responses[1][0] != r.prompt and r.responses[1] in own[r.responses[1][0]]
         assert r.tiers() == [[0], [1]] and r.p is None and r.rater == "mismatched"
     # one rated pair's weight: 1/6 for a; (0.5/1 + 0.5/1)/2 for b; 3/3 for c

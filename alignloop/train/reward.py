@@ -14,8 +14,8 @@ loop, per optimizer step s (the same shape as SFT):
   4) clip, optimizer and LR-schedule step; 5) log, evaluate, checkpoint.
 Accuracy, train and held-out alike, is `algorithms.reward_metrics.pairwise_accuracy` on the
 decided pairs (hard wins and soft labels by their side of 0.5; exact reward ties count 1/2).
-With `mismatched_pairs`, each training prompt also gets pairs ranking its best-rated response
-above one written for another prompt. At the end, rewards are normalised to mean 0 / std 1 over the
+With `mismatched_pairs`, each training prompt also gets pairs ranking its own response above
+one written for another prompt. At the end, rewards are normalised to mean 0 / std 1 over the
 rated training responses (per head; of a random subset of the prompts with
 `normalization_prompts`) and the model is saved with that normalisation.
 """
@@ -77,54 +77,24 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
-def rated_win_rates(records: list) -> dict[str, float]:
-    """{response: its mean rated win probability} over the pairs of `records` (one prompt's):
-    in a ranking, 1 over each response of a later tier and 1/2 over one of its own tier; a
-    soft label p gives responses[0] p and responses[1] 1 - p. A mean weighted by the records'
-    weights (1/2 where they are all 0)."""
-    won: dict[str, list[float]] = {}
-    for r in records:
-        if r.p is not None:
-            outcomes = [(r.responses[0], r.p), (r.responses[1], 1 - r.p)]
-        else:
-            tier = {i: t for t, members in enumerate(r.tiers()) for i in members}
-            outcomes = [(r.responses[i], 1.0 if tier[i] < tier[j] else 0.5 if tier[i] == tier[j] else 0.0)
-                        for i in range(len(r.responses)) for j in range(len(r.responses)) if i != j]
-        for response, outcome in outcomes:
-            sums = won.setdefault(response, [0.0, 0.0])
-            sums[0] += r.weight * outcome
-            sums[1] += r.weight
-    return {y: total / weight if weight else 0.5 for y, (total, weight) in won.items()}
-
-
 def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 1.0) -> list:
-    """Comparisons that prefer a prompt's best-rated response over one sampled for another prompt.
+    """Comparisons that prefer a prompt's own response over one sampled for another prompt.
 
-    For each distinct prompt (in order of first appearance), `per_prompt` times: its
-    best-rated response (the highest `rated_win_rates`, the first on a tie) is ranked above a
-    response of another prompt (prompt and response uniform; a text the prompt has among its
-    own is never drawn), a hard pair. Its weight is `weight` x one rated pair's share of that
-    prompt: the mean over the prompt's records of weight / C(K, 2), as the ranking loss
-    averages a K-way record's C(K, 2) pairs (`algorithms.reward_losses.ranking_loss`).
-    Deterministic in `seed`.
-
-    Why the best-rated one: a pair's premise, that an answer written for another prompt is
-    worse, holds against an answer the raters liked. Drawn among all of a prompt's responses
-    instead, the quickstart's own side was a refusal of an ordinary request, or a harmful
-    request's compliance, often enough that 28% of its mismatched pairs (each weighing 3 rated
-    pairs) contradicted the gold scorer its panel rated by: 72% agreed with it, 89% with the
-    best-rated response (seed 0's consensus labels, 256 pairs).
+    For each distinct prompt (in order of first appearance), `per_prompt` times: one of its
+    distinct responses (uniform) is ranked above a response of another prompt (prompt and
+    response uniform; a text the prompt has among its own is never drawn), a hard pair. Its
+    weight is `weight` x one rated pair's share of that prompt: the mean over the prompt's
+    records of weight / C(K, 2), as the ranking loss averages a K-way record's C(K, 2) pairs
+    (`algorithms.reward_losses.ranking_loss`). Deterministic in `seed`.
     """
     by_prompt: dict[str, dict] = {}
     for r in records:
-        g = by_prompt.setdefault(r.chat_key(), {"record": r, "records": [], "pair_weights": []})
-        g["records"].append(r)
+        g = by_prompt.setdefault(r.chat_key(), {"record": r, "responses": {}, "pair_weights": []})
+        g["responses"].update(dict.fromkeys(r.responses))
         g["pair_weights"].append(r.weight / (len(r.responses) * (len(r.responses) - 1) / 2))
     groups = list(by_prompt.values())
     if per_prompt and len(groups) < 2:
         raise ConfigError(f"mismatched_pairs needs comparisons of at least 2 prompts, got {len(groups)}")
-    for g in groups:
-        g["responses"] = rated_win_rates(g["records"])  # in order of first appearance
     rng = torch.Generator().manual_seed(seed + 104729)
 
     def pick(n: int) -> int:  # uniform in 0..n-1
@@ -132,7 +102,7 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
 
     out = []
     for i, g in enumerate(groups):
-        best = max(g["responses"], key=g["responses"].get)  # max keeps the first of equal rates
+        own = list(g["responses"])
         pair_weight = weight * sum(g["pair_weights"]) / len(g["pair_weights"])
         for _ in range(per_prompt):
             j = pick(len(groups) - 1)
@@ -140,7 +110,7 @@ def mismatched_pairs(records: list, per_prompt: int, seed: int, weight: float = 
             if not other:  # that prompt's responses are all among this one's (the same refusal, say)
                 continue
             out.append(g["record"].model_copy(update={
-                "responses": [best, other[pick(len(other))]], "ranking": [0, 1], "p": None,
+                "responses": [own[pick(len(own))], other[pick(len(other))]], "ranking": [0, 1], "p": None,
                 "rater": "mismatched", "weight": pair_weight, "id": None, "meta": {}}))
     return out
 
