@@ -23,7 +23,7 @@ class QuickstartConfig(StageConfig):
     out: Path = Field(Path("runs/quickstart"), description="Run folder (sft/, samples.jsonl, ..., report.html).")
     resume: bool = Field(False, description="Continue an interrupted stage from its last checkpoint.")
     model: str | None = Field(None, description="Base model instead of the recipe's (registry name, folder or HF id).")
-    seed: int | None = Field(None, description="Seed of every stage instead of the recipe's 0 (the README's seed spread uses 0, 1, 2).")
+    seed: int | None = Field(None, description="Seed of every stage instead of the recipe's 0 (docs/quickstart-history.md compares seeds 0, 1, 2).")
 
 
 def run_quickstart(cfg: QuickstartConfig):
