@@ -10,7 +10,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from alignloop.data.chat import encode_prompt
 from alignloop.models.decoding import DecodeBatch, RowSampling, nucleus_filter, pick_tokens, top_k_filter
-from alignloop.models.generation import HF_TOP_K, Sampling, eos_ids, generate
+from alignloop.models.generation import Sampling, eos_ids, generate
 
 PROMPTS = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me a long story about a river."}],
            [{"role": "user", "content": "What is 2+2?"}]]
@@ -60,6 +60,15 @@ def warped_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
     return scores.softmax(-1)[0]
 
 
+def assert_drawn_from(draws: torch.Tensor, want: torch.Tensor) -> None:
+    """No draw outside `want`'s support, every token's frequency within 4.5 standard errors."""
+    n = len(draws)
+    freq = torch.bincount(draws, minlength=len(want)).double() / n
+    assert freq[want == 0].sum() == 0
+    se = (want * (1 - want) / n).sqrt().double()
+    assert ((freq - want.double()).abs() <= 4.5 * se + 1e-12).all()
+
+
 def test_sampled_tokens_follow_hugging_faces_warped_distribution():
     """20,000 draws of each row setting (a batch mixing rows with and without top-k, drawing
     among the top-k candidates or over the whole vocabulary): no token outside the warped
@@ -72,19 +81,12 @@ def test_sampled_tokens_follow_hugging_faces_warped_distribution():
         torch.manual_seed(0)
         tokens = pick_tokens(logits.expand(len(rows), -1), rows)
         for b, (t, k, p) in enumerate(batch):
-            want = warped_probs(logits, t, k, p)
-            freq = torch.bincount(tokens[b * n: (b + 1) * n], minlength=60).double() / n
-            assert freq[want == 0].sum() == 0
-            se = (want * (1 - want) / n).sqrt().double()
-            assert ((freq - want.double()).abs() <= 4.5 * se + 1e-12).all(), (t, k, p)
+            assert_drawn_from(tokens[b * n: (b + 1) * n], warped_probs(logits, t, k, p))
     # a row with its own generator draws from the same distribution
     g = torch.Generator().manual_seed(5)
     t, k, p = settings[3]
     draws = torch.tensor([pick_tokens(logits[None], [RowSampling(t, p, k, generator=g)]).item() for _ in range(4000)])
-    want = warped_probs(logits, t, k, p)
-    freq = torch.bincount(draws, minlength=60).double() / 4000
-    assert freq[want == 0].sum() == 0
-    assert ((freq - want.double()).abs() <= 4.5 * (want * (1 - want) / 4000).sqrt().double() + 1e-12).all()
+    assert_drawn_from(draws, warped_probs(logits, t, k, p))
 
 
 def test_warpers_are_hugging_faces_row_by_row():

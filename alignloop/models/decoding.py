@@ -212,8 +212,8 @@ def decode(model, prompts: list[list[int]], pad_id: int, eos: set[int], rows: li
         if bool(done.all()) or t + 1 == max_new_tokens:
             break
         if int(done.sum()) * 4 >= len(live):
-            going = (~done).nonzero().squeeze(1)
-            batch.keep(going.tolist())
-            live, tokens, done = [live[r] for r in going.tolist()], tokens[going], done[going]
+            going = (~done).nonzero().squeeze(1).tolist()
+            batch.keep(going)
+            live, tokens, done = [live[r] for r in going], tokens[going], done[going]
         logits = batch.step(tokens)
     return out

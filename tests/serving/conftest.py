@@ -4,7 +4,6 @@ vary token by token), its batcher started by the test (`served`)."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 
