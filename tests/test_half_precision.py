@@ -1,4 +1,8 @@
-"""bf16 / fp16 on a CPU without fast kernels for them (no AVX-512) falls back to float32."""
+"""bf16 / fp16 on a CPU without fast kernels for them (no AVX-512) falls back to float32; frozen
+models that run under autocast keep their linear weights in its dtype and compute the same bits."""
+
+import copy
+import json
 
 import pytest
 import torch
@@ -52,3 +56,112 @@ def test_the_probe_answers_for_this_cpu():
     """The probe runs on this torch (a private oneDNN query) and says yes to float32."""
     assert loading.cpu_has_fast_half(torch.float32) is True
     assert isinstance(loading.cpu_has_fast_half(torch.bfloat16), bool)
+
+
+def _linear_bytes(model) -> dict[torch.dtype, int]:
+    out: dict[torch.dtype, int] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            for p in m.parameters(recurse=False):
+                out[p.dtype] = out.get(p.dtype, 0) + p.numel() * p.element_size()
+    return out
+
+
+@pytest.mark.numerics
+def test_frozen_linears_in_half_forward_as_float32_weights_under_autocast(tiny):
+    lm, tok = tiny
+    frozen = copy.deepcopy(lm).requires_grad_(False)
+    half = loading.frozen_linears_to(copy.deepcopy(frozen), torch.bfloat16)
+    trunk = [m for n, m in half.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert trunk and all(m.weight.dtype == torch.bfloat16 for m in trunk)
+    assert half.lm_head.weight.dtype == torch.float32  # tied to the embedding: left alone
+    assert half.lm_head.weight is half.model.embed_tokens.weight
+    assert half.model.norm.weight.dtype == torch.float32
+    before, after = _linear_bytes(frozen), _linear_bytes(half)
+    assert after[torch.bfloat16] * 2 + after[torch.float32] == before[torch.float32]
+    ids = tok(["a short one", "and a somewhat longer prompt here"], return_tensors="pt", padding=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = frozen(**ids).logits
+        got = half(**ids).logits
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert not torch.equal(frozen(**ids).logits, want)  # autocast did change the arithmetic
+    trainable = loading.frozen_linears_to(copy.deepcopy(lm).requires_grad_(True), torch.bfloat16)
+    assert {p.dtype for p in trainable.parameters()} == {torch.float32}  # nothing trainable is cast
+
+
+@pytest.mark.numerics
+def test_a_reward_model_loaded_for_autocast_scores_as_its_float32_weights_under_it(tiny_model_dir, tmp_path):
+    from alignloop.models.reward_model import RewardModel, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    lm, tok = loading.load_causal_lm(str(tiny_model_dir)), loading.load_tokenizer(str(tiny_model_dir))
+    save_reward_model(RewardNet(lm, num_heads=2), tok, tmp_path / "rm", base=str(tiny_model_dir),
+                      mean=[0.1, -0.2], std=[1.5, 0.5], max_length=64)
+    plain = RewardModel.load(tmp_path / "rm")
+    half = RewardModel.load(tmp_path / "rm", autocast_dtype=torch.bfloat16)
+    assert half.net.lm.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in half.net.parameters())
+    prompts = ["tell me about rivers", "tell me about rivers", "a lantern?"]
+    responses = ["rivers flow to the sea", "water", "a lantern gives light in the dark garden"]
+    with torch.autocast("cpu", enabled=False):
+        _, _, got = half.score_ensemble(prompts, responses)
+        _, _, fp32 = plain.score_ensemble(prompts, responses)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # plain scores ignore an outer autocast
+        _, _, outer = plain.score_ensemble(prompts, responses)
+    assert torch.equal(outer, fp32)
+    plain.autocast_dtype = torch.bfloat16  # float32 weights scored under bf16 autocast
+    _, _, want = plain.score_ensemble(prompts, responses)
+    assert torch.equal(got, want) and not torch.equal(got, fp32)
+
+
+def test_bf16_full_finetuning_keeps_a_half_reference_whose_first_kl_is_zero(fast_half, tiny_model_dir, tmp_path,
+                                                                             monkeypatch):
+    """Under --mixed-precision bf16 the frozen reference stores its linear weights in bf16; at
+    the first rollout the policy IS the reference, so the KL is exactly 0 (the same bits)."""
+    if torch.cuda.is_available():
+        pytest.skip("a CPU run")
+    from alignloop.train.ppo import PPOConfig, run_ppo
+    from alignloop.train.tracking import read_metrics
+
+    loaded, original = [], loading.load_causal_lm
+
+    def recorded(*args, **kwargs):  # the policy's base [0], then the reference [1]
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(loading, "load_causal_lm", recorded)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something, number {i}."}) + "\n" for i in range(8)))
+    out = run_ppo(PPOConfig(model=str(tiny_model_dir), reward="rule:tests.rules:count_e", prompts=prompts,
+                            out=tmp_path / "ppo", iterations=2, batch_size=4, max_new_tokens=8, lora=False,
+                            learning_rate=1e-2, mixed_precision="bf16", missing_eos_penalty=None, save_every=0,
+                            log_samples_every=0, seed=0))
+    policy_base, reference = loaded[0], loaded[1]
+    assert reference.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert policy_base.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    m = read_metrics(out)
+    assert m[0]["kl/mean"] == 0.0
+    assert m[1]["kl/mean"] != 0.0  # the policy has moved
+
+
+def test_frozen_linears_leave_no_view_of_the_checkpoint_file(tiny, tmp_path):
+    """A float32 checkpoint loads as views of the mapped file; once the linears are cast, the
+    other tensors are copied out, so the mapping (and its resident pages) goes."""
+    import gc
+    from pathlib import Path
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("reads Linux's /proc/self/maps")
+    lm, _ = tiny
+    lm.save_pretrained(tmp_path / "model")
+
+    def mapped() -> bool:
+        return any(str(tmp_path) in line for line in open("/proc/self/maps"))
+
+    fresh = loading.load_causal_lm(str(tmp_path / "model")).requires_grad_(False)
+    assert mapped()  # zero-copy: the tensors are views of the file
+    loading.frozen_linears_to(fresh, torch.bfloat16)
+    gc.collect()
+    assert not mapped()
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # the tie kept

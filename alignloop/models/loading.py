@@ -88,6 +88,37 @@ def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype
     return cpu_half_or_float32(asked, device)
 
 
+def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Store the weight and bias of each frozen nn.Linear of `model` in `dtype` (in place), for a
+    model that only runs under `torch.autocast(dtype=dtype)`: returns `model`.
+
+    Autocast casts a float32 linear weight to its lower precision at every call (and caches the
+    cast only for weights that require grad), so the layer computes the same bits from a weight
+    stored in that precision: the forward is unchanged bit for bit, the linear weights take half
+    the memory and the per-call casts go. Everything else keeps its dtype (embeddings, norms),
+    so the residual stream stays float32 under autocast; a Linear whose weight is also an
+    embedding's (a tied LM head: casting it would make the embedding output half) and a
+    trainable one (LoRA's A and B) are left alone.
+
+    The frozen tensors left as they were are copied into memory of their own: a float32
+    checkpoint is loaded zero-copy, its tensors views of the mapped safetensors file, and while
+    one of them lives the whole mapping stays, with the pages the casts read resident (measured:
+    the bundled model's 425 MB of linear weights stayed in the RSS beside their bf16 copies)."""
+    embedded = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    cast = set()
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if (isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in params)
+                and not any(id(p) in embedded for p in params)):
+            module.to(dtype)
+            cast.update(id(p) for p in module.parameters(recurse=False))
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if id(tensor) not in cast and not tensor.requires_grad:
+                tensor.data = tensor.data.clone()
+    return model
+
+
 def pick_device(device: str = "auto") -> str:
     """'auto' is cuda when a GPU is there, else cpu; anything else (cpu, cuda, cuda:N) as given."""
     if device == "auto":

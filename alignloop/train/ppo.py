@@ -321,17 +321,25 @@ def replay_before_nonfinite(run):
     return wrapper
 
 
-def load_models(cfg: PPOConfig, device):
-    """(tokenizer, policy with its value head, the frozen reference or None under LoRA, the reward sources)."""
-    from alignloop.models.loading import load_causal_lm, load_tokenizer, load_trainable
+def load_models(cfg: PPOConfig, accelerator):
+    """(tokenizer, policy with its value head, the frozen reference or None under LoRA, the reward sources).
+
+    Under --mixed-precision's autocast (native amp: not DeepSpeed's own bf16) the frozen models,
+    which only ever run under it, keep their linear weights in its dtype (`frozen_linears_to`:
+    the same log-probs and scores, about half their memory); the reward models score under it."""
+    from alignloop.models.loading import frozen_linears_to, load_causal_lm, load_tokenizer, load_trainable
     from alignloop.models.policy import PolicyWithValue
     from alignloop.rewards import CombinedReward
 
+    device = accelerator.device
+    half = HALF_TYPES.get(str(accelerator.mixed_precision)) if accelerator.native_amp else None
     policy = PolicyWithValue(load_trainable(cfg, device, name=cfg.model)).to(device)
     reference = None
     if not cfg.lora:  # full fine-tuning keeps a separate frozen reference
         reference = PolicyWithValue(load_causal_lm(cfg.model, cfg.dtype, device)).to(device).requires_grad_(False)
-    rewards = CombinedReward(cfg.reward, device=str(device), ensemble_k=cfg.ensemble_k)
+        if half is not None:
+            frozen_linears_to(reference, half)
+    rewards = CombinedReward(cfg.reward, device=str(device), ensemble_k=cfg.ensemble_k, autocast_dtype=half)
     return load_tokenizer(cfg.model), policy, reference, rewards
 
 
@@ -385,7 +393,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)
     prompts = read_sources(cfg.prompts, PromptRecord)
-    tokenizer, policy, reference, rewards = load_models(cfg, accelerator.device)
+    tokenizer, policy, reference, rewards = load_models(cfg, accelerator)
     optimizer, scheduler = make_optimizer(policy, cfg, cfg.iterations * cfg.ppo_epochs * cfg.minibatches)
     # the sampling copy before prepare: FSDP / ZeRO-3 shard the policy in place (it refreshes while gathered)
     sampler = (SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm))
