@@ -304,3 +304,36 @@ def test_sampling_copy_of_a_fully_trained_policy_in_bf16(tiny_model_dir):
         weight.add_(1.0)
         copied = copy.refresh().model.layers[0].mlp.up_proj.weight
     assert torch.equal(copied, weight.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_released_sampling_copy_holds_no_rewritten_weight_and_refreshes_whole(tiny_model_dir, lora):
+    """PPO frees the copy's weights while the policy trains; the next refresh gives back the
+    copy a fresh one would be, bit for bit, the weights it does not rewrite kept meanwhile."""
+    from alignloop.config import LoraOptions
+    from alignloop.models.loading import apply_lora
+    from alignloop.models.policy import SamplingCopy
+
+    torch.manual_seed(0)
+    lm = loading.load_causal_lm(str(tiny_model_dir))
+    if lora:
+        lm = apply_lora(lm, LoraOptions(lora_rank=4, lora_alpha=8.0, lora_targets=["q_proj", "up_proj"]))
+    else:
+        lm.requires_grad_(True)
+    copy = SamplingCopy(lm, torch.bfloat16)
+    whole = sum(p.numel() for p in copy.model.parameters())
+    kept = {n: p.clone() for n, p in copy.model.named_parameters() if "q_proj" not in n and "up_proj" not in n}
+    copy.release()
+    left = sum(p.numel() for p in copy.model.parameters())
+    assert left == (sum(p.numel() for p in kept.values()) if lora else 0)
+    with torch.no_grad():  # an optimizer step
+        for p in lm.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    refreshed = dict(copy.refresh().named_parameters())
+    want = dict(SamplingCopy(lm, torch.bfloat16).model.named_parameters())
+    assert sum(p.numel() for p in refreshed.values()) == whole
+    assert all(torch.equal(refreshed[n], want[n]) for n in want)
+    if lora:
+        assert all(torch.equal(refreshed[n], p) for n, p in kept.items())
+    assert copy.model.lm_head.weight is copy.model.model.embed_tokens.weight

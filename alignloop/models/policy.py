@@ -97,6 +97,8 @@ class SamplingCopy:
     copy of the weights in `dtype`). The policy itself is only read, by name at each refresh:
     build the copy before FSDP / ZeRO-3 shard the policy (they replace or empty its
     parameters in place) and refresh it while they are gathered (`train.common.whole_weights`).
+    `release()` frees the weights `refresh()` rewrites, until the next refresh: the copy is idle
+    while the policy trains, which is when a PPO iteration's memory peaks.
     """
 
     def __init__(self, lm: nn.Module, dtype: torch.dtype):
@@ -111,10 +113,19 @@ class SamplingCopy:
         # parameters trained outside LoRA (full fine-tuning: all of them): (name in the policy, copy's parameter)
         self.pairs = [(name, params[name.replace(".base_layer", "")]) for name, p in unwrap_peft(lm).named_parameters()
                       if p.requires_grad and "lora_" not in name and name.replace(".base_layer", "") in params]
+        rewritten = [self.model.get_submodule(name).weight for name in self.layers] + [dst for _, dst in self.pairs]
+        self.shapes = {id(p): (p, p.shape) for p in rewritten}  # a tied weight once
         self.refresh()
+
+    def release(self) -> None:
+        for p, _ in self.shapes.values():
+            p.data = p.data.new_empty(0)
 
     @torch.no_grad()
     def refresh(self) -> nn.Module:
+        for p, shape in self.shapes.values():
+            if p.shape != shape:  # released
+                p.data = p.data.new_empty(shape)
         for name, layer in self.layers.items():
             merged = layer.base_layer.weight.float()
             for adapter in layer.active_adapters:

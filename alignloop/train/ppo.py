@@ -147,6 +147,7 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
         with whole_weights(accelerator, model):  # FSDP / ZeRO-3: one gather per iteration, not per token
             copy = sampler.refresh()
         gens = generate(copy, tokenizer, chats, sampling, show_progress=False)
+        sampler.release()  # its memory is the training's until the next refresh
     else:
         with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
             gens = generate(policy.lm, tokenizer, chats, sampling, show_progress=False)
