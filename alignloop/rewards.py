@@ -77,9 +77,7 @@ class RewardModelSource:
         return self.model.score(prompts, responses, k=self.k)
 
 
-def load_source(spec: str, device: str = "cpu", ensemble_k: float = 0.0, autocast_dtype=None) -> RewardSource:
-    """A reward source from its spec; `autocast_dtype` (a torch half dtype or None): a reward
-    model folder scores under that autocast (`RewardModel.load`)."""
+def load_source(spec: str, device: str = "cpu", ensemble_k: float = 0.0) -> RewardSource:
     if spec.startswith("rule:"):
         return RuleReward(spec, import_callable(spec[len("rule:"):]))
     if spec.startswith("judge:"):
@@ -91,7 +89,7 @@ def load_source(spec: str, device: str = "cpu", ensemble_k: float = 0.0, autocas
                                 "(or use rule:module:function / judge:MODEL)")
     from alignloop.models.reward_model import RewardModel
 
-    return RewardModelSource(spec, RewardModel.load(spec, device, autocast_dtype=autocast_dtype), ensemble_k)
+    return RewardModelSource(spec, RewardModel.load(spec, device), ensemble_k)
 
 
 def parse_specs(specs: str | list[str]) -> list[tuple[float, str]]:
@@ -117,8 +115,8 @@ def parse_specs(specs: str | list[str]) -> list[tuple[float, str]]:
 class CombinedReward:
     """sum_i w_i * source_i(prompt, response); `score_all` also returns each source's scores."""
 
-    def __init__(self, specs: str | list[str], device: str = "cpu", ensemble_k: float = 0.0, autocast_dtype=None):
-        self.sources = [(w, load_source(s, device, ensemble_k, autocast_dtype)) for w, s in parse_specs(specs)]
+    def __init__(self, specs: str | list[str], device: str = "cpu", ensemble_k: float = 0.0):
+        self.sources = [(w, load_source(s, device, ensemble_k)) for w, s in parse_specs(specs)]
 
     def score_all(self, prompts, responses) -> tuple[list[float], dict[str, list[float]]]:
         """(total, {source name: scores}); a name given twice gets #2, #3 (each keeps its own scores)."""

@@ -90,31 +90,6 @@ def test_frozen_linears_in_half_forward_as_float32_weights_under_autocast(tiny):
     assert {p.dtype for p in trainable.parameters()} == {torch.float32}  # nothing trainable is cast
 
 
-@pytest.mark.numerics
-def test_a_reward_model_loaded_for_autocast_scores_as_its_float32_weights_under_it(tiny_model_dir, tmp_path):
-    from alignloop.models.reward_model import RewardModel, RewardNet, save_reward_model
-
-    torch.manual_seed(0)
-    lm, tok = loading.load_causal_lm(str(tiny_model_dir)), loading.load_tokenizer(str(tiny_model_dir))
-    save_reward_model(RewardNet(lm, num_heads=2), tok, tmp_path / "rm", base=str(tiny_model_dir),
-                      mean=[0.1, -0.2], std=[1.5, 0.5], max_length=64)
-    plain = RewardModel.load(tmp_path / "rm")
-    half = RewardModel.load(tmp_path / "rm", autocast_dtype=torch.bfloat16)
-    assert half.net.lm.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
-    assert not any(p.requires_grad for p in half.net.parameters())
-    prompts = ["tell me about rivers", "tell me about rivers", "a lantern?"]
-    responses = ["rivers flow to the sea", "water", "a lantern gives light in the dark garden"]
-    with torch.autocast("cpu", enabled=False):
-        _, _, got = half.score_ensemble(prompts, responses)
-        _, _, fp32 = plain.score_ensemble(prompts, responses)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # plain scores ignore an outer autocast
-        _, _, outer = plain.score_ensemble(prompts, responses)
-    assert torch.equal(outer, fp32)
-    plain.autocast_dtype = torch.bfloat16  # float32 weights scored under bf16 autocast
-    _, _, want = plain.score_ensemble(prompts, responses)
-    assert torch.equal(got, want) and not torch.equal(got, fp32)
-
-
 def test_bf16_full_finetuning_keeps_a_half_reference_whose_first_kl_is_zero(fast_half, tiny_model_dir, tmp_path,
                                                                              monkeypatch):
     """Under --mixed-precision bf16 the frozen reference stores its linear weights in bf16; at

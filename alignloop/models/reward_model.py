@@ -181,19 +181,14 @@ def save_reward_model(net: RewardNet, tokenizer, out: Path, base: str, mean: lis
 class RewardModel:
     """A trained reward model folder, ready to score (prompt, response) texts."""
 
-    def __init__(self, net: RewardNet, tokenizer, config: dict, name: str, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, net: RewardNet, tokenizer, config: dict, name: str):
         self.net, self.tokenizer, self.config, self.name = net, tokenizer, config, name
-        self.autocast_dtype = autocast_dtype
         self.mean = torch.tensor(config["mean"])
         self.std = torch.tensor(config["std"]).clamp_min(1e-8)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: str = "auto",
-             autocast_dtype: torch.dtype | None = None) -> "RewardModel":
-        """`autocast_dtype` (bf16 / fp16): score under that autocast, the linear weights stored
-        in it (`frozen_linears_to`: the same scores as float32 weights under that autocast, at
-        about half the memory); None: score in the weights' own dtype."""
-        from alignloop.models.loading import frozen_linears_to, load_causal_lm, load_tokenizer
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: str = "auto") -> "RewardModel":
+        from alignloop.models.loading import load_causal_lm, load_tokenizer
 
         folder = Path(folder)
         if not (folder / REWARD_CONFIG).exists():
@@ -202,10 +197,8 @@ class RewardModel:
         lm = load_causal_lm(str(folder), dtype, device)
         net = RewardNet(lm, config["num_heads"])
         net.head.load_state_dict(load_file(folder / HEAD_FILE))
-        net.to(device).eval().requires_grad_(False)
-        if autocast_dtype is not None:
-            frozen_linears_to(net, autocast_dtype)
-        return cls(net, load_tokenizer(str(folder)), config, name=str(folder), autocast_dtype=autocast_dtype)
+        net.to(device).eval()
+        return cls(net, load_tokenizer(str(folder)), config, name=str(folder))
 
     def encode(self, chat, responses: list[str]) -> tuple[list[int], list[list[int]]]:
         """(prompt ids, response ids) of one prompt's responses, as they are scored."""
@@ -217,7 +210,7 @@ class RewardModel:
         members), normalised, (K,), (K,), (K, E). Streams (`iter_raw_rewards`): memory bounded
         by one window, whatever the number of items."""
         raw = iter_raw_rewards(self.net, (self.encode(chat, rs) for chat, rs in items), self.tokenizer.pad_token_id,
-                               token_budget, autocast_dtype=self.autocast_dtype, advance=advance)
+                               token_budget, advance=advance)
         for r in raw:
             members = (r - self.mean) / self.std
             yield (*ensemble_stats(members, dim=1), members)

@@ -149,12 +149,12 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
         gens = generate(copy, tokenizer, chats, sampling, show_progress=False)
         sampler.release()  # its memory is the training's until the next refresh
     else:
-        with accelerator.autocast():  # --mixed-precision covers sampling, scoring and the reference too
+        with accelerator.autocast():  # --mixed-precision covers sampling and the reference too
             gens = generate(policy.lm, tokenizer, chats, sampling, show_progress=False)
     timing = {M.GENERATE_S: time.time() - t}
     t = time.time()
     seq_chats = [chats[p] for p in gens.prompt_index]
-    with accelerator.autocast():
+    with accelerator.autocast():  # rules and judges; a reward model folder scores in its own dtype
         total, per_source = rewards.score_all(seq_chats, gens.texts)
     scores = torch.tensor(total, dtype=torch.float32, device=device)
     finished = torch.tensor(gens.finished, device=device)
@@ -325,9 +325,11 @@ def replay_before_nonfinite(run):
 def load_models(cfg: PPOConfig, accelerator):
     """(tokenizer, policy with its value head, the frozen reference or None under LoRA, the reward sources).
 
-    Under --mixed-precision's autocast (native amp: not DeepSpeed's own bf16) the frozen models,
-    which only ever run under it, keep their linear weights in its dtype (`frozen_linears_to`:
-    the same log-probs and scores, about half their memory); the reward models score under it."""
+    Under --mixed-precision's autocast (native amp: not DeepSpeed's own bf16) the frozen
+    reference, which only ever runs under it, keeps its linear weights in its dtype
+    (`frozen_linears_to`: the same log-probs, about half its memory). The reward models score
+    in their own dtype (float32 on CPU): in bf16 the quickstart's PPO gained less gold in each
+    of 3 seeds (docs/quickstart-history.md, 2026-12-07)."""
     from alignloop.models.loading import frozen_linears_to, load_causal_lm, load_tokenizer, load_trainable
     from alignloop.models.policy import PolicyWithValue
     from alignloop.rewards import CombinedReward
@@ -340,7 +342,7 @@ def load_models(cfg: PPOConfig, accelerator):
         reference = PolicyWithValue(load_causal_lm(cfg.model, cfg.dtype, device)).to(device).requires_grad_(False)
         if half is not None:
             frozen_linears_to(reference, half)
-    rewards = CombinedReward(cfg.reward, device=str(device), ensemble_k=cfg.ensemble_k, autocast_dtype=half)
+    rewards = CombinedReward(cfg.reward, device=str(device), ensemble_k=cfg.ensemble_k)
     return load_tokenizer(cfg.model), policy, reference, rewards
 
 
