@@ -337,3 +337,21 @@ def test_a_released_sampling_copy_holds_no_rewritten_weight_and_refreshes_whole(
     if lora:
         assert all(torch.equal(refreshed[n], p) for n, p in kept.items())
     assert copy.model.lm_head.weight is copy.model.model.embed_tokens.weight
+
+
+def test_bf16_full_finetuning_keeps_a_half_reference_whose_first_kl_is_zero(tiny_model_dir, prompts, tmp_path,
+                                                                             monkeypatch):
+    """Under --mixed-precision bf16 the frozen reference stores its linear weights in bf16; at
+    the first rollout the policy IS the reference, so the KL is exactly 0 (the same bits)."""
+    if torch.cuda.is_available():
+        pytest.skip("a CPU run")
+    monkeypatch.setattr(loading, "cpu_has_fast_half", lambda dtype: True)  # bf16 kept on any CPU
+    loaded = _recording_loader(monkeypatch)
+    out = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "bf16", iterations=2, batch_size=4, max_new_tokens=8,
+                       learning_rate=1e-2, mixed_precision="bf16"))
+    policy_base, reference = loaded[0], loaded[1]
+    assert reference.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert policy_base.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    m = read_metrics(out)
+    assert m[0]["kl/mean"] == 0.0
+    assert m[1]["kl/mean"] != 0.0  # the policy has moved

@@ -111,7 +111,7 @@ def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mo
         if (isinstance(module, torch.nn.Linear) and not any(p.requires_grad for p in params)
                 and not any(id(p) in embedded for p in params)):
             module.to(dtype)
-            cast.update(id(p) for p in module.parameters(recurse=False))
+            cast.update(map(id, params))
     with torch.no_grad():
         for tensor in (*model.parameters(), *model.buffers()):
             if id(tensor) not in cast and not tensor.requires_grad:

@@ -114,16 +114,16 @@ class SamplingCopy:
         self.pairs = [(name, params[name.replace(".base_layer", "")]) for name, p in unwrap_peft(lm).named_parameters()
                       if p.requires_grad and "lora_" not in name and name.replace(".base_layer", "") in params]
         rewritten = [self.model.get_submodule(name).weight for name in self.layers] + [dst for _, dst in self.pairs]
-        self.shapes = {id(p): (p, p.shape) for p in rewritten}  # a tied weight once
+        self.rewritten = list({id(p): (p, p.shape) for p in rewritten}.values())  # (parameter, shape), a tied one once
         self.refresh()
 
     def release(self) -> None:
-        for p, _ in self.shapes.values():
+        for p, _ in self.rewritten:
             p.data = p.data.new_empty(0)
 
     @torch.no_grad()
     def refresh(self) -> nn.Module:
-        for p, shape in self.shapes.values():
+        for p, shape in self.rewritten:
             if p.shape != shape:  # released
                 p.data = p.data.new_empty(shape)
         for name, layer in self.layers.items():
