@@ -192,6 +192,15 @@ class PPOConfig(StageConfig, LoraOptions, OptimOptions, GenerationServerOptions)
     missing_eos_penalty: float | None = Field(1.0, description="Subtracted from the score of a response without EOS.")
     ensemble_k: float = Field(0.0, ge=0, description="Reward-model ensembles score mean - k * spread.")
     ratio_threshold: float = Field(10.0, gt=1, description="Skip a minibatch whose mean ratio exceeds this.")
+    ptx_data: Path | None = Field(
+        None, description="PPO-ptx (Ouyang et al. 2022): demonstrations (the sft data format) whose token-mean NLL, "
+                          "x --ptx-coef, joins every minibatch's loss, so that RL keeps what they teach (the "
+                          "quickstart's: refusing harmful requests, which PPO otherwise unlearns). Not given: off.")
+    ptx_coef: float = Field(1.0, ge=0, description="Weight gamma of the --ptx-data NLL in the loss.")
+    ptx_batch_size: int = Field(
+        8, ge=1, description="--ptx-data demonstrations per minibatch per process, drawn at random (a function of "
+                             "--seed, the iteration, the PPO epoch, the minibatch and the process: --resume draws alike).")
+    ptx_max_length: int = Field(256, ge=8, description="Longest tokenised --ptx-data prompt + response (cut as sft cuts).")
     log_samples_every: int = Field(5, ge=0, description="Write sample completions every N iterations (0: never).")
     save_every: int = Field(10, ge=0, description="Checkpoint every N iterations (0: only when stopping).")
     seed: int = Field(0, description="Random seed (prompt order, sampling; each process adds its rank).")

@@ -74,6 +74,7 @@ BETA = "kl/beta"  # the KL coefficient used this iteration
 NEXT_BETA = "kl/next_beta"  # after the controller's update
 POLICY_LOSS = "loss/policy"
 VALUE_LOSS = "loss/value"
+PTX_LOSS = "loss/ptx"  # token-mean NLL of the --ptx-data demonstrations, nats per token
 CLIPFRAC = "policy/clipfrac"
 APPROX_KL = "policy/approx_kl"  # KL(old policy || new) over the update
 RATIO_MAX = "policy/ratio_max"

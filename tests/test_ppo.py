@@ -218,9 +218,56 @@ def _max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.fixture(scope="module")
+def demonstrations(tmp_path_factory):
+    """PPO-ptx data: one fixed answer, far from what the count_e reward asks for."""
+    path = tmp_path_factory.mktemp("ptx") / "demos.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Answer number {i}.", "response": "No, not now. Go on."}) + "\n"
+                            for i in range(12)))
+    return path
+
+
+def _demo_nll(out, demonstrations) -> float:
+    """The token-mean NLL of the demonstrations under a saved policy (what --ptx-data keeps low)."""
+    from alignloop.models.policy import PolicyWithValue
+    from alignloop.train.ppo import load_demonstrations, ptx_loss
+
+    tokenizer = loading.load_tokenizer(str(out))
+    demos = load_demonstrations(PPOConfig(reward=RULE, prompts=out, out=out, ptx_data=demonstrations), tokenizer)
+    with torch.no_grad():
+        return ptx_loss(PolicyWithValue(loading.load_causal_lm(str(out))), demos, list(range(12)), "cpu").item()
+
+
+def test_ptx_draws_are_a_function_of_their_coordinates():
+    from alignloop.train.ppo import ptx_draw
+
+    a = ptx_draw(20, 8, seed=0, iteration=3, epoch=1, minibatch=2, rank=0)
+    assert a == ptx_draw(20, 8, seed=0, iteration=3, epoch=1, minibatch=2, rank=0)
+    assert len(set(a)) == 8 and all(0 <= i < 20 for i in a)
+    others = [ptx_draw(20, 8, 1, 3, 1, 2, 0), ptx_draw(20, 8, 0, 4, 1, 2, 0), ptx_draw(20, 8, 0, 3, 0, 2, 0),
+              ptx_draw(20, 8, 0, 3, 1, 1, 0), ptx_draw(20, 8, 0, 3, 1, 2, 1)]
+    assert all(o != a for o in others)
+    assert sorted(ptx_draw(5, 8, 0, 0, 0, 0, 0)) == [0, 1, 2, 3, 4]  # fewer than a batch: all of them
+
+
+def test_ptx_keeps_the_demonstrations_likely_and_at_weight_0_changes_nothing(tiny_model_dir, prompts, demonstrations,
+                                                                              tmp_path):
+    kw = dict(iterations=8, batch_size=8)
+    plain = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "plain", **kw))
+    ptx = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "ptx", ptx_data=demonstrations, ptx_coef=2.0, **kw))
+    zero = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "zero", ptx_data=demonstrations, ptx_coef=0.0, **kw))
+    start = _demo_nll(tiny_model_dir, demonstrations)
+    assert _demo_nll(ptx, demonstrations) < min(start, _demo_nll(plain, demonstrations)) - 0.5
+    losses = [m["loss/ptx"] for m in read_metrics(ptx)]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    a, b = _final(plain), _final(zero)  # a zero-weighted term adds exact zeros and draws from its own generator
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.numerics
-def test_resume_equals_uninterrupted_run(tiny_model_dir, prompts, tmp_path):
-    kw = dict(iterations=6, batch_size=8, adaptive_kl=True)
+@pytest.mark.parametrize("ptx", [False, True])
+def test_resume_equals_uninterrupted_run(tiny_model_dir, prompts, demonstrations, tmp_path, ptx):
+    kw = dict(iterations=6, batch_size=8, adaptive_kl=True, **(dict(ptx_data=demonstrations) if ptx else {}))
     whole = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "whole", **kw))
     run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "part", stop_at_iteration=3, **kw))
     part = run_ppo(_cfg(tiny_model_dir, prompts, tmp_path / "part", resume=True, **kw))
@@ -355,3 +402,27 @@ def test_bf16_full_finetuning_keeps_a_half_reference_whose_first_kl_is_zero(tiny
     m = read_metrics(out)
     assert m[0]["kl/mean"] == 0.0
     assert m[1]["kl/mean"] != 0.0  # the policy has moved
+
+
+def test_logprobs_without_the_entropy_are_the_same_and_the_entropy_is_the_softmaxs(tiny_model_dir):
+    from alignloop.models.policy import PolicyWithValue, rollout_tensors
+
+    torch.manual_seed(0)
+    policy = PolicyWithValue(loading.load_causal_lm(str(tiny_model_dir))).eval()
+    vocab = policy.lm.config.vocab_size
+    prompts = [torch.randint(3, vocab, (n,)).tolist() for n in (5, 3)]
+    responses = [torch.randint(3, vocab, (n,)).tolist() for n in (4, 2)]
+    batch = rollout_tensors(prompts, responses, pad_id=0)
+    with torch.no_grad():
+        full = policy(**batch, temperature=0.7)
+        lean = policy(**batch, temperature=0.7, with_entropy=False)
+        logits = policy.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)).logits / 0.7
+    assert "entropy" not in lean and torch.equal(lean["logprobs"], full["logprobs"])
+    assert torch.equal(lean["values"], full["values"])
+    p = batch["prompt_width"]
+    for row, r in enumerate(responses):  # H = -sum p log p of the tempered softmax, at each response position
+        logp = torch.log_softmax(logits[row, p - 1: p - 1 + len(r)].float(), dim=-1)
+        expected = -(logp.exp() * logp).sum(-1)
+        assert torch.allclose(full["entropy"][row, : len(r)], expected, atol=1e-4)
+        assert torch.all(full["entropy"][row, len(r):] == 0)

@@ -49,8 +49,10 @@ class PolicyWithValue(WrapsLM):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask, response_mask, prompt_width: int, temperature: float = 1.0,
-                with_values: bool = True, adapter: bool = True) -> dict[str, torch.Tensor]:
-        """logprobs, entropy (and values): each (B, R), 0 on response padding."""
+                with_values: bool = True, adapter: bool = True, with_entropy: bool = True) -> dict[str, torch.Tensor]:
+        """logprobs (and entropy, values): each (B, R), 0 on response padding. The rollout's and the
+        reference's passes need the log-probs only: `with_entropy=False` skips the entropy's
+        softmax over the vocabulary for every response token."""
         backbone, head = backbone_and_head(self.lm)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         switch = self.lm.disable_adapter() if not adapter else nullcontext()
@@ -63,8 +65,10 @@ class PolicyWithValue(WrapsLM):
             logits = head(h[select]).unsqueeze(0)  # (1, N, V): the LM head only on real tokens
         tokens = input_ids[:, prompt_width: prompt_width + width_r][select].unsqueeze(0)  # (1, N)
         out = {}
-        for key, value in (("logprobs", logprobs_from_logits(logits, tokens, temperature)[0]),
-                           ("entropy", entropy_from_logits(logits.detach(), temperature)[0])):
+        values = [("logprobs", logprobs_from_logits(logits, tokens, temperature)[0])]
+        if with_entropy:
+            values.append(("entropy", entropy_from_logits(logits.detach(), temperature)[0]))
+        for key, value in values:
             full = torch.zeros(response_mask.shape, dtype=value.dtype, device=value.device)
             full[select] = value
             out[key] = full
@@ -78,8 +82,8 @@ def reference_logprobs(policy: PolicyWithValue, reference: nn.Module | None, bat
     """log pi_ref of the response tokens: the policy with its adapter off (LoRA), or the separate
     frozen reference model (full fine-tuning)."""
     if reference is None:
-        return policy(**batch, temperature=temperature, with_values=False, adapter=False)["logprobs"]
-    return reference(**batch, temperature=temperature, with_values=False)["logprobs"]
+        return policy(**batch, temperature=temperature, with_values=False, adapter=False, with_entropy=False)["logprobs"]
+    return reference(**batch, temperature=temperature, with_values=False, with_entropy=False)["logprobs"]
 
 
 def lora_layers(lm: nn.Module) -> dict[str, nn.Module]:

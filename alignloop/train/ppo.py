@@ -11,7 +11,8 @@
      tokens (`masked_whiten` with all-reduced statistics);
   3) `ppo_update`: several epochs over minibatches (micro-batches with gradient
      accumulation) of the clipped policy loss + vf_coef * clipped value loss (+ k3 KL in the
-     loss when asked); a minibatch whose ratio explodes is skipped (`UpdateStats`);
+     loss when asked; + ptx_coef * the NLL of a few demonstrations with --ptx-data, PPO-ptx);
+     a minibatch whose ratio explodes is skipped (`UpdateStats`);
   4) a non-finite loss or gradient on ANY process stops every process (the flag is
      all-reduced with the ratio guard's, once per minibatch) with one checkpoint of the state
      before the iteration; when the iteration had already stepped, that state is rebuilt by
@@ -167,7 +168,7 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
     mask = inputs["response_mask"].float()
     with torch.no_grad(), accelerator.autocast():
-        out = model(**inputs, temperature=cfg.temperature)
+        out = model(**inputs, temperature=cfg.temperature, with_entropy=False)  # the rollout needs no entropy
         ref_logprobs = reference_logprobs(policy, reference, inputs, cfg.temperature)
     kl = kl_penalty(out["logprobs"], ref_logprobs, cfg.kl_estimator) * mask
     timing[M.FORWARD_S] = time.time() - t
@@ -199,6 +200,59 @@ def compute_advantages(cfg: PPOConfig, rollout: Rollout, beta: float, all_reduce
     return masked_whiten(advantages, mask, all_reduce=all_reduce), returns
 
 
+@dataclass
+class Demonstrations:
+    """The tokenised --ptx-data: each demonstration's prompt and response ids (the response with
+    its closing EOS, cut as sft cuts: `data.chat.tokenize_example`)."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    pad_id: int
+
+    def batch(self, idx: list[int], device) -> dict:
+        """The rollout layout (`models.policy.rollout_tensors`) of demonstrations `idx`."""
+        from alignloop.models.policy import rollout_tensors
+
+        tensors = rollout_tensors([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx], self.pad_id)
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+
+
+def load_demonstrations(cfg: PPOConfig, tokenizer) -> Demonstrations | None:
+    """--ptx-data tokenised (None when it is not given)."""
+    from alignloop.data.chat import tokenize_example
+    from alignloop.data.records import Demonstration
+
+    if cfg.ptx_data is None:
+        return None
+    records = read_sources(cfg.ptx_data, Demonstration)
+    if not records:
+        raise ConfigError(f"--ptx-data {cfg.ptx_data}: no demonstrations")
+    prompts, responses = [], []
+    for r in records:
+        row = tokenize_example(tokenizer, r.chat(), r.response, cfg.ptx_max_length)
+        n_prompt = len(row["response_mask"]) - sum(row["response_mask"])
+        prompts.append(row["input_ids"][:n_prompt])
+        responses.append(row["input_ids"][n_prompt:])
+    return Demonstrations(prompts, responses, tokenizer.pad_token_id)
+
+
+def ptx_draw(n: int, size: int, seed: int, iteration: int, epoch: int, minibatch: int, rank: int) -> list[int]:
+    """`size` of the n demonstrations (without replacement; all of them when n <= size) for one
+    minibatch of one process: a function of its coordinates only, so a resumed run draws what
+    an uninterrupted one does."""
+    key = (((seed * 1_000_003 + iteration) * 101 + epoch) * 1009 + minibatch) * 997 + rank
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key % (2 ** 63)))[:size].tolist()
+
+
+def ptx_loss(model, demos: Demonstrations, idx: list[int], device) -> Tensor:
+    """PPO-ptx's term (Ouyang et al. 2022, eq. 2, with demonstrations for the pretraining data):
+    -mean over the response tokens of demonstrations `idx` of log pi(y_t | x, y_<t), the
+    policy's own log-probs (temperature 1, adapter on)."""
+    batch = demos.batch(idx, device)
+    logprobs = model(**batch, temperature=1.0, with_values=False, with_entropy=False)["logprobs"]  # (B, R)
+    return -masked_mean(logprobs.float(), batch["response_mask"].float())
+
+
 def micro_batch_loss(cfg: PPOConfig, model, rollout: Rollout, advantages: Tensor, returns: Tensor | None,
                      idx: Tensor, beta: float, stats: UpdateStats) -> tuple[Tensor, Tensor]:
     """(loss, mean ratio) of sequences `idx`: the clipped policy loss, + vf_coef x the clipped
@@ -222,7 +276,8 @@ def micro_batch_loss(cfg: PPOConfig, model, rollout: Rollout, advantages: Tensor
 
 
 def ppo_update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, rollout: Rollout, advantages: Tensor,
-               returns: Tensor | None, beta: float) -> UpdateStats:
+               returns: Tensor | None, beta: float, demos: Demonstrations | None = None,
+               iteration: int = 0) -> UpdateStats:
     """Step 3: cfg.ppo_epochs passes over the rollout, cfg.minibatches optimizer steps each.
 
     A minibatch's loss is the token mean over the minibatch of ALL processes (each micro-batch
@@ -231,17 +286,27 @@ def ppo_update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, rollout
     alike: a ratio above --ratio-threshold skips the minibatch (the schedule still steps); a
     non-finite loss, or a non-finite norm of the (all-reduced) gradients, ends the update
     without stepping (`UpdateStats.nonfinite`). A process whose loss is NaN still runs its
-    backward passes, so no process is left waiting in a collective.
+    backward passes, so no process is left waiting in a collective. With `demos` (--ptx-data)
+    each minibatch first adds ptx_coef x the NLL of ptx_batch_size demonstrations per process
+    (`ptx_draw`, `ptx_loss`; DDP averages it over the processes).
     """
     world, device, mask = accelerator.num_processes, accelerator.device, rollout.mask
     stats, n_seq = UpdateStats(), mask.shape[0]
     mb_size = math.ceil(n_seq / cfg.minibatches)
-    for _ in range(cfg.ppo_epochs):
+    for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(n_seq).tolist()
         for start in range(0, n_seq, mb_size):
             mb = perm[start: start + mb_size]
             mb_tokens = accelerator.reduce(mask[mb].sum(), "sum").clamp_min(1) / world
             worst_ratio, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device)
+            if demos is not None:  # PPO-ptx: its gradient is synchronised with the minibatch's last micro-batch
+                idx = ptx_draw(len(demos.prompt_ids), cfg.ptx_batch_size, cfg.seed, iteration, epoch,
+                               start // mb_size, accelerator.process_index)
+                with accelerator.no_sync(model) if world > 1 else nullcontext():
+                    nll = ptx_loss(model, demos, idx, device)
+                    accelerator.backward(cfg.ptx_coef * nll)
+                stats.add(M.PTX_LOSS, nll.item())
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(nll.detach())).float())
             micro_starts = list(range(0, len(mb), cfg.micro_batch_size))
             for m_i, m_start in enumerate(micro_starts):
                 idx = torch.tensor(mb[m_start: m_start + cfg.micro_batch_size], device=device)
@@ -397,6 +462,7 @@ def run_ppo(cfg: PPOConfig) -> Path:
     seed_everything(cfg.seed)
     prompts = read_sources(cfg.prompts, PromptRecord)
     tokenizer, policy, reference, rewards = load_models(cfg, accelerator)
+    demos = load_demonstrations(cfg, tokenizer)
     optimizer, scheduler = make_optimizer(policy, cfg, cfg.iterations * cfg.ppo_epochs * cfg.minibatches)
     # the sampling copy before prepare: FSDP / ZeRO-3 shard the policy in place (it refreshes while gathered)
     sampler = (SamplingCopy(policy.lm, sampling_dtype(accelerator, policy.lm))
@@ -436,7 +502,8 @@ def run_ppo(cfg: PPOConfig) -> Path:
             advantages, returns = compute_advantages(cfg, rollout, beta, all_reduce)
             # 3) PPO epochs over minibatches.
             t = time.time()
-            update = ppo_update(cfg, accelerator, model, optimizer, scheduler, rollout, advantages, returns, beta)
+            update = ppo_update(cfg, accelerator, model, optimizer, scheduler, rollout, advantages, returns, beta,
+                                demos, iteration)
             timing[M.TRAIN_S] = time.time() - t
             # 4) a non-finite loss or gradient anywhere: every process stops, the state before this iteration saved.
             if update.nonfinite:
