@@ -300,10 +300,10 @@ def ppo_update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, rollout
             mb_tokens = accelerator.reduce(mask[mb].sum(), "sum").clamp_min(1) / world
             worst_ratio, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device)
             if demos is not None:  # PPO-ptx: its gradient is synchronised with the minibatch's last micro-batch
-                idx = ptx_draw(len(demos.prompt_ids), cfg.ptx_batch_size, cfg.seed, iteration, epoch,
-                               start // mb_size, accelerator.process_index)
+                drawn = ptx_draw(len(demos.prompt_ids), cfg.ptx_batch_size, cfg.seed, iteration, epoch,
+                                 start // mb_size, accelerator.process_index)
                 with accelerator.no_sync(model) if world > 1 else nullcontext():
-                    nll = ptx_loss(model, demos, idx, device)
+                    nll = ptx_loss(model, demos, drawn, device)
                     accelerator.backward(cfg.ptx_coef * nll)
                 stats.add(M.PTX_LOSS, nll.item())
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(nll.detach())).float())
