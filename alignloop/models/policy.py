@@ -65,10 +65,10 @@ class PolicyWithValue(WrapsLM):
             logits = head(h[select]).unsqueeze(0)  # (1, N, V): the LM head only on real tokens
         tokens = input_ids[:, prompt_width: prompt_width + width_r][select].unsqueeze(0)  # (1, N)
         out = {}
-        values = [("logprobs", logprobs_from_logits(logits, tokens, temperature)[0])]
+        parts = [("logprobs", logprobs_from_logits(logits, tokens, temperature)[0])]
         if with_entropy:
-            values.append(("entropy", entropy_from_logits(logits.detach(), temperature)[0]))
-        for key, value in values:
+            parts.append(("entropy", entropy_from_logits(logits.detach(), temperature)[0]))
+        for key, value in parts:
             full = torch.zeros(response_mask.shape, dtype=value.dtype, device=value.device)
             full[select] = value
             out[key] = full
