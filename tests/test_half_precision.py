@@ -109,3 +109,32 @@ def test_frozen_linears_leave_no_view_of_the_checkpoint_file(tiny, tmp_path):
     gc.collect()
     assert not mapped()
     assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # the tie kept
+
+
+@pytest.mark.numerics
+def test_a_lora_reward_nets_frozen_base_in_bf16_gives_the_same_rewards_and_gradients_under_autocast(tiny):
+    """What `alignloop reward --lora --mixed-precision bf16` does to its net: the same bits."""
+    from alignloop.config import LoraOptions
+    from alignloop.models.reward_model import RewardNet
+
+    lm, tok = tiny
+    torch.manual_seed(0)
+    net = RewardNet(loading.apply_lora(copy.deepcopy(lm), LoraOptions(lora_rank=4, lora_alpha=8.0)), 1)
+    with torch.no_grad():  # LoRA's B starts at 0: make the adapters matter
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    cast = copy.deepcopy(net)
+    loading.frozen_linears_to(cast.lm, torch.bfloat16)
+    assert any(p.dtype == torch.bfloat16 for p in cast.parameters())
+    assert all(p.dtype == torch.float32 for p in cast.parameters() if p.requires_grad)
+    ids = tok(["a short one", "and a somewhat longer prompt here"], return_tensors="pt", padding=True)
+    results = []
+    for model in (net, cast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rewards = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+        rewards.float().sum().backward()
+        results.append((rewards, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (want, want_grads), (got, got_grads) = results
+    assert torch.equal(got, want)
+    assert want_grads.keys() == got_grads.keys() and all(torch.equal(got_grads[k], want_grads[k]) for k in want_grads)

@@ -314,13 +314,13 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop import metric_names as M
     from alignloop.algorithms.reward_losses import ensemble_ranking_loss
     from alignloop.algorithms.reward_metrics import normalization_standard_errors, normalize_stats
-    from alignloop.models.loading import load_tokenizer, load_trainable
+    from alignloop.models.loading import frozen_linears_to, load_tokenizer, load_trainable
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar, throughput_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
     from alignloop.train.common import whole_state
-    from alignloop.train.common import (epoch_order, global_batches, length_grouped_order, make_accelerator,
-                                        make_optimizer, seed_everything)
+    from alignloop.train.common import (HALF_TYPES, epoch_order, global_batches, length_grouped_order,
+                                        make_accelerator, make_optimizer, seed_everything, sharded_weights)
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -337,6 +337,11 @@ def run_reward(cfg: RewardConfig) -> Path:
     lengths = [len(r["prompt"]) + max(len(x) for x in r["responses"]) for r in train]
     prompt_keys = [tuple(r["prompt"]) for r in train]
     model = RewardNet(load_trainable(cfg, device), cfg.ensemble).to(device)
+    half = HALF_TYPES.get(str(accelerator.mixed_precision)) if accelerator.native_amp else None
+    if cfg.lora and half is not None and not sharded_weights(accelerator):
+        # LoRA's frozen base runs only under the autocast: stored in its dtype, the same bits
+        # without autocast's cast of every frozen weight at every call (which it does not cache)
+        frozen_linears_to(model.lm, half)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
