@@ -77,8 +77,7 @@ def response_logprobs(lm, gens, pad_id: int, temperature: float, batch_size: int
                                                 len(lengths)) as advance:
         for batch in token_budget_batches(lengths, budget):
             resp = [gens.response_ids[i] for i in batch]
-            tensors = rollout_tensors([gens.prompt_ids[i] for i in batch], resp, pad_id)
-            tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+            tensors = rollout_tensors([gens.prompt_ids[i] for i in batch], resp, pad_id, device)
             lp = scorer(**tensors, temperature=temperature, with_values=False, with_entropy=False)["logprobs"]  # (b, R)
             for row, (i, r) in enumerate(zip(batch, resp)):
                 out[i] = lp[row, : len(r)].float().cpu().clone()

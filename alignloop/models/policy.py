@@ -22,8 +22,10 @@ from alignloop.algorithms.ppo_losses import entropy_from_logits, logprobs_from_l
 from alignloop.models.forward import WrapsLM, backbone_and_head, unwrap_peft
 
 
-def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids / attention_mask (B, P+R), response_mask (B, R) and the prompt width P."""
+def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                    device=None) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask (B, P+R), response_mask (B, R), on `device` (default: the CPU),
+    and the prompt width P."""
     width_p = max(len(p) for p in prompt_ids)
     width_r = max(1, max(len(r) for r in response_ids))
     b = len(prompt_ids)
@@ -37,7 +39,8 @@ def rollout_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]], 
             ids[i, width_p: width_p + len(r)] = torch.tensor(r)
             attn[i, width_p: width_p + len(r)] = 1
             resp[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp, "prompt_width": width_p}
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "response_mask": resp.to(device),
+            "prompt_width": width_p}
 
 
 class PolicyWithValue(WrapsLM):

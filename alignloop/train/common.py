@@ -49,6 +49,13 @@ def make_optimizer(model: torch.nn.Module, opts: OptimOptions, total_steps: int)
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --mixed-precision -> its autocast dtype
 
 
+def autocast_half_type(accelerator) -> torch.dtype | None:
+    """The half type of the accelerator's own torch autocast (native amp), None without one
+    (fp32, or DeepSpeed's bf16, which casts the weights itself): the dtype a frozen module that
+    only runs under that autocast may store its linear weights in (`frozen_linears_to`)."""
+    return HALF_TYPES.get(str(accelerator.mixed_precision)) if accelerator.native_amp else None
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """A fresh Accelerator. Stages run one after another in one process (a recipe) may ask for
     different precisions, so the per-run part of Accelerate's global state is reset first; the

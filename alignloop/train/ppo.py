@@ -54,8 +54,8 @@ from alignloop.data.io import append_jsonl, read_sources
 from alignloop.data.records import PromptRecord
 from alignloop.progress import console, progress_bar
 from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
-from alignloop.train.common import (HALF_TYPES, epoch_order, make_accelerator, make_optimizer, seed_everything,
-                                    sharded_weights, whole_state, whole_weights)
+from alignloop.train.common import (HALF_TYPES, autocast_half_type, epoch_order, make_accelerator, make_optimizer,
+                                    seed_everything, sharded_weights, whole_state, whole_weights)
 
 
 @dataclass
@@ -164,8 +164,7 @@ def collect_rollout(cfg: PPOConfig, accelerator, model, policy, reference, sampl
     if cfg.score_clip is not None:
         scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
     timing[M.SCORE_S], t = time.time() - t, time.time()
-    inputs = rollout_tensors(gens.prompt_ids, gens.response_ids, tokenizer.pad_token_id)
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    inputs = rollout_tensors(gens.prompt_ids, gens.response_ids, tokenizer.pad_token_id, device)
     mask = inputs["response_mask"].float()
     with torch.no_grad(), accelerator.autocast():
         out = model(**inputs, temperature=cfg.temperature, with_entropy=False)  # the rollout needs no entropy
@@ -213,8 +212,8 @@ class Demonstrations:
         """The rollout layout (`models.policy.rollout_tensors`) of demonstrations `idx`."""
         from alignloop.models.policy import rollout_tensors
 
-        tensors = rollout_tensors([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx], self.pad_id)
-        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+        return rollout_tensors([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx], self.pad_id,
+                               device)
 
 
 def load_demonstrations(cfg: PPOConfig, tokenizer) -> Demonstrations | None:
@@ -400,7 +399,7 @@ def load_models(cfg: PPOConfig, accelerator):
     from alignloop.rewards import CombinedReward
 
     device = accelerator.device
-    half = HALF_TYPES.get(str(accelerator.mixed_precision)) if accelerator.native_amp else None
+    half = autocast_half_type(accelerator)
     policy = PolicyWithValue(load_trainable(cfg, device, name=cfg.model)).to(device)
     reference = None
     if not cfg.lora:  # full fine-tuning keeps a separate frozen reference

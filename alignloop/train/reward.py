@@ -318,9 +318,9 @@ def run_reward(cfg: RewardConfig) -> Path:
     from alignloop.models.reward_model import RewardNet, raw_rewards, save_reward_model
     from alignloop.progress import progress_bar, throughput_bar
     from alignloop.train.checkpoint import drop_checkpoint, refuse_to_overwrite, save_checkpoint, start_run
-    from alignloop.train.common import whole_state
-    from alignloop.train.common import (HALF_TYPES, epoch_order, global_batches, length_grouped_order,
-                                        make_accelerator, make_optimizer, seed_everything, sharded_weights)
+    from alignloop.train.common import (autocast_half_type, epoch_order, global_batches, length_grouped_order,
+                                        make_accelerator, make_optimizer, seed_everything, sharded_weights,
+                                        whole_state)
 
     out = Path(cfg.out)
     refuse_to_overwrite(out, cfg.resume)
@@ -337,7 +337,7 @@ def run_reward(cfg: RewardConfig) -> Path:
     lengths = [len(r["prompt"]) + max(len(x) for x in r["responses"]) for r in train]
     prompt_keys = [tuple(r["prompt"]) for r in train]
     model = RewardNet(load_trainable(cfg, device), cfg.ensemble).to(device)
-    half = HALF_TYPES.get(str(accelerator.mixed_precision)) if accelerator.native_amp else None
+    half = autocast_half_type(accelerator)
     if cfg.lora and half is not None and not sharded_weights(accelerator):
         # LoRA's frozen base runs only under the autocast: stored in its dtype, the same bits
         # without autocast's cast of every frozen weight at every call (which it does not cache)
