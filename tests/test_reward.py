@@ -202,8 +202,8 @@ def test_ensemble_gives_a_spread_and_a_conservative_score(tiny_model_dir, data, 
 
 @pytest.mark.numerics
 def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
-    """Encoding each prompt once and reusing its keys/values gives the rewards (and gradients) of
-    running every prompt + response in full."""
+    """Encoding each prompt once and reusing its keys/values gives the rewards (and gradients, the
+    embedding's included) of running every prompt + response in full."""
     from alignloop.data.chat import tokenize_example
     from alignloop.models.loading import load_causal_lm, load_tokenizer
     from alignloop.models.reward_model import RewardNet, encode_group, grouped_batch
@@ -221,14 +221,21 @@ def test_shared_prompt_forward_equals_full_sequences(tiny_model_dir):
         responses += outs
         group += [g] * len(outs)
         full += [tokenize_example(tok, chat, r)["input_ids"] for r in rs]
+    embedding = net.lm.get_input_embeddings()
+    lookups = []
+    hook = embedding.register_forward_hook(lambda module, args, out: lookups.append(args[0].numel()))
     shared = net(**grouped_batch(prompts, responses, group, tok.pad_token_id, "cpu"))
+    hook.remove()
+    # the prompts' and responses' tokens in ONE lookup: one dense embedding gradient, not two
+    assert lookups == [2 * max(map(len, prompts)) + len(responses) * max(map(len, responses))]
     ids = right_pad(full, tok.pad_token_id)
     mask = right_pad([[1] * len(s) for s in full], 0)
     whole = net(ids, mask)
     assert torch.allclose(shared, whole, atol=1e-5)
-    g_shared = torch.autograd.grad(shared.sum(), net.head.weight)[0]
-    g_whole = torch.autograd.grad(whole.sum(), net.head.weight)[0]
-    assert torch.allclose(g_shared, g_whole, atol=1e-5)
+    for weight in (net.head.weight, embedding.weight):
+        g_shared = torch.autograd.grad(shared.sum(), weight, retain_graph=True)[0]
+        g_whole = torch.autograd.grad(whole.sum(), weight, retain_graph=True)[0]
+        assert torch.allclose(g_shared, g_whole, atol=1e-5)
 
 
 def test_distinct_responses_scores_each_prompt_and_response_once():

@@ -96,15 +96,23 @@ def after_shared_prompts(backbone: nn.Module, prompt_ids: torch.Tensor, prompt_m
     prompt_ids, prompt_mask: `(G, P)`, left-padded; input_ids, attention_mask: `(B, R)`,
     right-padded; group: `(B,)`, each response's prompt. Returns the prompts' last hidden
     states `(G, P, H)` and the responses' `(B, R, H)`, positions continuing from each prompt's
-    length. Gradients flow through the prompts' keys and values."""
+    length. Gradients flow through the prompts' keys and values.
+
+    The prompts' and responses' tokens are embedded in one lookup: the embedding's backward
+    makes a dense (vocabulary, H) gradient per lookup (113 MB for SmolLM2-135M, allocated and
+    zeroed each time), so one lookup per call, not one per pass, halves that work."""
+    # 0) one embedding lookup for both passes
+    embeds = backbone.get_input_embeddings()(torch.cat([prompt_ids.flatten(), input_ids.flatten()]))
+    prompt_embeds, response_embeds = embeds.split([prompt_ids.numel(), input_ids.numel()])
     # 1) each distinct prompt once
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
-    encoded = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
+    encoded = backbone(inputs_embeds=prompt_embeds.view(*prompt_ids.shape, -1), attention_mask=prompt_mask,
+                       position_ids=prompt_pos, use_cache=True)
     # 2) every response reads its prompt's keys and values, 3) positions continue from its length
     prompt_hidden, cache = encoded.last_hidden_state, prefix_cache(encoded.cache, group)
     del encoded  # the prompts' own (G-row) cache
     full_mask = torch.cat([prompt_mask[group], attention_mask], dim=1)  # (B, P + R)
     positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + torch.arange(input_ids.shape[1], device=input_ids.device)
-    hidden = backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                      use_cache=True).last_hidden_state  # (B, R, H)
+    hidden = backbone(inputs_embeds=response_embeds.view(*input_ids.shape, -1), attention_mask=full_mask,
+                      position_ids=positions, cache=cache, use_cache=True).last_hidden_state  # (B, R, H)
     return prompt_hidden, hidden
