@@ -246,7 +246,9 @@ def accuracy_counts(rewards: torch.Tensor, pairs) -> torch.Tensor:
 def autocast_dtype(accelerator) -> torch.dtype | None:
     """The half type the accelerator trains in (--mixed-precision), None for fp32: the
     forward-only passes score in the precision the model trains in, and PPO scores in."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+    from alignloop.train.common import HALF_TYPES
+
+    return HALF_TYPES.get(str(accelerator.mixed_precision))
 
 
 def heldout_rewards(model, rows: list[dict], pad_id: int, token_budget: int, dtype, device, advance=None) -> torch.Tensor:
