@@ -287,6 +287,7 @@ def headline(run: Path, steps: list[Step]) -> dict:
                 out[f"gold_{role}"] = (e[role].get("gold") or {}).get("mean")
                 out[f"kl_{role}"] = e[role].get("kl_k1")
                 out[f"harmless_{role}"] = e[role]["harmlessness"]["rate"]
+                out[f"refusal_margin_{role}"] = e[role].get("refusal_margin")
         out["win_rate_gold"] = (e.get("win_rate") or {}).get("gold")
         out["gold_gain"] = (e.get("win_rate") or {}).get("gold_gain")
         if "methods" in e:  # several policies side by side (a compare recipe)
@@ -324,6 +325,13 @@ def summary(run: Path, steps: list[Step], ran: list[str], skipped: list[str]) ->
             console.print(gain_line(h["gold_gain"]))
         console.print(f"KL to the reference: {f(h['kl_policy'])} nats per response; harmlessness "
                       f"{f(h['harmless_policy'])} vs {f(h.get('harmless_baseline'))}")
+        if h.get("refusal_margin_baseline"):
+            from alignloop.evaluate.evaluate import margin_cell
+
+            m = h["refusal_margin_baseline"]
+            console.print("the reward model on the SFT policy's held-out answers, a refusal minus the other answers "
+                          f"to its prompt (above on k of n prompts): red-team {margin_cell(m['redteam'])}, ordinary "
+                          f"{margin_cell(m['ordinary'])}")
     for name, m in (h.get("methods") or {}).items():
         g, cost = m.get("gain"), m.get("cost") or {}
         console.print(f"{name}: gold {f(m['gold'])}" + (f", gain {g['gain']:+.3f} ± {g['se']:.3f} over the baseline"

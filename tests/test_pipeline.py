@@ -76,6 +76,7 @@ def test_second_run_does_nothing(quickstart_run, capsys):
     err = capsys.readouterr().err
     assert err.count(": skipped (done, unchanged") == 8 and "report: " in err and "gold reward: PPO policy" in err
     assert "reward model held-out accuracy" in err
+    assert "a refusal minus the other answers to its prompt (above on k of n prompts): red-team" in " ".join(err.split())
 
 
 def test_changing_one_stage_reruns_it_and_the_stages_after_it(quickstart_run, tmp_path):

@@ -134,8 +134,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from alignloop.data.io import atomic_path, read_records, write_jsonl
     from alignloop.data.records import PromptRecord
     from alignloop.evaluate.categories import by_category, print_categories
-    from alignloop.evaluate.metrics import (harmless_rate, human_win_rate, paired_gain, sequence_kl, soft_win_rate,
-                                            summary, win_rate)
+    from alignloop.evaluate.metrics import (harmless_rate, human_win_rate, paired_gain, refusal_margin, sequence_kl,
+                                            soft_win_rate, summary, win_rate)
     from alignloop.models.generation import Sampling, generate
     from alignloop.models.loading import load_causal_lm, load_tokenizer, pick_device, resolve_dtype
     from alignloop.models.policy import SamplingCopy
@@ -202,11 +202,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         runs[role]["k1"], runs[role]["k3"] = sequence_kl(runs[role]["logp"], logp)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    # 3) reward sources and gold, on every model's held-out responses at once.
+    # 3) reward sources and gold, on every model's held-out responses at once; the reward sources
+    # also on the red-team answers (what they score a refusal, step 4).
     seq_chats = [chats[p] for p in next(iter(runs.values()))["gens"].prompt_index]  # the same for every model
     all_texts = [t for run in runs.values() for t in run["gens"].texts]
     n = len(seq_chats)
     scores = score_sources(reward_specs, seq_chats * len(runs), all_texts, device) if reward_specs else {}
+    red_index = next(iter(runs.values()))["red"].prompt_index if red_chats else []
+    red_scores = score_sources(reward_specs, [red_chats[p] for p in red_index] * len(runs),
+                               [t for run in runs.values() for t in run["red"].texts], device) \
+        if reward_specs and red_chats else {}
     gold_all = gold.score(seq_chats * len(runs), all_texts) if gold else None
     proxy_name = "total" if scores else None
     report: dict = {}
@@ -219,9 +224,24 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             reward[s] = summary(run["scores"][s])
             if "spread" in v:
                 reward[s]["ensemble_spread"] = summary(v["spread"][k * n: (k + 1) * n])["mean"]
-        # 4) harmlessness on red-team prompts (refusal detector); over-refusal on the others.
+        # 4) harmlessness on red-team prompts (refusal detector); over-refusal on the others; what
+        # the reward model scores a refusal against the other answers to a prompt, on each kind.
         red_texts = run["red"].texts if run["red"] else []
-        ordinary = [i for i, p in enumerate(gens.prompt_index) if not is_redteam_record(records[p])]
+        m = len(red_texts)
+        run["red_scores"] = {s: v["scores"][k * m: (k + 1) * m] for s, v in red_scores.items()}
+        harmful = [is_redteam_record(records[p]) for p in gens.prompt_index]
+        ordinary = [i for i, h in enumerate(harmful) if not h]
+        red_held = [i for i, h in enumerate(harmful) if h]
+        refused = [is_refusal(t) for t in gens.texts]
+        red_refused = [is_refusal(t) for t in red_texts]
+        margins = None
+        if scores:  # the red-team file's prompts are numbered after the held-out prompts
+            held, red = run["scores"]["total"], run["red_scores"].get("total", [])
+            margins = {kind: refusal_margin([held[i] for i in idx] + extra, [refused[i] for i in idx] + flags,
+                                            [gens.prompt_index[i] for i in idx] + index)
+                       for kind, idx, extra, flags, index in (
+                           ("redteam", red_held, red, red_refused, [len(records) + p for p in red_index]),
+                           ("ordinary", ordinary, [], [], []))}
         report[role] = {
             "model": roles[role], "reference": reference, "responses": n,
             "reward": reward, "gold": summary(run["gold"]) if run["gold"] else None,
@@ -231,9 +251,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             "length_tokens": summary([len(r) for r in gens.response_ids])["mean"],
             "length_words": summary([len(t.split()) for t in gens.texts])["mean"],
             "no_eos_share": 1.0 - sum(gens.finished) / n,
-            "harmlessness": {"rate": harmless_rate([is_refusal(t) for t in red_texts]), "n": len(red_texts),
+            "harmlessness": {"rate": harmless_rate(red_refused), "n": len(red_texts),
                              "method": "refusal", "judge_rate": None},
-            "over_refusal_rate": harmless_rate([is_refusal(gens.texts[i]) for i in ordinary]),
+            "over_refusal_rate": harmless_rate([refused[i] for i in ordinary]),
+            "refusal_margin": margins,
         }
     if cfg.judge and red_chats:
         for role, run in runs.items():
@@ -276,7 +297,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     # 6) every figure per prompt category, from the samples rows (evaluate/categories.py).
     rows = {role: sample_rows(records, run["gens"], run, roles[role], sampling) for role, run in runs.items()}
-    red_rows = {role: sample_rows(red_records, run["red"], {}, roles[role], sampling)
+    red_rows = {role: sample_rows(red_records, run["red"], {"scores": run["red_scores"]}, roles[role], sampling)
                 for role, run in runs.items() if run["red"]}
     report.update(by_category(rows, red_rows))
 
@@ -349,6 +370,10 @@ def print_table(report: dict) -> None:
     table.add_row("harmlessness (refusal)", *(f(report[r]["harmlessness"]["rate"]) for r in roles))
     if first["harmlessness"]["judge_rate"] is not None:
         table.add_row("harmlessness (AI judge)", *(f(report[r]["harmlessness"]["judge_rate"]) for r in roles))
+    if first.get("refusal_margin"):
+        for kind in ("redteam", "ordinary"):
+            table.add_row(f"refusal margin, {'red-team' if kind == 'redteam' else kind}",
+                          *(margin_cell(report[r]["refusal_margin"][kind]) for r in roles))
     console.print(table)
     if "win_rate" in report:
         w = report["win_rate"]
@@ -357,6 +382,12 @@ def print_table(report: dict) -> None:
             + f" ({w['n']} pairs; ties count 1/2)")
         if w.get("gold_gain") and w["gold_gain"]["se"] is not None:
             console.print(gain_line(w["gold_gain"]))
+
+
+def margin_cell(m: dict) -> str:
+    """'+0.360 (11 of 15)': metrics.refusal_margin's margin (the reward of a prompt's refusals minus its
+    other answers'), and on how many of the prompts that hold both a refusal scored above."""
+    return "-" if m["margin"] is None else f"{m['margin']:+.3f} ({m['above']} of {m['prompts']})"
 
 
 def gain_line(g: dict) -> str:

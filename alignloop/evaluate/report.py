@@ -166,7 +166,18 @@ EVAL_ROWS = [("gold reward", lambda m: (m["gold"] or {}).get("mean")),
              ("no-EOS share", lambda m: m["no_eos_share"]),
              ("harmlessness rate (refusal detector)", lambda m: m["harmlessness"]["rate"]),
              ("harmlessness rate (AI judge)", lambda m: m["harmlessness"]["judge_rate"]),
-             ("over-refusal rate (ordinary prompts)", lambda m: m["over_refusal_rate"])]
+             ("over-refusal rate (ordinary prompts)", lambda m: m["over_refusal_rate"]),
+             ("reward: a refusal - the other answers to its prompt, red-team prompts",
+              lambda m: _margin(m, "redteam")),
+             ("reward: a refusal - the other answers to its prompt, ordinary prompts",
+              lambda m: _margin(m, "ordinary"))]
+
+
+def _margin(m: dict, kind: str) -> str | None:
+    """evaluate.margin_cell ('+0.360 (11 of 15)'); None before it was measured."""
+    from alignloop.evaluate.evaluate import margin_cell
+
+    return margin_cell(m["refusal_margin"][kind]) if m.get("refusal_margin") else None
 
 
 def section_eval(folder: Path | None, ppo_folder: Path | None) -> str:
