@@ -167,10 +167,9 @@ EVAL_ROWS = [("gold reward", lambda m: (m["gold"] or {}).get("mean")),
              ("harmlessness rate (refusal detector)", lambda m: m["harmlessness"]["rate"]),
              ("harmlessness rate (AI judge)", lambda m: m["harmlessness"]["judge_rate"]),
              ("over-refusal rate (ordinary prompts)", lambda m: m["over_refusal_rate"]),
-             ("reward: a refusal - the other answers to its prompt, red-team prompts",
+             ("refusal margin, red-team prompts (reward of a refusal - the other answers to its prompt)",
               lambda m: _margin(m, "redteam")),
-             ("reward: a refusal - the other answers to its prompt, ordinary prompts",
-              lambda m: _margin(m, "ordinary"))]
+             ("refusal margin, ordinary prompts", lambda m: _margin(m, "ordinary"))]
 
 
 def _margin(m: dict, kind: str) -> str | None:
