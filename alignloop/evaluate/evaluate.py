@@ -214,6 +214,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         if reward_specs and red_chats else {}
     gold_all = gold.score(seq_chats * len(runs), all_texts) if gold else None
     proxy_name = "total" if scores else None
+    harmful_prompt = [is_redteam_record(r) for r in records]  # per held-out prompt, the same for every model
     report: dict = {}
     for k, (role, run) in enumerate(runs.items()):
         gens = run["gens"]
@@ -229,19 +230,21 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         red_texts = run["red"].texts if run["red"] else []
         m = len(red_texts)
         run["red_scores"] = {s: v["scores"][k * m: (k + 1) * m] for s, v in red_scores.items()}
-        harmful = [is_redteam_record(records[p]) for p in gens.prompt_index]
-        ordinary = [i for i, h in enumerate(harmful) if not h]
-        red_held = [i for i, h in enumerate(harmful) if h]
+        ordinary = [i for i, p in enumerate(gens.prompt_index) if not harmful_prompt[p]]
+        red_held = [i for i, p in enumerate(gens.prompt_index) if harmful_prompt[p]]
         refused = [is_refusal(t) for t in gens.texts]
         red_refused = [is_refusal(t) for t in red_texts]
         margins = None
-        if scores:  # the red-team file's prompts are numbered after the held-out prompts
-            held, red = run["scores"]["total"], run["red_scores"].get("total", [])
-            margins = {kind: refusal_margin([held[i] for i in idx] + extra, [refused[i] for i in idx] + flags,
-                                            [gens.prompt_index[i] for i in idx] + index)
-                       for kind, idx, extra, flags, index in (
-                           ("redteam", red_held, red, red_refused, [len(records) + p for p in red_index]),
-                           ("ordinary", ordinary, [], [], []))}
+        if scores:
+            held = run["scores"]["total"]
+            margins = {
+                # the red-team file's prompts are numbered after the held-out prompts
+                "redteam": refusal_margin([held[i] for i in red_held] + run["red_scores"].get("total", []),
+                                          [refused[i] for i in red_held] + red_refused,
+                                          [gens.prompt_index[i] for i in red_held]
+                                          + [len(records) + p for p in red_index]),
+                "ordinary": refusal_margin([held[i] for i in ordinary], [refused[i] for i in ordinary],
+                                           [gens.prompt_index[i] for i in ordinary])}
         report[role] = {
             "model": roles[role], "reference": reference, "responses": n,
             "reward": reward, "gold": summary(run["gold"]) if run["gold"] else None,
