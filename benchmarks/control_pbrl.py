@@ -16,6 +16,8 @@ same env steps, rounds, fragment length (25 steps), label budget and PPO hyperpa
 (`AGENT`), and the same evaluation: 5 episodes of the deterministic policy from reset seeds
 10000..10004. Each run is its own process; printed: final true return, wall seconds and peak RSS
 per run, and a table; everything also goes to --out (results.jsonl, one line per run).
+`--set FIELD=VALUE` changes an `alignloop control` option in alignloop's runs only (e.g.
+`--systems alignloop --set label_decay=0`), to try a change against the same baselines.
 """
 
 from __future__ import annotations
@@ -77,6 +79,30 @@ def run(cmd: list[str], log: Path) -> dict:
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": round(time.time() - t0, 1)}  # process wall time
 
 
+def parse_settings(ap: argparse.ArgumentParser, pairs: list[str]) -> dict:
+    """`--set FIELD=VALUE` pairs -> {field: value}; each field one of ControlConfig's, each value
+    read as YAML (0 -> 0, random -> "random"), checked by ControlConfig itself."""
+    import yaml
+    from pydantic import ValidationError
+
+    from alignloop.configs import ControlConfig
+
+    settings = {}
+    for pair in pairs:
+        field, eq, value = pair.partition("=")
+        field = field.strip().replace("-", "_")
+        if not eq or field not in ControlConfig.model_fields:
+            ap.error(f"--set {pair}: expected FIELD=VALUE with FIELD an `alignloop control` option")
+        if field in ("env", "out", "seed", "labels", "reward"):
+            ap.error(f"--set {pair}: {field} is set by the benchmark itself")
+        settings[field] = yaml.safe_load(value)
+    try:
+        ControlConfig(env="Reacher-v5", out="x", **settings)
+    except ValidationError as e:
+        ap.error(f"--set: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+    return settings
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="700 labels, 32,768 env steps per task, seed 0 (~10 min)")
@@ -85,8 +111,13 @@ def main() -> None:
     ap.add_argument("--labels", default=None, help="comma-separated label budgets (default 700,1400; --quick 700)")
     ap.add_argument("--systems", default="true,alignloop,imitation",
                     help="comma-separated: true (PPO on the true reward), alignloop, imitation")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="settings",
+                    help="an `alignloop control` option for alignloop's runs only, by its config field (e.g. "
+                         "--set label_decay=0 --set queries=random; repeatable): a change tried against the same "
+                         "baselines, in the results as `settings`")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "control_pbrl")
     args = ap.parse_args()
+    settings = parse_settings(ap, args.settings)
     args.out = args.out.resolve()  # each run's process starts in its own folder
     systems = set(args.systems.split(","))
     if not systems <= {"true", "alignloop", "imitation"}:
@@ -110,7 +141,7 @@ def main() -> None:
                 {**base, "reward": "true", "out": str(args.out / f"{task}-s{seed}-true")})])]
             for n in budgets:
                 jobs.append(("alignloop", n, [sys.executable, "-c", RSS_RUNNER, json.dumps(
-                    {**base, "labels": n, "out": str(args.out / f"{task}-s{seed}-alignloop-{n}")})]))
+                    {**base, **settings, "labels": n, "out": str(args.out / f"{task}-s{seed}-alignloop-{n}")})]))
                 spec = {"env": task, "steps": steps, "labels": n, "rounds": ROUNDS, "fragment_length": FRAGMENT,
                         "initial_share": INITIAL_SHARE, "eval_episodes": EVAL_EPISODES, "seed": seed,
                         "agent": dict(AGENT)}
@@ -119,7 +150,8 @@ def main() -> None:
             jobs = [j for j in jobs if {"PPO, true reward": "true", "alignloop": "alignloop"}.get(j[0], "imitation") in systems]
             for name, n, cmd in jobs:
                 log = args.out / f"{task}-s{seed}-{name.split()[0].replace(',', '')}-{n or 0}.log"
-                row = {"task": task, "seed": seed, "system": name, "labels": n or 0, **run(cmd, log)}
+                row = {"task": task, "seed": seed, "system": name, "labels": n or 0, **run(cmd, log),
+                       **({"settings": settings} if name == "alignloop" and settings else {})}
                 results.append(row)
                 with open(args.out / "results.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
