@@ -160,7 +160,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ret = f"{r['true_return']:.1f}" if "true_return" in r else r.get("error", "-")
-        print(f"| {r['task']} | {r['seed']} | {r['system']} | {r['labels']} | {r.get('env_steps', '-'):,} | {ret} | "
+        system = r["system"] + "".join(f" {k}={v}" for k, v in r.get("settings", {}).items())
+        print(f"| {r['task']} | {r['seed']} | {system} | {r['labels']} | {r.get('env_steps', '-'):,} | {ret} | "
               f"{r['wall_s']} | {r.get('peak_rss_mb', '-')} |")
 
 
