@@ -81,10 +81,11 @@ def run(cmd: list[str], log: Path) -> dict:
 
 def parse_settings(ap: argparse.ArgumentParser, pairs: list[str]) -> dict:
     """`--set FIELD=VALUE` pairs -> {field: value}; each field one of ControlConfig's, each value
-    read as YAML (0 -> 0, random -> "random"), checked by ControlConfig itself."""
-    import yaml
+    read as YAML as `alignloop run --set` reads it (`config.parse_yaml`: 0 -> 0, random -> "random"),
+    checked by ControlConfig itself."""
     from pydantic import ValidationError
 
+    from alignloop.config import parse_yaml
     from alignloop.configs import ControlConfig
 
     settings = {}
@@ -95,7 +96,7 @@ def parse_settings(ap: argparse.ArgumentParser, pairs: list[str]) -> dict:
             ap.error(f"--set {pair}: expected FIELD=VALUE with FIELD an `alignloop control` option")
         if field in ("env", "out", "seed", "labels", "reward"):
             ap.error(f"--set {pair}: {field} is set by the benchmark itself")
-        settings[field] = yaml.safe_load(value)
+        settings[field] = parse_yaml(value)
     try:
         ControlConfig(env="Reacher-v5", out="x", **settings)
     except ValidationError as e:
