@@ -94,6 +94,7 @@ TOKENS_PER_S = "time/tokens_per_s"
 
 # control (the preference loop on a Gymnasium task; also TRAIN_LOSS, EVAL_LOSS, EVAL_ACCURACY of its reward ensemble)
 TRUE_RETURN = "eval/true_return"  # the environment's own return of the deterministic policy, mean over episodes
+TRUE_RETURN_SE = "eval/true_return_se"  # its standard error over those episodes (std / sqrt(n); 0 for one episode)
 LEARNED_RETURN = "eval/learned_return"  # the same episodes' return under the learned (normalised) reward
 REWARD_CORRELATION = "eval/reward_correlation"  # Pearson correlation of learned and true per-step reward on them
 ENV_STEPS = "train/env_steps"  # agent training steps so far

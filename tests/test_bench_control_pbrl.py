@@ -1,5 +1,6 @@
-"""benchmarks/control_pbrl.py's `--set FIELD=VALUE`: the alignloop runs' changed options, read
-as YAML and checked by ControlConfig; a bad one is a one-line usage error. No run here."""
+"""benchmarks/control_pbrl.py's `--set FIELD=VALUE` (the alignloop runs' changed options, read
+as YAML and checked by ControlConfig; a bad one is a one-line usage error), `--eval-episodes` and
+the table's share column. No run here."""
 
 from __future__ import annotations
 
@@ -37,3 +38,21 @@ def test_a_bad_setting_is_a_usage_error(pair, says, capsys):
         _parse(pair)
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_share_is_of_the_true_reward_agents_gain_on_the_same_seed():
+    true = {"task": "T", "seed": 0, "system": "PPO, true reward", "true_return": -6.0, "true_return_before": -14.0}
+    mine = {"task": "T", "seed": 0, "system": "alignloop", "true_return": -8.0}
+    other_seed = {**mine, "seed": 1}
+    assert control_pbrl.share(mine, [true, mine]) == "0.75"  # (-8 + 14) / (-6 + 14)
+    assert control_pbrl.share(other_seed, [true, other_seed]) == "-"
+    assert control_pbrl.share(true, [true]) == "-"
+    failed = {"task": "T", "seed": 0, "system": "alignloop", "error": "exit 1"}
+    assert control_pbrl.share(failed, [true, failed]) == "-"
+
+
+def test_eval_episodes_must_be_positive(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["control_pbrl", "--eval-episodes", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        control_pbrl.main()
+    assert exit_.value.code == 2 and "--eval-episodes 0" in capsys.readouterr().err

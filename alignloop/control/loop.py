@@ -373,6 +373,11 @@ def fit_reward(cfg: ControlConfig, state: LoopState, ensemble: RewardEnsemble, e
     return stats
 
 
+def standard_error(xs: list[float]) -> float:
+    """Standard error of the mean of n values: sample std (n - 1) / sqrt(n); 0 for n = 1."""
+    return float(np.std(xs, ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
 def evaluate(cfg: ControlConfig, agent, ensemble: RewardEnsemble | None, env) -> dict:
     """Step 5: deterministic episodes from fixed seeds: true return, learned return, per-step correlation."""
     true_returns, learned_returns, true_all, learned_all = [], [], [], []
@@ -392,7 +397,7 @@ def evaluate(cfg: ControlConfig, agent, ensemble: RewardEnsemble | None, env) ->
             learned = ensemble.predict(features(env, np.stack(o), np.stack(a)))
             learned_returns.append(float(learned.sum()))
             learned_all.append(learned)
-    row = {M.TRUE_RETURN: float(np.mean(true_returns))}
+    row = {M.TRUE_RETURN: float(np.mean(true_returns)), M.TRUE_RETURN_SE: standard_error(true_returns)}
     if ensemble is not None:
         row[M.LEARNED_RETURN] = float(np.mean(learned_returns))
         row[M.REWARD_CORRELATION] = float(pearson(torch.as_tensor(np.concatenate(learned_all), dtype=torch.float64),
@@ -523,7 +528,8 @@ def run_loop(cfg: ControlConfig) -> dict | None:
     result = {"env": cfg.env, "reward": cfg.reward, "algo": cfg.algo, "seed": cfg.seed, "fragment_length": length,
               "rounds": cfg.rounds, "env_steps": state.env_steps, "collect_steps": state.collect_steps,
               "labels": state.labels_used, "true_return_before": state.before,
-              "true_return_after": rows[-1][M.TRUE_RETURN], "seconds": round(state.seconds, 1),
+              "true_return_after": rows[-1][M.TRUE_RETURN], "true_return_after_se": rows[-1].get(M.TRUE_RETURN_SE),
+              "seconds": round(state.seconds, 1),
               "curve": [{"env_steps": m[M.ENV_STEPS], "labels": m[M.LABELS], "true_return": m[M.TRUE_RETURN]}
                         for m in rows],
               "videos": [str(p.relative_to(out)) for p in sorted((out / VIDEOS).glob("round_*.mp4"))]}

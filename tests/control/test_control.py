@@ -4,6 +4,7 @@ ensemble on a planted reward, resume equality, bad input. Small and fast: Pendul
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3 import PPO
 
 from alignloop.config import ConfigError
 from alignloop.configs import ControlConfig
 from alignloop.control.clips import Clips, cut_clips
 from alignloop.control.envs import LearnedReward, Trajectory, clip_length, features, make_env
 from alignloop.control.labeller import SyntheticLabeller
-from alignloop.control.loop import label_schedule, run_control, steps_per_round
+from alignloop.control.loop import label_schedule, run_control, standard_error, steps_per_round
 from alignloop.control.queries import most_disagreed, select_pairs
 from alignloop.control.reward_model import RewardEnsemble, train_ensemble
 from tests.control.planted import labelled_random_clips
@@ -183,9 +185,9 @@ def test_the_ensemble_learns_a_planted_reward():
 
 
 def tiny(out: Path, **kw) -> ControlConfig:
-    return ControlConfig(out=out, env="Pendulum-v1", total_steps=768, rounds=3, labels=24, n_envs=2, n_steps=128,
-                         batch_size=64, n_epochs=2, rm_epochs=3, eval_episodes=1, fragment_length=10, candidates=3,
-                         **kw)
+    return ControlConfig(**{"out": out, "env": "Pendulum-v1", "total_steps": 768, "rounds": 3, "labels": 24,
+                            "n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 2, "rm_epochs": 3,
+                            "eval_episodes": 1, "fragment_length": 10, "candidates": 3, **kw})
 
 
 def _weights(out: Path) -> dict:
@@ -225,6 +227,20 @@ def test_a_loop_stopped_mid_round_and_resumed_equals_an_uninterrupted_one(tmp_pa
 def test_the_true_reward_baseline_needs_no_labels(tmp_path):
     s = run_control(tiny(tmp_path / "t", reward="true"))
     assert s["labels"] == 0 and s["env_steps"] == 768 and not (tmp_path / "t" / "comparisons.jsonl").exists()
+
+
+def test_the_standard_error_of_a_mean_return():
+    assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3))  # sample std 1
+    assert standard_error([-4.0]) == 0.0
+
+
+def test_more_evaluation_episodes_change_the_measurement_not_the_training(tmp_path):
+    one = run_control(tiny(tmp_path / "one", reward="true"))
+    three = run_control(tiny(tmp_path / "three", reward="true", eval_episodes=3))
+    assert one["true_return_after_se"] == 0.0 and three["true_return_after_se"] > 0
+    wa = PPO.load(tmp_path / "one" / "agent.zip", device="cpu").policy.state_dict()
+    wb = PPO.load(tmp_path / "three" / "agent.zip", device="cpu").policy.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the evaluation draws from no RNG the agent uses
 
 
 # ---------------------------------------------------------------- bad input
