@@ -16,8 +16,9 @@ same env steps, rounds, fragment length (25 steps), label budget and PPO hyperpa
 (`AGENT`), and the same evaluation: the deterministic policy's episodes from reset seeds 10000,
 10001, ... (100 on Reacher-v5, 5 on HalfCheetah-v5; --eval-episodes), their mean and its standard
 error; "share" is a run's gain over the untrained policy as a part of PPO-on-true-reward's gain (the
-same seed; the target at 1,400 labels is 0.9). Each run is its own process; printed: final true return, wall seconds and peak RSS
-per run, and a table; everything also goes to --out (results.jsonl, one line per run).
+same seed; the target at 1,400 labels is 0.9). Each run is its own process; printed: final true
+return, wall seconds and peak RSS per run, and a table; everything also goes to --out
+(results.jsonl, one line per run).
 `--set FIELD=VALUE` changes an `alignloop control` option in alignloop's runs only (e.g.
 `--systems alignloop --set label_decay=0`), to try a change against the same baselines.
 """
@@ -39,8 +40,8 @@ IMITATION = "imitation==1.0.1"
 
 # eval_episodes: the final (and every round's) evaluation. Reacher's return depends much on where its target
 # is drawn: over 5 episodes its standard error is about 0.6 on a gain of about 7 (a share +-0.1 from where the
-# targets fell), over 100 about 0.2-0.3, at 5,000 env steps a round. HalfCheetah's 1,000-step episodes vary
-# by about 2% of the return: 5 are enough.
+# targets fell), over 100 about 0.2-0.3, at 5,000 env steps a round. Over HalfCheetah's 1,000-step episodes
+# the standard error of 5 is about 1-3% of the return: 5 are enough.
 TASKS = {"Reacher-v5": {"steps": 200_000, "quick_steps": 32_768, "eval_episodes": 100},
          "HalfCheetah-v5": {"steps": 500_000, "quick_steps": 32_768, "eval_episodes": 5}}
 # one PPO setting for every run (stable-baselines3 defaults but a smaller rollout, for small budgets)
