@@ -65,6 +65,7 @@ def main(spec: dict) -> dict:
             total += float(r)
             done = terminated or truncated
         returns.append(total)
+    # alignloop.control.loop.standard_error, written again: this runs in .venv-imitation, where alignloop is not installed
     se = float(np.std(returns, ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
     return {"true_return": float(np.mean(returns)), "true_return_se": se, "seconds": round(time.time() - t0, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
