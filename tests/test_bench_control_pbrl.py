@@ -56,3 +56,22 @@ def test_eval_episodes_must_be_positive(capsys, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         control_pbrl.main()
     assert exit_.value.code == 2 and "--eval-episodes 0" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("task, quick, per_round, total", [
+    ("Reacher-v5", False, 16_384, 212_992),  # 13 rounds of 8 rollouts: the 212,992 steps 8 rounds of 26,624 made
+    ("Reacher-v5", True, 4_096, 32_768),
+    ("HalfCheetah-v5", False, 63_488, 507_904),
+    ("HalfCheetah-v5", True, 4_096, 32_768),
+])
+def test_each_tasks_rounds_are_whole_rollouts_of_its_steps(task, quick, per_round, total):
+    """Every system gets the task's rounds; they split its env steps into whole PPO rollouts (2,048 steps)."""
+    from alignloop.configs import ControlConfig
+    from alignloop.control.loop import steps_per_round
+
+    spec = control_pbrl.TASKS[task]
+    rounds = spec["quick_rounds" if quick else "rounds"]
+    agent = {k: v for k, v in control_pbrl.AGENT.items() if k in ("n_envs", "n_steps")}
+    cfg = ControlConfig(env=task, out="x", total_steps=spec["quick_steps" if quick else "steps"], rounds=rounds, **agent)
+    assert (steps_per_round(cfg), steps_per_round(cfg) * rounds) == (per_round, total)
