@@ -12,14 +12,14 @@ clip is a full 25 steps. For each task, seed and label budget (700, 1,400; --qui
     dependency pins on the same gymnasium, mujoco and stable-baselines3 versions as .venv (its own
     pins, gymnasium 0.29, have no v5 tasks), so the env version is the same;
 and once per task and seed PPO on the true reward (`alignloop control --reward true`). All use the
-same env steps, rounds (the task's: Reacher-v5 13 of 16,384 steps, HalfCheetah-v5 8 of 63,488; --quick
-8 of 4,096), fragment length (25 steps), label budget and PPO hyperparameters (`AGENT`), and the same
-evaluation: the deterministic policy's episodes from reset seeds 10000,
-10001, ... (100 on Reacher-v5, 5 on HalfCheetah-v5; --eval-episodes), their mean and its standard
-error; "share" is a run's gain over the untrained policy as a part of PPO-on-true-reward's gain (the
-same seed; the target at 1,400 labels is 0.9). Each run is its own process; printed: final true
-return, wall seconds and peak RSS per run, and a table; everything also goes to --out
-(results.jsonl, one line per run).
+same env steps, rounds (the task's: Reacher-v5 13 of 16,384 steps, HalfCheetah-v5 8 of 63,488;
+--quick 8 of 4,096; --rounds), fragment length (25 steps), label budget and PPO hyperparameters (`AGENT`), and
+the same evaluation: the deterministic policy's episodes from reset seeds 10000, 10001, ... (100 on
+Reacher-v5, 5 on HalfCheetah-v5; --eval-episodes), their mean and its standard error; "share" is
+a run's gain over the untrained policy as a part of PPO-on-true-reward's gain (the same seed; the
+target at 1,400 labels is 0.9). Each run is its own process; printed: final true return, wall
+seconds and peak RSS per run, and a table; everything also goes to --out (results.jsonl, one line
+per run).
 `--set FIELD=VALUE` changes an `alignloop control` option in alignloop's runs only (e.g.
 `--systems alignloop --set label_decay=0`), to try a change against the same baselines.
 """
@@ -44,8 +44,9 @@ IMITATION = "imitation==1.0.1"
 # targets fell), over 100 about 0.2-0.3, at 5,000 env steps a round. Over HalfCheetah's 1,000-step episodes
 # the standard error of 5 is about 1-3% of the return: 5 are enough.
 # rounds: how often the reward is refitted (every system gets the task's rounds, of whole PPO rollouts of 2,048 steps).
-# Reacher-v5: 13 rounds of 16,384 steps; over nine seeds they reached 0.80 +- 0.11 of the true-reward agent's gain
-# where 8 rounds of 26,624 (the same 212,992 steps) reached 0.49 +- 0.12. HalfCheetah-v5: 8 rounds of 63,488 steps
+# Reacher-v5: 13 rounds of 16,384 steps; over nine seeds alignloop reached 0.88 +- 0.15 of the gain of PPO on the
+# true reward in 13 rounds (0.80 +- 0.11 of its gain in 8), where 8 rounds of 26,624 (the same 212,992 steps) reached
+# 0.49 +- 0.12. HalfCheetah-v5: 8 rounds of 63,488 steps
 # (31 rounds of 16,384, the same 507,904 steps, took twice the wall time and did not help on two seeds).
 TASKS = {"Reacher-v5": {"steps": 200_000, "quick_steps": 32_768, "rounds": 13, "quick_rounds": 8, "eval_episodes": 100},
          "HalfCheetah-v5": {"steps": 500_000, "quick_steps": 32_768, "rounds": 8, "quick_rounds": 8,
@@ -133,11 +134,16 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=None, metavar="N",
                     help="deterministic evaluation episodes of every run (default per task: Reacher-v5 100, "
                          "HalfCheetah-v5 5)")
+    ap.add_argument("--rounds", type=int, default=None, metavar="N",
+                    help="rounds of every system (default per task: Reacher-v5 13, HalfCheetah-v5 8; --quick 8)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "control_pbrl")
     args = ap.parse_args()
     settings = parse_settings(ap, args.settings)
     if args.eval_episodes is not None and args.eval_episodes < 1:
         ap.error(f"--eval-episodes {args.eval_episodes}: at least 1")
+    if args.rounds is not None and args.rounds < 2:
+        ap.error(f"--rounds {args.rounds}: at least 2 (imitation trains after its initial comparisons and once "
+                 "per further round)")
     args.out = args.out.resolve()  # each run's process starts in its own folder
     systems = set(args.systems.split(","))
     if not systems <= {"true", "alignloop", "imitation"}:
@@ -152,7 +158,7 @@ def main() -> None:
     results = []
     for task in args.tasks.split(","):
         steps = TASKS[task]["quick_steps" if args.quick else "steps"]
-        rounds = TASKS[task]["quick_rounds" if args.quick else "rounds"]
+        rounds = args.rounds or TASKS[task]["quick_rounds" if args.quick else "rounds"]
         episodes = args.eval_episodes or TASKS[task]["eval_episodes"]
         for seed in seeds:
             base = {"env": task, "total_steps": steps, "rounds": rounds, "fragment_length": FRAGMENT,

@@ -51,12 +51,12 @@ def test_the_share_is_of_the_true_reward_agents_gain_on_the_same_seed():
     assert control_pbrl.share(failed, [true, failed]) == "-"
 
 
-def test_eval_episodes_must_be_positive(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["control_pbrl", "--eval-episodes", "0", "--out", str(tmp_path)])
+@pytest.mark.parametrize("args, says", [(["--eval-episodes", "0"], "--eval-episodes 0"), (["--rounds", "1"], "--rounds 1")])
+def test_eval_episodes_and_rounds_must_be_positive(args, says, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["control_pbrl", *args, "--out", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_:
         control_pbrl.main()
-    assert exit_.value.code == 2 and "--eval-episodes 0" in capsys.readouterr().err
-
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task, quick, per_round, total", [
@@ -66,7 +66,7 @@ def test_eval_episodes_must_be_positive(capsys, monkeypatch, tmp_path):
     ("HalfCheetah-v5", True, 4_096, 32_768),
 ])
 def test_each_tasks_rounds_are_whole_rollouts_of_its_steps(task, quick, per_round, total):
-    """Every system gets the task's rounds; they split its env steps into whole PPO rollouts (2,048 steps)."""
+    """The task's rounds (every system's) split its env steps into whole PPO rollouts of 2,048 steps."""
     from alignloop.configs import ControlConfig
     from alignloop.control.loop import steps_per_round
 
