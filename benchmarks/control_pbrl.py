@@ -13,8 +13,8 @@ clip is a full 25 steps. For each task, seed and label budget (700, 1,400; --qui
     pins, gymnasium 0.29, have no v5 tasks), so the env version is the same;
 and once per task and seed PPO on the true reward (`alignloop control --reward true`). All use the
 same env steps, rounds (the task's: Reacher-v5 13 of 16,384 steps, HalfCheetah-v5 8 of 63,488;
---quick 8 of 4,096; --rounds), fragment length (25 steps), label budget and PPO hyperparameters (`AGENT`), and
-the same evaluation: the deterministic policy's episodes from reset seeds 10000, 10001, ... (100 on
+--quick 8 of 4,096; --rounds), fragment length (25 steps), label budget and PPO hyperparameters
+(`AGENT`), and the same evaluation: the deterministic policy's episodes from reset seeds 10000, 10001, ... (100 on
 Reacher-v5, 5 on HalfCheetah-v5; --eval-episodes), their mean and its standard error; "share" is
 a run's gain over the untrained policy as a part of PPO-on-true-reward's gain (the same seed; the
 target at 1,400 labels is 0.9). Each run is its own process; printed: final true return, wall
@@ -46,8 +46,8 @@ IMITATION = "imitation==1.0.1"
 # rounds: how often the reward is refitted (every system gets the task's rounds, of whole PPO rollouts of 2,048 steps).
 # Reacher-v5: 13 rounds of 16,384 steps; over nine seeds alignloop reached 0.88 +- 0.15 of the gain of PPO on the
 # true reward in 13 rounds (0.80 +- 0.11 of its gain in 8), where 8 rounds of 26,624 (the same 212,992 steps) reached
-# 0.49 +- 0.12. HalfCheetah-v5: 8 rounds of 63,488 steps
-# (31 rounds of 16,384, the same 507,904 steps, took twice the wall time and did not help on two seeds).
+# 0.49 +- 0.12. HalfCheetah-v5: 8 rounds of 63,488 steps (31 rounds of 16,384, the same 507,904 steps, took twice the
+# wall time and did not help on two seeds).
 TASKS = {"Reacher-v5": {"steps": 200_000, "quick_steps": 32_768, "rounds": 13, "quick_rounds": 8, "eval_episodes": 100},
          "HalfCheetah-v5": {"steps": 500_000, "quick_steps": 32_768, "rounds": 8, "quick_rounds": 8,
                             "eval_episodes": 5}}
@@ -55,6 +55,12 @@ TASKS = {"Reacher-v5": {"steps": 200_000, "quick_steps": 32_768, "rounds": 13, "
 AGENT = {"n_envs": 4, "n_steps": 512, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.99,
          "gae_lambda": 0.95, "ent_coef": 0.0}
 FRAGMENT, INITIAL_SHARE = 25, 0.25
+
+
+def budget(task: str, quick: bool) -> tuple[int, int]:
+    """(env steps, rounds) of every system on `task`: its full or its --quick setting."""
+    spec = TASKS[task]
+    return (spec["quick_steps"], spec["quick_rounds"]) if quick else (spec["steps"], spec["rounds"])
 
 RSS_RUNNER = """import json, resource, sys
 from alignloop.control.cli import run_control
@@ -157,8 +163,8 @@ def main() -> None:
     print(f"CPU: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
     results = []
     for task in args.tasks.split(","):
-        steps = TASKS[task]["quick_steps" if args.quick else "steps"]
-        rounds = args.rounds or TASKS[task]["quick_rounds" if args.quick else "rounds"]
+        steps, rounds = budget(task, args.quick)
+        rounds = args.rounds or rounds
         episodes = args.eval_episodes or TASKS[task]["eval_episodes"]
         for seed in seeds:
             base = {"env": task, "total_steps": steps, "rounds": rounds, "fragment_length": FRAGMENT,

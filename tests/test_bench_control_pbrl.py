@@ -70,8 +70,7 @@ def test_each_tasks_rounds_are_whole_rollouts_of_its_steps(task, quick, per_roun
     from alignloop.configs import ControlConfig
     from alignloop.control.loop import steps_per_round
 
-    spec = control_pbrl.TASKS[task]
-    rounds = spec["quick_rounds" if quick else "rounds"]
+    steps, rounds = control_pbrl.budget(task, quick)
     agent = {k: v for k, v in control_pbrl.AGENT.items() if k in ("n_envs", "n_steps")}
-    cfg = ControlConfig(env=task, out="x", total_steps=spec["quick_steps" if quick else "steps"], rounds=rounds, **agent)
+    cfg = ControlConfig(env=task, out="x", total_steps=steps, rounds=rounds, **agent)
     assert (steps_per_round(cfg), steps_per_round(cfg) * rounds) == (per_round, total)
